@@ -1,0 +1,10 @@
+//! The `moat` binary's library: loader, commands, labs. The binary
+//! (`main.rs`) is only the command line; the privileged tests call these
+//! modules directly too.
+
+pub mod count;
+pub mod demo;
+pub mod loader;
+pub mod netlab;
+pub mod sys;
+pub mod traffic;

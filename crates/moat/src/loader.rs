@@ -1,0 +1,165 @@
+//! Loading BPF objects and reporting what the kernel said, in user terms.
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader, VerifierLogLevel,
+    programs::{ProgramError, Xdp},
+};
+
+use crate::sys;
+
+/// How much of the verifier's words to show, and where to write all of them.
+#[derive(Clone, Debug, Default)]
+pub struct LogOpts {
+    /// 0: the last lines; 1: more; 2+: all of it.
+    pub verbose: u8,
+    /// Write the full verifier log here (after a success, too).
+    pub verifier_log: Option<PathBuf>,
+}
+
+impl LogOpts {
+    fn tail_lines(&self) -> usize {
+        match self.verbose {
+            0 => 12,
+            1 => 60,
+            _ => usize::MAX,
+        }
+    }
+}
+
+/// The kernel refused to load a program.
+#[derive(Debug)]
+pub struct VerifierError {
+    pub program: String,
+    pub errno: i32,
+    pub log: String,
+    pub tail: usize,
+    pub log_file: Option<PathBuf>,
+}
+
+impl VerifierError {
+    /// Source lines the log quotes (`; code @ file:line`), most recent last.
+    pub fn source_lines(&self) -> Vec<&str> {
+        self.log
+            .lines()
+            .filter(|l| l.starts_with("; ") && l.contains(" @ "))
+            .collect()
+    }
+}
+
+impl fmt::Display for VerifierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "the kernel rejected BPF program `{}`: {}",
+            self.program,
+            sys::errno_words(self.errno)
+        )?;
+        let lines: Vec<&str> = self.log.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.is_empty() {
+            writeln!(f, "  (the verifier wrote no log)")?;
+        } else {
+            if let Some(src) = self.source_lines().last() {
+                writeln!(f, "  at source line: {}", src.trim_start_matches("; "))?;
+            }
+            let n = lines.len().min(self.tail);
+            writeln!(f, "  last {n} of {} lines of the verifier log:", lines.len())?;
+            for l in &lines[lines.len() - n..] {
+                writeln!(f, "    {l}")?;
+            }
+        }
+        match &self.log_file {
+            Some(p) => write!(f, "  full verifier log written to {}", p.display()),
+            None => write!(f, "  more: -v / -vv; all of it: --verifier-log FILE"),
+        }
+    }
+}
+
+impl std::error::Error for VerifierError {}
+
+/// Parses an embedded object (maps are created, programs not yet loaded).
+pub fn open(object: &[u8], log: &LogOpts) -> Result<Ebpf> {
+    let level = if log.verbose > 0 || log.verifier_log.is_some() {
+        VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
+    } else {
+        VerifierLogLevel::default()
+    };
+    EbpfLoader::new()
+        .verifier_log_level(level)
+        .load(object)
+        .map_err(|e| anyhow!("loading BPF object: {e}"))
+}
+
+/// What the kernel did with a loaded program.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub name: String,
+    pub id: u32,
+    pub insns: u32,
+    pub jited_bytes: u32,
+}
+
+impl fmt::Display for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let jit = if self.jited_bytes > 0 {
+            format!("JIT {}: {} bytes of native code", sys::jit_status(), self.jited_bytes)
+        } else {
+            format!("JIT {}: interpreted", sys::jit_status())
+        };
+        write!(
+            f,
+            "{} verified and loaded (prog id {}, {} BPF instructions, {jit})",
+            self.name, self.id, self.insns
+        )
+    }
+}
+
+/// Loads the XDP program `name` from `bpf`, turning a verifier refusal into a
+/// [`VerifierError`].
+pub fn load_xdp<'a>(bpf: &'a mut Ebpf, name: &str, log: &LogOpts) -> Result<(&'a mut Xdp, Loaded)> {
+    let prog: &mut Xdp = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} is not in the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))?;
+    match prog.load() {
+        Ok(()) => {}
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => {
+            let text = verifier_log.to_string();
+            let log_file = write_log(log, &text)?;
+            return Err(VerifierError {
+                program: name.to_string(),
+                errno: io_error.raw_os_error().unwrap_or(0),
+                log: text,
+                tail: log.tail_lines(),
+                log_file,
+            }
+            .into());
+        }
+        Err(e) => return Err(anyhow!("loading {name}: {e}")),
+    }
+    let info = prog.info().with_context(|| format!("reading info of {name}"))?;
+    let loaded = Loaded {
+        name: name.to_string(),
+        id: info.id(),
+        insns: info.size_translated().unwrap_or(0) / 8,
+        jited_bytes: info.size_jitted(),
+    };
+    Ok((prog, loaded))
+}
+
+fn write_log(log: &LogOpts, text: &str) -> Result<Option<PathBuf>> {
+    match &log.verifier_log {
+        Some(p) => {
+            std::fs::write(p, text)
+                .with_context(|| format!("writing verifier log to {}", p.display()))?;
+            Ok(Some(p.clone()))
+        }
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,100 @@
+//! moat — one program that makes a Linux host's networking and security
+//! programmable with eBPF. This file is the command line only.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use moat::{count, demo, loader::LogOpts};
+
+#[derive(Parser)]
+#[command(name = "moat", version, about = "eBPF networking and security for one Linux host")]
+struct Cli {
+    /// Show more of the kernel verifier's log on load failures (-vv: all of it).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Write the whole verifier log to FILE when the kernel rejects a program.
+    #[arg(long, value_name = "FILE", global = true)]
+    verifier_log: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Count packets per protocol class with an XDP program (passes everything).
+    Count {
+        /// Interface to attach to.
+        #[arg(short, long, value_name = "IFACE")]
+        interface: String,
+        /// Seconds between reports.
+        #[arg(long, default_value = "1", value_parser = parse_secs)]
+        interval: Duration,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_secs)]
+        duration: Option<Duration>,
+        /// One JSON object per line per interval, and a last line with totals ("final": true).
+        #[arg(long)]
+        json: bool,
+        /// XDP mode: native (in the driver) or skb (generic, works everywhere).
+        #[arg(long, value_enum, default_value = "native")]
+        mode: count::Mode,
+        /// Attach inside the network namespace /run/netns/NAME.
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+    },
+    /// A guided first run: two namespaces, a veth pair, real traffic, live counts; cleans up.
+    Demo {
+        /// Seconds of traffic.
+        #[arg(long, default_value = "5", value_parser = parse_secs)]
+        duration: Duration,
+        /// JSON lines instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1e7 {
+        return Err(format!("{s:?}: seconds must be > 0"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = LogOpts {
+        verbose: cli.verbose,
+        verifier_log: cli.verifier_log,
+    };
+    let result = match cli.cmd {
+        Cmd::Count {
+            interface,
+            interval,
+            duration,
+            json,
+            mode,
+            netns,
+        } => count::run(
+            &count::CountOpts {
+                iface: interface,
+                interval,
+                duration,
+                json,
+                mode,
+                netns,
+            },
+            &log,
+        ),
+        Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moat: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

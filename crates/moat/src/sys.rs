@@ -1,0 +1,183 @@
+//! Host facts and setup the commands share: privileges, bpffs, JIT, network
+//! namespaces. Everything here is checked once, up front, with plain words.
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Where moat pins shared state.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/moat";
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+fn effective_caps() -> u64 {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Fails with a plain message unless the process may load and attach BPF
+/// programs (root, or CAP_BPF/CAP_SYS_ADMIN plus CAP_NET_ADMIN).
+pub fn require_privileges(what: &str) -> Result<()> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if (has(CAP_BPF) || has(CAP_SYS_ADMIN)) && has(CAP_NET_ADMIN) {
+        return Ok(());
+    }
+    bail!(
+        "{what} needs root (or the capabilities CAP_BPF and CAP_NET_ADMIN) to load eBPF programs; \
+         run it as root or with sudo"
+    )
+}
+
+/// Mounts bpffs on /sys/fs/bpf when it is not mounted there yet.
+pub fn ensure_bpffs() -> Result<()> {
+    let path = Path::new("/sys/fs/bpf");
+    if is_bpffs(path) {
+        return Ok(());
+    }
+    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let src = c"bpf";
+    let target = c"/sys/fs/bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("mounting bpffs on /sys/fs/bpf failed: {e}");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; zeroed is a valid initial value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// "on", "on (debug)" or "off" from /proc/sys/net/core/bpf_jit_enable.
+pub fn jit_status() -> &'static str {
+    match fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
+        .map(|s| s.trim().to_string())
+        .as_deref()
+    {
+        Ok("1") => "on",
+        Ok("2") => "on (debug)",
+        Ok("0") => "off (interpreter)",
+        _ => "unknown",
+    }
+}
+
+/// While alive, the current thread is inside network namespace `name`
+/// (/run/netns/NAME); dropping it returns the thread to where it was.
+/// Sockets and links created meanwhile stay in the namespace.
+pub struct NetnsGuard {
+    home: fs::File,
+}
+
+impl NetnsGuard {
+    pub fn enter(name: &str) -> Result<NetnsGuard> {
+        let home = fs::File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+        let path = if name.contains('/') {
+            name.to_string()
+        } else {
+            format!("/run/netns/{name}")
+        };
+        let target = fs::File::open(&path)
+            .with_context(|| format!("network namespace {name} not found ({path})"))?;
+        // SAFETY: target is an open namespace fd; setns affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "entering network namespace {name}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(NetnsGuard { home })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // SAFETY: home is the namespace fd this thread came from.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// Runs `f` inside namespace `name` (or here if `None`).
+pub fn in_netns<T>(name: Option<&str>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _guard = match name {
+        Some(n) => Some(NetnsGuard::enter(n)?),
+        None => None,
+    };
+    f()
+}
+
+/// A flag set by SIGINT/SIGTERM.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag)).context("installing signal handler")?;
+    }
+    Ok(flag)
+}
+
+/// Sleeps up to `d`, waking early when `stop` is set. Returns true if stopped.
+pub fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
+    let step = Duration::from_millis(20);
+    let mut left = d;
+    while !left.is_zero() {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+/// Plain words for an errno.
+pub fn errno_words(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM: operation not permitted (needs root: CAP_BPF, CAP_NET_ADMIN)",
+        libc::EACCES => "EACCES: the verifier found the program unsafe",
+        libc::EINVAL => "EINVAL: the kernel refused the program or an argument as invalid",
+        libc::E2BIG => "E2BIG: the program is too large or too complex for the verifier",
+        libc::ENOSPC => "ENOSPC: the verifier log or a map is full",
+        libc::ENOMEM => "ENOMEM: out of memory (locked memory limit?)",
+        libc::EBUSY => "EBUSY: already in use (another program is attached)",
+        libc::EEXIST => "EEXIST: already exists",
+        libc::EOPNOTSUPP => "EOPNOTSUPP: not supported by this driver or kernel",
+        libc::ENODEV => "ENODEV: no such device",
+        _ => "error",
+    }
+}
