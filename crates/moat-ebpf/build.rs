@@ -56,7 +56,9 @@ fn main() {
         panic!("MOAT_EBPF_REQUIRE_CLANG=1 but clang/llvm-strip were not found (set MOAT_CLANG)");
     }
 
-    let mut names = Vec::new();
+    // (name, test-only) per object; test-only objects come from bpf/testdata/.
+    let mut names: Vec<(String, bool)> = Vec::new();
+    let test_only = |src: &Path| src.components().any(|c| c.as_os_str() == "testdata");
     match &tools {
         Some((clang, strip)) => {
             for src in &sources {
@@ -67,7 +69,7 @@ fn main() {
                     fs::create_dir_all(&committed).unwrap();
                     fs::copy(&obj, committed.join(format!("{name}.bpf.o"))).unwrap();
                 }
-                names.push(name);
+                names.push((name, test_only(src)));
             }
         }
         None => {
@@ -82,22 +84,31 @@ fn main() {
                 fs::copy(&from, out.join(&file)).unwrap_or_else(|e| {
                     panic!("no clang and no committed object {}: {e}", from.display())
                 });
-                names.push(name);
+                names.push((name, test_only(src)));
             }
         }
     }
 
     // objects.rs: one constant per object, plus the list of all of them.
     let mut rs = String::new();
-    for n in &names {
-        rs.push_str(&format!(
-            "/// `bpf/**/{n}.bpf.c`, compiled.\npub static {}: &[u8] = aya::include_bytes_aligned!(concat!(env!(\"OUT_DIR\"), \"/{n}.bpf.o\"));\n",
+    let konst = |n: &str| {
+        format!(
+            "/// `{n}.bpf.c`, compiled.\npub static {}: &[u8] = aya::include_bytes_aligned!(concat!(env!(\"OUT_DIR\"), \"/{n}.bpf.o\"));\n",
             n.to_uppercase()
-        ));
+        )
+    };
+    for (n, _) in names.iter().filter(|(_, t)| !t) {
+        rs.push_str(&konst(n));
     }
-    rs.push_str("/// Every embedded object: (name, bytes).\npub static ALL: &[(&str, &[u8])] = &[\n");
-    for n in &names {
-        rs.push_str(&format!("    (\"{n}\", {}),\n", n.to_uppercase()));
+    rs.push_str("/// Test-only objects (`bpf/testdata/`): never loaded by moat itself.\npub mod testdata {\n");
+    for (n, _) in names.iter().filter(|(_, t)| *t) {
+        rs.push_str(&konst(n));
+    }
+    rs.push_str("}\n");
+    rs.push_str("/// Every embedded object: (name, bytes), test-only ones included.\npub static ALL: &[(&str, &[u8])] = &[\n");
+    for (n, t) in &names {
+        let m = if *t { "testdata::" } else { "" };
+        rs.push_str(&format!("    (\"{n}\", {m}{}),\n", n.to_uppercase()));
     }
     rs.push_str("];\n");
     rs.push_str(&format!(

@@ -1,0 +1,138 @@
+//! No root needed: the compiled objects against the ABI mirror (moat-abi),
+//! the C header's #defines against the Rust constants, and the committed
+//! objects against a fresh build from source.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya_obj::Object;
+use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, parse};
+
+fn object(name: &str) -> Object {
+    let bytes = moat_ebpf::object(name).unwrap_or_else(|| panic!("object {name} not embedded"));
+    Object::parse(bytes).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
+}
+
+#[test]
+fn map_sizes_match_rust_types() {
+    for m in MAPS {
+        let obj = object(m.object);
+        let map = obj
+            .maps
+            .get(m.name)
+            .unwrap_or_else(|| panic!("map {} missing from {}.bpf.o", m.name, m.object));
+        assert_eq!(map.key_size() as usize, m.key_size, "key size of {}", m.name);
+        assert_eq!(map.value_size() as usize, m.value_size, "value size of {}", m.name);
+    }
+}
+
+#[test]
+fn rust_names_exist_in_objects() {
+    for (obj_name, prog) in PROGRAMS {
+        let obj = object(obj_name);
+        assert!(
+            obj.programs.contains_key(*prog),
+            "program {prog} missing from {obj_name}.bpf.o (has {:?})",
+            obj.programs.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn every_object_name_fits_the_kernel_limit() {
+    for (name, _) in moat_ebpf::ALL {
+        let obj = object(name);
+        for p in obj.programs.keys() {
+            assert!(p.len() <= BPF_OBJ_NAME_MAX, "program name {p} > 15 chars in {name}");
+        }
+        for m in obj.maps.keys() {
+            if m.starts_with('.') {
+                continue; // .rodata/.bss/.data: named by the loader, not by us
+            }
+            assert!(m.len() <= BPF_OBJ_NAME_MAX, "map name {m} > 15 chars in {name}");
+        }
+    }
+}
+
+/// Every `#define` of abi.h (except the include guard) must have a Rust
+/// mirror with the same value, and vice versa for the listed ones.
+#[test]
+fn abi_header_defines_match_rust_constants() {
+    let header = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bpf/common/abi.h"),
+    )
+    .unwrap();
+    let mut defines = BTreeMap::new();
+    for line in header.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("#define") {
+            continue;
+        }
+        let (Some(name), Some(value)) = (w.next(), w.next()) else {
+            continue;
+        };
+        defines.insert(name.to_string(), value.trim_matches('"').to_string());
+    }
+    let mut rust: Vec<(&str, String)> = vec![
+        ("COUNT_PROG_XDP", count::PROG_XDP.into()),
+        ("COUNT_MAP_STATS", count::MAP_STATS.into()),
+        ("COUNT_CLASS_MAX", count::CLASS_MAX.to_string()),
+        ("MOAT_MAX_VLAN_DEPTH", parse::MAX_VLAN_DEPTH.to_string()),
+        ("MOAT_MAX_IPV6_EXTHDRS", parse::MAX_IPV6_EXTHDRS.to_string()),
+    ];
+    for (i, n) in count::CLASS_NAMES.iter().enumerate() {
+        rust.push((
+            Box::leak(format!("COUNT_CLASS_{}", n.to_uppercase()).into_boxed_str()),
+            i.to_string(),
+        ));
+    }
+    for (name, value) in &rust {
+        assert_eq!(
+            defines.get(*name).map(String::as_str),
+            Some(value.as_str()),
+            "abi.h #define {name} must equal the Rust constant {value}"
+        );
+    }
+    for name in defines.keys() {
+        if name == "MOAT_ABI_H" {
+            continue;
+        }
+        assert!(
+            rust.iter().any(|(n, _)| n == name),
+            "abi.h defines {name} but moat-abi has no mirror of it (add it to this test too)"
+        );
+    }
+}
+
+/// When this build compiled the objects from source, they must equal the
+/// committed ones (rebuild with `MOAT_EBPF_UPDATE=1 cargo build -p moat-ebpf`).
+#[test]
+fn committed_objects_are_fresh() {
+    if !moat_ebpf::BUILT_FROM_SOURCE {
+        if std::env::var("MOAT_EBPF_REQUIRE_CLANG").as_deref() == Ok("1") {
+            panic!("MOAT_EBPF_REQUIRE_CLANG=1 but the objects were not built from source");
+        }
+        eprintln!("SKIP committed_objects_are_fresh: built without clang, nothing to compare");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("objects");
+    let mut stale = Vec::new();
+    for (name, built) in moat_ebpf::ALL {
+        let file = dir.join(format!("{name}.bpf.o"));
+        match std::fs::read(&file) {
+            Ok(committed) if committed == *built => {}
+            Ok(_) => stale.push(format!("{} differs from the source build", file.display())),
+            Err(e) => stale.push(format!("{}: {e}", file.display())),
+        }
+    }
+    let committed_count = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(
+        committed_count,
+        moat_ebpf::ALL.len(),
+        "objects/ holds files with no bpf/**/*.bpf.c source"
+    );
+    assert!(
+        stale.is_empty(),
+        "committed BPF objects are stale:\n  {}\nrun: MOAT_EBPF_UPDATE=1 cargo build -p moat-ebpf",
+        stale.join("\n  ")
+    );
+}

@@ -1,0 +1,138 @@
+//! Helpers of the privileged tests (`tests/privileged_*.rs`).
+//!
+//! Tier rule: a privileged test calls [`privileged`] first. As root it runs.
+//! Without root it prints why it skips, unless MOAT_REQUIRE_PRIVILEGED=1
+//! (set by CI), where not being able to run is a failure.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// True if the test may run; false (after saying why) if it must skip.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("MOAT_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: needs root, and MOAT_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: needs root (CAP_BPF, CAP_NET_ADMIN); run the suite as root");
+    false
+}
+
+/// A lab tag unique to this process and call (<= 12 chars).
+pub fn tag(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+pub fn moat_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_moat")
+}
+
+/// A running `moat` process whose stderr is collected line by line.
+pub struct MoatProc {
+    pub child: Child,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl MoatProc {
+    pub fn spawn(args: &[&str]) -> MoatProc {
+        let mut child = Command::new(moat_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning moat");
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        MoatProc {
+            child,
+            stderr_lines: rx,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` (panics after `timeout`).
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.stderr.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "moat did not print {needle:?} within {timeout:?}; stderr so far:\n{}",
+                        self.stderr.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for exit; returns (success, stdout, all stderr).
+    pub fn finish(mut self) -> (bool, String, String) {
+        let out = self.child.wait_with_output().expect("waiting for moat");
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr.push(l);
+        }
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            self.stderr.join("\n"),
+        )
+    }
+}
+
+/// Program id from moat's "prog id N" stderr line.
+pub fn prog_id(line: &str) -> u32 {
+    let rest = line.split("prog id ").nth(1).expect("no prog id in line");
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Is a BPF program with this id still loaded?
+pub fn prog_loaded(id: u32) -> bool {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.id() == id)
+}
+
+/// Names of entries under /sys/fs/bpf/moat (empty if absent).
+pub fn moat_pins() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf/moat")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
