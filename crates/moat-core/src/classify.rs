@@ -134,10 +134,19 @@ mod tests {
 
     #[test]
     fn basic_classes() {
-        assert_eq!(classify(&tcp4_frame(A4, B4, 1, 2, TCP_SYN, &[])), CLASS_IPV4_TCP);
+        assert_eq!(
+            classify(&tcp4_frame(A4, B4, 1, 2, TCP_SYN, &[])),
+            CLASS_IPV4_TCP
+        );
         assert_eq!(classify(&udp4_frame(A4, B4, 1, 2, &[])), CLASS_IPV4_UDP);
-        assert_eq!(classify(&tcp6_frame(A6, B6, 1, 2, TCP_SYN, &[])), CLASS_IPV6_TCP);
-        assert_eq!(classify(&eth(ETH_P_ARP, &arp_request(MAC_SRC, A4, B4))), CLASS_ARP);
+        assert_eq!(
+            classify(&tcp6_frame(A6, B6, 1, 2, TCP_SYN, &[])),
+            CLASS_IPV6_TCP
+        );
+        assert_eq!(
+            classify(&eth(ETH_P_ARP, &arp_request(MAC_SRC, A4, B4))),
+            CLASS_ARP
+        );
         assert_eq!(classify(&[0u8; 13]), CLASS_OTHER);
     }
 
@@ -153,7 +162,10 @@ mod tests {
 
     #[test]
     fn ipv4_truncated_options_are_other() {
-        let o = V4Opts { options: vec![1, 1, 1, 0], ..Default::default() };
+        let o = V4Opts {
+            options: vec![1, 1, 1, 0],
+            ..Default::default()
+        };
         let f = eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_TCP, &o, &[]));
         assert_eq!(classify(&f), CLASS_IPV4_TCP);
         assert_eq!(classify(&f[..14 + 22]), CLASS_IPV4_OTHER);

@@ -36,10 +36,12 @@ impl Counts {
     }
 
     pub fn total(&self) -> CountValue {
-        self.0.iter().fold(CountValue::default(), |acc, v| CountValue {
-            packets: acc.packets + v.packets,
-            bytes: acc.bytes + v.bytes,
-        })
+        self.0
+            .iter()
+            .fold(CountValue::default(), |acc, v| CountValue {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+            })
     }
 }
 
@@ -104,7 +106,10 @@ impl Report {
         ));
         let line = |name: &str, v: &CountValue| {
             if v.packets == 0 {
-                format!("  {:<11} {:>12} {:>12} {:>12} {:>14}\n", name, "-", "-", "-", "-")
+                format!(
+                    "  {:<11} {:>12} {:>12} {:>12} {:>14}\n",
+                    name, "-", "-", "-", "-"
+                )
             } else {
                 format!(
                     "  {:<11} {:>12} {:>12} {:>12} {:>14}\n",

@@ -134,7 +134,10 @@ impl Default for V4Opts {
 
 /// IPv4 packet (header with checksum + payload).
 pub fn ipv4_with(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, o: &V4Opts, payload: &[u8]) -> Vec<u8> {
-    assert!(o.options.len() % 4 == 0 && o.options.len() <= 40, "bad IPv4 options length");
+    assert!(
+        o.options.len().is_multiple_of(4) && o.options.len() <= 40,
+        "bad IPv4 options length"
+    );
     let hlen = 20 + o.options.len();
     let total = hlen + payload.len();
     let mut p = Vec::with_capacity(total);
@@ -185,7 +188,7 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Ve
 pub fn ipv6_ext(next_header: u8, body: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut h = vec![next_header, 0];
     h.extend_from_slice(body);
-    while h.len() < 8 || h.len() % 8 != 0 {
+    while h.len() < 8 || !h.len().is_multiple_of(8) {
         h.push(0);
     }
     h[1] = (h.len() / 8 - 1) as u8;
@@ -216,7 +219,15 @@ pub fn ipv6_ah(next_header: u8, icv_words: u8, rest: &[u8]) -> Vec<u8> {
 }
 
 /// TCP segment with checksum over `ips`.
-pub fn tcp(ips: Ips, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+pub fn tcp(
+    ips: Ips,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> Vec<u8> {
     let mut s = Vec::with_capacity(20 + data.len());
     s.extend_from_slice(&sport.to_be_bytes());
     s.extend_from_slice(&dport.to_be_bytes());
@@ -260,11 +271,21 @@ pub fn icmpv4(ty: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
 }
 
 /// ICMPv6 message with the pseudo-header checksum.
-pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+pub fn icmpv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    data: &[u8],
+) -> Vec<u8> {
     let mut s = vec![ty, code, 0, 0];
     s.extend_from_slice(&rest);
     s.extend_from_slice(data);
-    let c = fold(sum16(&s, Ips::V6(src, dst).pseudo_sum(IPPROTO_ICMPV6, s.len())));
+    let c = fold(sum16(
+        &s,
+        Ips::V6(src, dst).pseudo_sum(IPPROTO_ICMPV6, s.len()),
+    ));
     s[2..4].copy_from_slice(&c.to_be_bytes());
     s
 }
@@ -280,7 +301,14 @@ pub fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
 }
 
 /// Convenience: a full IPv4/TCP frame.
-pub fn tcp4_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+pub fn tcp4_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let seg = tcp(Ips::V4(src, dst), sport, dport, flags, 1, 0, data);
     eth(ETH_P_IP, &ipv4(src, dst, IPPROTO_TCP, &seg))
 }
@@ -292,7 +320,14 @@ pub fn udp4_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[
 }
 
 /// Convenience: a full IPv6/TCP frame.
-pub fn tcp6_frame(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: u8, data: &[u8]) -> Vec<u8> {
+pub fn tcp6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
     let seg = tcp(Ips::V6(src, dst), sport, dport, flags, 1, 0, data);
     eth(ETH_P_IPV6, &ipv6(src, dst, IPPROTO_TCP, &seg))
 }
@@ -322,8 +357,17 @@ mod tests {
 
     #[test]
     fn ipv4_header_checksum_verifies() {
-        let p = ipv4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), IPPROTO_UDP, &[1, 2, 3]);
-        assert_eq!(checksum(&p[..20]), 0, "a header with its checksum sums to zero");
+        let p = ipv4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            IPPROTO_UDP,
+            &[1, 2, 3],
+        );
+        assert_eq!(
+            checksum(&p[..20]),
+            0,
+            "a header with its checksum sums to zero"
+        );
         assert_eq!(u16::from_be_bytes([p[2], p[3]]), 23);
     }
 
@@ -331,7 +375,13 @@ mod tests {
     fn udp_checksum_verifies_with_pseudo_header() {
         let (s, d) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
         let seg = udp(Ips::V4(s, d), 1000, 53, b"hello");
-        assert_eq!(fold(sum16(&seg, Ips::V4(s, d).pseudo_sum(IPPROTO_UDP, seg.len()))), 0);
+        assert_eq!(
+            fold(sum16(
+                &seg,
+                Ips::V4(s, d).pseudo_sum(IPPROTO_UDP, seg.len())
+            )),
+            0
+        );
     }
 
     #[test]
@@ -346,7 +396,13 @@ mod tests {
 
     #[test]
     fn vlan_tags_are_inserted_outermost_first() {
-        let f = ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)], ETH_P_IP, &[]);
+        let f = ethernet(
+            MAC_DST,
+            MAC_SRC,
+            &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)],
+            ETH_P_IP,
+            &[],
+        );
         assert_eq!(&f[12..14], &[0x88, 0xA8]);
         assert_eq!(&f[16..18], &[0x81, 0x00]);
         assert_eq!(&f[20..22], &[0x08, 0x00]);

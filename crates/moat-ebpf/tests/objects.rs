@@ -20,8 +20,18 @@ fn map_sizes_match_rust_types() {
             .maps
             .get(m.name)
             .unwrap_or_else(|| panic!("map {} missing from {}.bpf.o", m.name, m.object));
-        assert_eq!(map.key_size() as usize, m.key_size, "key size of {}", m.name);
-        assert_eq!(map.value_size() as usize, m.value_size, "value size of {}", m.name);
+        assert_eq!(
+            map.key_size() as usize,
+            m.key_size,
+            "key size of {}",
+            m.name
+        );
+        assert_eq!(
+            map.value_size() as usize,
+            m.value_size,
+            "value size of {}",
+            m.name
+        );
     }
 }
 
@@ -42,13 +52,19 @@ fn every_object_name_fits_the_kernel_limit() {
     for (name, _) in moat_ebpf::ALL {
         let obj = object(name);
         for p in obj.programs.keys() {
-            assert!(p.len() <= BPF_OBJ_NAME_MAX, "program name {p} > 15 chars in {name}");
+            assert!(
+                p.len() <= BPF_OBJ_NAME_MAX,
+                "program name {p} > 15 chars in {name}"
+            );
         }
         for m in obj.maps.keys() {
             if m.starts_with('.') {
                 continue; // .rodata/.bss/.data: named by the loader, not by us
             }
-            assert!(m.len() <= BPF_OBJ_NAME_MAX, "map name {m} > 15 chars in {name}");
+            assert!(
+                m.len() <= BPF_OBJ_NAME_MAX,
+                "map name {m} > 15 chars in {name}"
+            );
         }
     }
 }

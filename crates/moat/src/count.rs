@@ -77,7 +77,9 @@ impl Counter {
         let arr: PerCpuArray<_, CountValue> = PerCpuArray::try_from(map)?;
         let mut per_class = Vec::with_capacity(CLASS_MAX as usize);
         for class in 0..CLASS_MAX {
-            let v = arr.get(&class, 0).with_context(|| format!("reading {MAP_STATS}[{class}]"))?;
+            let v = arr
+                .get(&class, 0)
+                .with_context(|| format!("reading {MAP_STATS}[{class}]"))?;
             per_class.push(v.iter().copied().collect::<Vec<_>>());
         }
         Ok(Counts::from_percpu(per_class))
@@ -85,7 +87,9 @@ impl Counter {
 }
 
 fn attach_error(e: ProgramError, iface: &str, mode: Mode, netns: Option<&str>) -> anyhow::Error {
-    let where_ = netns.map(|n| format!(" in network namespace {n}")).unwrap_or_default();
+    let where_ = netns
+        .map(|n| format!(" in network namespace {n}"))
+        .unwrap_or_default();
     let errno = match &e {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
         _ => None,
@@ -98,10 +102,19 @@ fn attach_error(e: ProgramError, iface: &str, mode: Mode, netns: Option<&str>) -
             "{iface}{where_} already has an XDP program attached; moat will not replace it. \
              Inspect it with `ip -d link show dev {iface}` and detach it first if it is stale"
         ),
-        (_, Some(libc::EOPNOTSUPP)) | (_, Some(libc::EINVAL)) if mode == Mode::Native => anyhow!(
-            "the driver of {iface}{where_} lacks native XDP: try --mode skb ({e})"
+        (_, Some(n @ (libc::EOPNOTSUPP | libc::EINVAL))) if mode == Mode::Native => anyhow!(
+            "the driver of {iface}{where_} lacks native XDP ({}): try --mode skb",
+            sys::errno_words(n)
         ),
-        _ => anyhow!("attaching {PROG_XDP} to {iface}{where_} ({} mode): {e}", mode.name()),
+        (_, Some(n)) => anyhow!(
+            "attaching {PROG_XDP} to {iface}{where_} ({} mode): {}",
+            mode.name(),
+            sys::errno_words(n)
+        ),
+        _ => anyhow!(
+            "attaching {PROG_XDP} to {iface}{where_} ({} mode): {e}",
+            mode.name()
+        ),
     }
 }
 
@@ -129,9 +142,14 @@ pub fn run(o: &CountOpts, log: &LogOpts) -> Result<()> {
         "attached to {} ({} XDP{}); counting every {:.1}s{}; Ctrl-C to stop",
         o.iface,
         o.mode.name(),
-        o.netns.as_deref().map(|n| format!(", netns {n}")).unwrap_or_default(),
+        o.netns
+            .as_deref()
+            .map(|n| format!(", netns {n}"))
+            .unwrap_or_default(),
         o.interval.as_secs_f64(),
-        o.duration.map(|d| format!(" for {:.1}s", d.as_secs_f64())).unwrap_or_default(),
+        o.duration
+            .map(|d| format!(" for {:.1}s", d.as_secs_f64()))
+            .unwrap_or_default(),
     );
     let result = count_loop(&counter, o, &stop);
     drop(counter); // detach before reporting that we did

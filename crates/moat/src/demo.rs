@@ -35,11 +35,8 @@ pub fn run(o: &DemoOpts, log: &LogOpts) -> Result<()> {
     netlab::reap_stale_demos();
 
     let tag = format!("demo{}", std::process::id());
-    let say = |s: String| {
-        if !o.json {
-            println!("{s}");
-        }
-    };
+    // Progress goes to stderr; stdout carries only the tables (or JSON lines).
+    let say = |s: String| eprintln!("{s}");
     say(format!(
         "moat demo: creating namespaces moat-{tag}-a and moat-{tag}-b joined by a veth pair"
     ));
@@ -163,9 +160,9 @@ pub fn run(o: &DemoOpts, log: &LogOpts) -> Result<()> {
     drop(_servers);
     drop(counter);
     drop(lab);
+    eprintln!("cleaned up: counter detached, namespaces removed.");
     if !o.json {
-        println!("cleaned up: counter detached, namespaces removed.");
-        println!("next: `moat count -i IFACE` on a real interface (see README).");
+        eprintln!("next: `moat count -i IFACE` on a real interface (see README).");
     }
     Ok(())
 }

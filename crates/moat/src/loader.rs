@@ -40,6 +40,21 @@ pub struct VerifierError {
 }
 
 impl VerifierError {
+    /// The verifier's own reason: the first line after the last instruction
+    /// it printed (`N: (op) ...`).
+    pub fn reason(&self) -> Option<&str> {
+        let lines: Vec<&str> = self.log.lines().collect();
+        let is_insn = |l: &str| {
+            let d = l.split(':').next().unwrap_or("");
+            !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+        };
+        let last = lines.iter().rposition(|l| is_insn(l))?;
+        lines[last + 1..]
+            .iter()
+            .find(|l| !l.trim().is_empty() && !l.starts_with(';'))
+            .copied()
+    }
+
     /// Source lines the log quotes (`; code @ file:line`), most recent last.
     pub fn source_lines(&self) -> Vec<&str> {
         self.log
@@ -61,11 +76,18 @@ impl fmt::Display for VerifierError {
         if lines.is_empty() {
             writeln!(f, "  (the verifier wrote no log)")?;
         } else {
+            if let Some(reason) = self.reason() {
+                writeln!(f, "  reason: {reason}")?;
+            }
             if let Some(src) = self.source_lines().last() {
                 writeln!(f, "  at source line: {}", src.trim_start_matches("; "))?;
             }
             let n = lines.len().min(self.tail);
-            writeln!(f, "  last {n} of {} lines of the verifier log:", lines.len())?;
+            writeln!(
+                f,
+                "  last {n} of {} lines of the verifier log:",
+                lines.len()
+            )?;
             for l in &lines[lines.len() - n..] {
                 writeln!(f, "    {l}")?;
             }
@@ -104,7 +126,11 @@ pub struct Loaded {
 impl fmt::Display for Loaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let jit = if self.jited_bytes > 0 {
-            format!("JIT {}: {} bytes of native code", sys::jit_status(), self.jited_bytes)
+            format!(
+                "JIT {}: {} bytes of native code",
+                sys::jit_status(),
+                self.jited_bytes
+            )
         } else {
             format!("JIT {}: interpreted", sys::jit_status())
         };
@@ -143,7 +169,9 @@ pub fn load_xdp<'a>(bpf: &'a mut Ebpf, name: &str, log: &LogOpts) -> Result<(&'a
         }
         Err(e) => return Err(anyhow!("loading {name}: {e}")),
     }
-    let info = prog.info().with_context(|| format!("reading info of {name}"))?;
+    let info = prog
+        .info()
+        .with_context(|| format!("reading info of {name}"))?;
     let loaded = Loaded {
         name: name.to_string(),
         id: info.id(),

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use moat::{count, demo, loader::LogOpts};
 
 #[derive(Parser)]
-#[command(name = "moat", version, about = "eBPF networking and security for one Linux host")]
+#[command(
+    name = "moat",
+    version,
+    about = "eBPF networking and security for one Linux host"
+)]
 struct Cli {
     /// Show more of the kernel verifier's log on load failures (-vv: all of it).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

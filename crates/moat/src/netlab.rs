@@ -63,7 +63,15 @@ pub fn ip(args: &[&str]) -> Result<String> {
 
 fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    ip(&["netns", "exec", ns, "sh", "-c", &format!("echo {value} > {path}")]).map(|_| ())
+    ip(&[
+        "netns",
+        "exec",
+        ns,
+        "sh",
+        "-c",
+        &format!("echo {value} > {path}"),
+    ])
+    .map(|_| ())
 }
 
 impl Lab {
@@ -110,7 +118,10 @@ impl Lab {
         for t in targets {
             let addr = std::net::SocketAddr::new(t.parse()?, 9);
             loop {
-                match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+                match std::net::TcpStream::connect_timeout(
+                    &addr,
+                    std::time::Duration::from_millis(200),
+                ) {
                     Ok(_) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
                     Err(e) if std::time::Instant::now() > deadline => {
@@ -141,16 +152,52 @@ impl Lab {
             "peer", "name", &self.if_b, "netns", &self.ns_b, "address", &mac_b,
         ])?;
         if cfg.addresses {
-            ip(&["-n", &self.ns_a, "addr", "add", &format!("{A4}/24"), "dev", &self.if_a])?;
-            ip(&["-n", &self.ns_b, "addr", "add", &format!("{B4}/24"), "dev", &self.if_b])?;
+            ip(&[
+                "-n",
+                &self.ns_a,
+                "addr",
+                "add",
+                &format!("{A4}/24"),
+                "dev",
+                &self.if_a,
+            ])?;
+            ip(&[
+                "-n",
+                &self.ns_b,
+                "addr",
+                "add",
+                &format!("{B4}/24"),
+                "dev",
+                &self.if_b,
+            ])?;
             if cfg.ipv6 {
-                ip(&["-n", &self.ns_a, "addr", "add", &format!("{A6}/64"), "dev", &self.if_a, "nodad"])?;
-                ip(&["-n", &self.ns_b, "addr", "add", &format!("{B6}/64"), "dev", &self.if_b, "nodad"])?;
+                ip(&[
+                    "-n",
+                    &self.ns_a,
+                    "addr",
+                    "add",
+                    &format!("{A6}/64"),
+                    "dev",
+                    &self.if_a,
+                    "nodad",
+                ])?;
+                ip(&[
+                    "-n",
+                    &self.ns_b,
+                    "addr",
+                    "add",
+                    &format!("{B6}/64"),
+                    "dev",
+                    &self.if_b,
+                    "nodad",
+                ])?;
             }
         }
         if cfg.gro {
             let _ = Command::new("ip")
-                .args(["netns", "exec", &self.ns_b, "ethtool", "-K", &self.if_b, "gro", "on"])
+                .args([
+                    "netns", "exec", &self.ns_b, "ethtool", "-K", &self.if_b, "gro", "on",
+                ])
                 .output();
         }
         for (ns, dev) in [(&self.ns_a, &self.if_a), (&self.ns_b, &self.if_b)] {
@@ -180,15 +227,19 @@ impl Drop for Lab {
 /// Deletes `moat-demo<PID>-{a,b}` namespaces left by demo runs that died
 /// without cleaning up (killed with SIGKILL); live runs are left alone.
 pub fn reap_stale_demos() {
-    let Ok(list) = ip(&["netns", "list"]) else { return };
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("moat-demo") else { continue };
+        let Some(rest) = name.strip_prefix("moat-demo") else {
+            continue;
+        };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if let Ok(pid) = pid.parse::<u32>() {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = ip(&["netns", "del", name]);
-            }
+        if let Ok(pid) = pid.parse::<u32>()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", name]);
         }
     }
 }

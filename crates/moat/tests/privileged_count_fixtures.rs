@@ -48,8 +48,15 @@ fn fixtures() -> Vec<Fixture> {
     let udp6 = udp(ips6, 5353, 53, b"query");
     let echo6 = icmpv6(A6, B6, 128, 0, [0, 1, 0, 1], &[0; 8]);
     let ns6 = icmpv6(A6, B6, 135, 0, [0; 4], &B6.octets());
-    let opts = |n: usize| V4Opts { options: vec![1; n], ..Default::default() };
-    let frag_later = V4Opts { frag_offset: 185, dont_fragment: false, ..Default::default() };
+    let opts = |n: usize| V4Opts {
+        options: vec![1; n],
+        ..Default::default()
+    };
+    let frag_later = V4Opts {
+        frag_offset: 185,
+        dont_fragment: false,
+        ..Default::default()
+    };
 
     let mut ihl_small = v4(IPPROTO_TCP, &tcp4);
     ihl_small[14] = 0x44; // IHL 4 (16 bytes): invalid
@@ -72,49 +79,243 @@ fn fixtures() -> Vec<Fixture> {
     vec![
         fx("ipv4 tcp syn", v4(IPPROTO_TCP, &tcp4), CLASS_IPV4_TCP),
         fx("ipv4 udp", v4(IPPROTO_UDP, &udp4), CLASS_IPV4_UDP),
-        fx("ipv4 icmp echo", v4(IPPROTO_ICMP, &icmpv4(8, 0, [0, 1, 0, 1], &[0; 56])), CLASS_IPV4_ICMP),
+        fx(
+            "ipv4 icmp echo",
+            v4(IPPROTO_ICMP, &icmpv4(8, 0, [0, 1, 0, 1], &[0; 56])),
+            CLASS_IPV4_ICMP,
+        ),
         fx("ipv4 gre", v4(IPPROTO_GRE, &[0; 8]), CLASS_IPV4_OTHER),
         fx("ipv4 sctp", v4(IPPROTO_SCTP, &[0; 12]), CLASS_IPV4_OTHER),
-        fx("ipv4 tcp, 4 bytes of options", eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_TCP, &opts(4), &tcp4)), CLASS_IPV4_TCP),
-        fx("ipv4 udp, 40 bytes of options", eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_UDP, &opts(40), &udp4)), CLASS_IPV4_UDP),
-        fx("ipv4 options cut short", eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_TCP, &opts(40), &[]))[..14 + 30].to_vec(), CLASS_IPV4_OTHER),
-        fx("ipv4 header cut at 12 bytes", v4(IPPROTO_TCP, &tcp4)[..14 + 12].to_vec(), CLASS_IPV4_OTHER),
-        fx("ipv4 header only, no tcp header", v4(IPPROTO_TCP, &[]), CLASS_IPV4_TCP),
+        fx(
+            "ipv4 tcp, 4 bytes of options",
+            eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_TCP, &opts(4), &tcp4)),
+            CLASS_IPV4_TCP,
+        ),
+        fx(
+            "ipv4 udp, 40 bytes of options",
+            eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_UDP, &opts(40), &udp4)),
+            CLASS_IPV4_UDP,
+        ),
+        fx(
+            "ipv4 options cut short",
+            eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_TCP, &opts(40), &[]))[..14 + 30].to_vec(),
+            CLASS_IPV4_OTHER,
+        ),
+        fx(
+            "ipv4 header cut at 12 bytes",
+            v4(IPPROTO_TCP, &tcp4)[..14 + 12].to_vec(),
+            CLASS_IPV4_OTHER,
+        ),
+        fx(
+            "ipv4 header only, no tcp header",
+            v4(IPPROTO_TCP, &[]),
+            CLASS_IPV4_TCP,
+        ),
         fx("ipv4 ihl 4", ihl_small, CLASS_IPV4_OTHER),
         fx("ipv4 ethertype, version 6", wrong_version, CLASS_IPV4_OTHER),
-        fx("ipv4 non-first fragment of tcp", eth(ETH_P_IP, &ipv4_with(A4, B4, IPPROTO_TCP, &frag_later, &[0; 64])), CLASS_IPV4_TCP),
-        fx("ipv4 full-size tcp (1514 bytes)", v4(IPPROTO_TCP, &tcp(ips4, 1, 2, TCP_ACK, 1, 1, &[7; 1460])), CLASS_IPV4_TCP),
+        fx(
+            "ipv4 non-first fragment of tcp",
+            eth(
+                ETH_P_IP,
+                &ipv4_with(A4, B4, IPPROTO_TCP, &frag_later, &[0; 64]),
+            ),
+            CLASS_IPV4_TCP,
+        ),
+        fx(
+            "ipv4 full-size tcp (1514 bytes)",
+            v4(IPPROTO_TCP, &tcp(ips4, 1, 2, TCP_ACK, 1, 1, &[7; 1460])),
+            CLASS_IPV4_TCP,
+        ),
         fx("ipv6 tcp syn", v6(IPPROTO_TCP, &tcp6), CLASS_IPV6_TCP),
         fx("ipv6 udp", v6(IPPROTO_UDP, &udp6), CLASS_IPV6_UDP),
-        fx("ipv6 icmpv6 echo", v6(IPPROTO_ICMPV6, &echo6), CLASS_IPV6_ICMP),
-        fx("ipv6 neighbour solicitation", v6(IPPROTO_ICMPV6, &ns6), CLASS_IPV6_ICMP),
-        fx("ipv6 hop-by-hop + udp", v6(IPPROTO_HOPOPTS, &ipv6_ext(IPPROTO_UDP, &[5, 2, 0, 0], &udp6)), CLASS_IPV6_UDP),
-        fx("ipv6 routing + tcp", v6(IPPROTO_ROUTING, &ipv6_ext(IPPROTO_TCP, &[0, 0, 0, 0, 0, 0], &tcp6)), CLASS_IPV6_TCP),
-        fx("ipv6 first fragment + icmpv6", v6(IPPROTO_FRAGMENT, &ipv6_frag(IPPROTO_ICMPV6, 0, true, 7, &echo6)), CLASS_IPV6_ICMP),
-        fx("ipv6 non-first fragment of tcp", v6(IPPROTO_FRAGMENT, &ipv6_frag(IPPROTO_TCP, 100, false, 7, &[0; 32])), CLASS_IPV6_TCP),
-        fx("ipv6 non-first fragment, next dstopts", v6(IPPROTO_FRAGMENT, &ipv6_frag(IPPROTO_DSTOPTS, 100, false, 7, &[0; 32])), CLASS_IPV6_OTHER),
         fx(
-            "ipv6 hbh+dstopts+routing+frag+ah + udp",
-            v6(IPPROTO_HOPOPTS, &ipv6_ext(IPPROTO_DSTOPTS, &[], &ipv6_ext(IPPROTO_ROUTING, &[], &ipv6_ext(IPPROTO_FRAGMENT, &[], &ipv6_frag(IPPROTO_AH, 0, false, 1, &ipv6_ah(IPPROTO_UDP, 3, &udp6)))))),
+            "ipv6 icmpv6 echo",
+            v6(IPPROTO_ICMPV6, &echo6),
+            CLASS_IPV6_ICMP,
+        ),
+        fx(
+            "ipv6 neighbour solicitation",
+            v6(IPPROTO_ICMPV6, &ns6),
+            CLASS_IPV6_ICMP,
+        ),
+        fx(
+            "ipv6 hop-by-hop + udp",
+            v6(
+                IPPROTO_HOPOPTS,
+                &ipv6_ext(IPPROTO_UDP, &[5, 2, 0, 0], &udp6),
+            ),
             CLASS_IPV6_UDP,
         ),
-        fx("ipv6 8 extension headers + tcp", chain(8, IPPROTO_TCP, &tcp6), CLASS_IPV6_TCP),
-        fx("ipv6 9 extension headers + tcp", chain(9, IPPROTO_TCP, &tcp6), CLASS_IPV6_OTHER),
+        fx(
+            "ipv6 routing + tcp",
+            v6(
+                IPPROTO_ROUTING,
+                &ipv6_ext(IPPROTO_TCP, &[0, 0, 0, 0, 0, 0], &tcp6),
+            ),
+            CLASS_IPV6_TCP,
+        ),
+        fx(
+            "ipv6 first fragment + icmpv6",
+            v6(
+                IPPROTO_FRAGMENT,
+                &ipv6_frag(IPPROTO_ICMPV6, 0, true, 7, &echo6),
+            ),
+            CLASS_IPV6_ICMP,
+        ),
+        fx(
+            "ipv6 non-first fragment of tcp",
+            v6(
+                IPPROTO_FRAGMENT,
+                &ipv6_frag(IPPROTO_TCP, 100, false, 7, &[0; 32]),
+            ),
+            CLASS_IPV6_TCP,
+        ),
+        fx(
+            "ipv6 non-first fragment, next dstopts",
+            v6(
+                IPPROTO_FRAGMENT,
+                &ipv6_frag(IPPROTO_DSTOPTS, 100, false, 7, &[0; 32]),
+            ),
+            CLASS_IPV6_OTHER,
+        ),
+        fx(
+            "ipv6 hbh+dstopts+routing+frag+ah + udp",
+            v6(
+                IPPROTO_HOPOPTS,
+                &ipv6_ext(
+                    IPPROTO_DSTOPTS,
+                    &[],
+                    &ipv6_ext(
+                        IPPROTO_ROUTING,
+                        &[],
+                        &ipv6_ext(
+                            IPPROTO_FRAGMENT,
+                            &[],
+                            &ipv6_frag(IPPROTO_AH, 0, false, 1, &ipv6_ah(IPPROTO_UDP, 3, &udp6)),
+                        ),
+                    ),
+                ),
+            ),
+            CLASS_IPV6_UDP,
+        ),
+        fx(
+            "ipv6 8 extension headers + tcp",
+            chain(8, IPPROTO_TCP, &tcp6),
+            CLASS_IPV6_TCP,
+        ),
+        fx(
+            "ipv6 9 extension headers + tcp",
+            chain(9, IPPROTO_TCP, &tcp6),
+            CLASS_IPV6_OTHER,
+        ),
         fx("ipv6 esp", v6(IPPROTO_ESP, &[0; 16]), CLASS_IPV6_OTHER),
-        fx("ipv6 no next header", v6(IPPROTO_NONE, &[]), CLASS_IPV6_OTHER),
-        fx("ipv6 header cut at 30 bytes", v6(IPPROTO_TCP, &tcp6)[..14 + 30].to_vec(), CLASS_IPV6_OTHER),
-        fx("ipv6 hop-by-hop cut short", v6(IPPROTO_HOPOPTS, &ipv6_ext(IPPROTO_UDP, &[], &udp6))[..14 + 40 + 5].to_vec(), CLASS_IPV6_OTHER),
-        fx("ipv6 ethertype, version 4", v6_wrong_version, CLASS_IPV6_OTHER),
-        fx("arp request", eth(ETH_P_ARP, &arp_request(MAC_SRC, A4, B4)), CLASS_ARP),
-        fx("arp in 802.1Q", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021Q, 5)], ETH_P_ARP, &arp_request(MAC_SRC, A4, B4)), CLASS_ARP),
-        fx("802.1Q ipv4 tcp", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021Q, 100)], ETH_P_IP, &ipv4(A4, B4, IPPROTO_TCP, &tcp4)), CLASS_IPV4_TCP),
-        fx("QinQ ipv6 udp", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)], ETH_P_IPV6, &ipv6(A6, B6, IPPROTO_UDP, &udp6)), CLASS_IPV6_UDP),
-        fx("QinQ (8100 outer) ipv4 icmp", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021Q, 10), (ETH_P_8021Q, 20)], ETH_P_IP, &ipv4(A4, B4, IPPROTO_ICMP, &icmpv4(8, 0, [0; 4], &[]))), CLASS_IPV4_ICMP),
-        fx("three VLAN tags", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_IP, &ipv4(A4, B4, IPPROTO_TCP, &tcp4)), CLASS_OTHER),
-        fx("802.1Q tag cut short", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021Q, 100)], ETH_P_IP, &[])[..16].to_vec(), CLASS_OTHER),
-        fx("802.1Q ipv4 header cut", ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021Q, 100)], ETH_P_IP, &ipv4(A4, B4, IPPROTO_TCP, &tcp4))[..18 + 19].to_vec(), CLASS_IPV4_OTHER),
-        fx("ethernet header only, ipv4 ethertype", eth(ETH_P_IP, &[]), CLASS_IPV4_OTHER),
-        fx("ethernet header only, ipv6 ethertype", eth(ETH_P_IPV6, &[]), CLASS_IPV6_OTHER),
+        fx(
+            "ipv6 no next header",
+            v6(IPPROTO_NONE, &[]),
+            CLASS_IPV6_OTHER,
+        ),
+        fx(
+            "ipv6 header cut at 30 bytes",
+            v6(IPPROTO_TCP, &tcp6)[..14 + 30].to_vec(),
+            CLASS_IPV6_OTHER,
+        ),
+        fx(
+            "ipv6 hop-by-hop cut short",
+            v6(IPPROTO_HOPOPTS, &ipv6_ext(IPPROTO_UDP, &[], &udp6))[..14 + 40 + 5].to_vec(),
+            CLASS_IPV6_OTHER,
+        ),
+        fx(
+            "ipv6 ethertype, version 4",
+            v6_wrong_version,
+            CLASS_IPV6_OTHER,
+        ),
+        fx(
+            "arp request",
+            eth(ETH_P_ARP, &arp_request(MAC_SRC, A4, B4)),
+            CLASS_ARP,
+        ),
+        fx(
+            "arp in 802.1Q",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021Q, 5)],
+                ETH_P_ARP,
+                &arp_request(MAC_SRC, A4, B4),
+            ),
+            CLASS_ARP,
+        ),
+        fx(
+            "802.1Q ipv4 tcp",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021Q, 100)],
+                ETH_P_IP,
+                &ipv4(A4, B4, IPPROTO_TCP, &tcp4),
+            ),
+            CLASS_IPV4_TCP,
+        ),
+        fx(
+            "QinQ ipv6 udp",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)],
+                ETH_P_IPV6,
+                &ipv6(A6, B6, IPPROTO_UDP, &udp6),
+            ),
+            CLASS_IPV6_UDP,
+        ),
+        fx(
+            "QinQ (8100 outer) ipv4 icmp",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021Q, 10), (ETH_P_8021Q, 20)],
+                ETH_P_IP,
+                &ipv4(A4, B4, IPPROTO_ICMP, &icmpv4(8, 0, [0; 4], &[])),
+            ),
+            CLASS_IPV4_ICMP,
+        ),
+        fx(
+            "three VLAN tags",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+                ETH_P_IP,
+                &ipv4(A4, B4, IPPROTO_TCP, &tcp4),
+            ),
+            CLASS_OTHER,
+        ),
+        fx(
+            "802.1Q tag cut short",
+            ethernet(MAC_DST, MAC_SRC, &[(ETH_P_8021Q, 100)], ETH_P_IP, &[])[..16].to_vec(),
+            CLASS_OTHER,
+        ),
+        fx(
+            "802.1Q ipv4 header cut",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021Q, 100)],
+                ETH_P_IP,
+                &ipv4(A4, B4, IPPROTO_TCP, &tcp4),
+            )[..18 + 19]
+                .to_vec(),
+            CLASS_IPV4_OTHER,
+        ),
+        fx(
+            "ethernet header only, ipv4 ethertype",
+            eth(ETH_P_IP, &[]),
+            CLASS_IPV4_OTHER,
+        ),
+        fx(
+            "ethernet header only, ipv6 ethertype",
+            eth(ETH_P_IPV6, &[]),
+            CLASS_IPV6_OTHER,
+        ),
         fx("lldp", eth(0x88CC, &[0; 46]), CLASS_OTHER),
         fx("802.3 length field", eth(0x002E, &[0; 46]), CLASS_OTHER),
         fx("runt: 13 bytes", vec![0xff; 13], CLASS_OTHER),
@@ -128,7 +329,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let log = moat::loader::LogOpts { verbose: 2, verifier_log: None };
+        let log = moat::loader::LogOpts {
+            verbose: 2,
+            verifier_log: None,
+        };
         let mut bpf = moat::loader::open(moat_ebpf::COUNT, &log).expect("open count object");
         moat::loader::load_xdp(&mut bpf, PROG_XDP, &log).unwrap_or_else(|e| panic!("{e}"));
         Harness { bpf }
@@ -137,7 +341,9 @@ impl Harness {
     fn counts(&self) -> Counts {
         let arr: PerCpuArray<_, CountValue> =
             PerCpuArray::try_from(self.bpf.map(MAP_STATS).unwrap()).unwrap();
-        Counts::from_percpu((0..CLASS_MAX).map(|c| arr.get(&c, 0).unwrap().iter().copied().collect::<Vec<_>>()))
+        Counts::from_percpu(
+            (0..CLASS_MAX).map(|c| arr.get(&c, 0).unwrap().iter().copied().collect::<Vec<_>>()),
+        )
     }
 
     /// Runs one frame; returns (XDP verdict, output frame) or the errno.
@@ -154,7 +360,9 @@ impl Harness {
                 out.truncate(r.data_size_out as usize);
                 Ok((r.return_value, out))
             }
-            Err(aya::programs::ProgramError::SyscallError(e)) => Err(e.io_error.raw_os_error().unwrap_or(-1)),
+            Err(aya::programs::ProgramError::SyscallError(e)) => {
+                Err(e.io_error.raw_os_error().unwrap_or(-1))
+            }
             Err(e) => panic!("test_run: {e}"),
         }
     }
@@ -168,18 +376,39 @@ impl Harness {
             Err(errno) => {
                 let after = self.counts();
                 assert_eq!(before, after, "a refused frame must not be counted");
-                assert!(frame.len() < 14, "kernel refused a {}-byte frame: errno {errno}", frame.len());
+                assert!(
+                    frame.len() < 14,
+                    "kernel refused a {}-byte frame: errno {errno}",
+                    frame.len()
+                );
                 return None;
             }
         };
-        assert_eq!(verdict, XDP_PASS, "counter must pass every frame:\n{}", hex(frame));
+        assert_eq!(
+            verdict,
+            XDP_PASS,
+            "counter must pass every frame:\n{}",
+            hex(frame)
+        );
         assert_eq!(out, frame, "counter must not change the frame");
         let d = self.counts().since(&before);
-        let moved: Vec<usize> = (0..CLASS_MAX as usize).filter(|&c| d.0[c].packets != 0).collect();
-        assert_eq!(moved.len(), 1, "exactly one class must move, got {moved:?}:\n{}", hex(frame));
+        let moved: Vec<usize> = (0..CLASS_MAX as usize)
+            .filter(|&c| d.0[c].packets != 0)
+            .collect();
+        assert_eq!(
+            moved.len(),
+            1,
+            "exactly one class must move, got {moved:?}:\n{}",
+            hex(frame)
+        );
         let c = moved[0];
         assert_eq!(d.0[c].packets, 1);
-        assert_eq!(d.0[c].bytes, frame.len() as u64, "bytes counted for:\n{}", hex(frame));
+        assert_eq!(
+            d.0[c].bytes,
+            frame.len() as u64,
+            "bytes counted for:\n{}",
+            hex(frame)
+        );
         Some(c as u32)
     }
 }
@@ -194,7 +423,12 @@ fn fixtures_classify_count_and_pass() {
     let mut refused = Vec::new();
     for f in fixtures() {
         // The model must agree with the fixture table too.
-        assert_eq!(classify(&f.frame), f.class, "reference model disagrees on fixture '{}'", f.what);
+        assert_eq!(
+            classify(&f.frame),
+            f.class,
+            "reference model disagrees on fixture '{}'",
+            f.what
+        );
         match h.class_of(&f.frame) {
             Some(c) if c == f.class => {}
             Some(c) => failures.push(format!(
@@ -207,14 +441,22 @@ fn fixtures_classify_count_and_pass() {
             None => refused.push(f.what),
         }
     }
-    assert!(failures.is_empty(), "fixture mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "fixture mismatches:\n{}",
+        failures.join("\n")
+    );
     // Runts below 14 bytes never reach XDP on a real interface; the kernel's
     // test runner refuses them (EINVAL), which class_of checked. Anything else
     // refused is a failure.
     for r in &refused {
         assert!(r.starts_with("runt"), "kernel refused fixture {r}");
     }
-    eprintln!("{} fixtures passed ({} runts refused by BPF_PROG_TEST_RUN)", fixtures().len(), refused.len());
+    eprintln!(
+        "{} fixtures passed ({} runts refused by BPF_PROG_TEST_RUN)",
+        fixtures().len(),
+        refused.len()
+    );
 }
 
 /// Random frames, structured and mangled: the BPF parser and the reference
@@ -224,8 +466,14 @@ fn random_frames_match_reference_model() {
     if !common::privileged("random_frames_match_reference_model") {
         return;
     }
-    let seed: u64 = std::env::var("MOAT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6d6f6174);
-    let n: usize = std::env::var("MOAT_FRAMES").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let seed: u64 = std::env::var("MOAT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6d6f6174);
+    let n: usize = std::env::var("MOAT_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut h = Harness::new();
     let base = fixtures();
@@ -262,23 +510,72 @@ fn random_frames_match_reference_model() {
             seen[got as usize] += 1;
         }
     }
-    let dist: Vec<String> = seen.iter().enumerate().map(|(c, k)| format!("{}={k}", class_name(c as u32))).collect();
-    eprintln!("{checked} random frames agreed (seed {seed}): {}", dist.join(" "));
+    let dist: Vec<String> = seen
+        .iter()
+        .enumerate()
+        .map(|(c, k)| format!("{}={k}", class_name(c as u32)))
+        .collect();
+    eprintln!(
+        "{checked} random frames agreed (seed {seed}): {}",
+        dist.join(" ")
+    );
     assert!(checked > n * 9 / 10);
-    assert!(seen.iter().all(|&k| k > 0), "the generator must reach every class: {dist:?}");
+    assert!(
+        seen.iter().all(|&k| k > 0),
+        "the generator must reach every class: {dist:?}"
+    );
 }
 
 fn random_frame(rng: &mut SmallRng) -> Vec<u8> {
     let vlans: Vec<(u16, u16)> = (0..rng.gen_range(0..=3))
-        .map(|_| (if rng.gen_bool(0.5) { ETH_P_8021Q } else { ETH_P_8021AD }, rng.gen_range(0..4096)))
+        .map(|_| {
+            (
+                if rng.gen_bool(0.5) {
+                    ETH_P_8021Q
+                } else {
+                    ETH_P_8021AD
+                },
+                rng.gen_range(0..4096),
+            )
+        })
         .collect();
-    let l4_protos = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_GRE, IPPROTO_ESP, IPPROTO_NONE];
-    let exts = [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_AH, 135, 139, 140];
+    let l4_protos = [
+        IPPROTO_TCP,
+        IPPROTO_UDP,
+        IPPROTO_ICMP,
+        IPPROTO_ICMPV6,
+        IPPROTO_GRE,
+        IPPROTO_ESP,
+        IPPROTO_NONE,
+    ];
+    let exts = [
+        IPPROTO_HOPOPTS,
+        IPPROTO_ROUTING,
+        IPPROTO_DSTOPTS,
+        IPPROTO_FRAGMENT,
+        IPPROTO_AH,
+        135,
+        139,
+        140,
+    ];
     let l4: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.r#gen()).collect();
     let (ethertype, payload) = match rng.gen_range(0..5) {
         0 => {
-            let o = V4Opts { options: vec![1; 4 * rng.gen_range(0..=10)], frag_offset: if rng.gen_bool(0.2) { 10 } else { 0 }, ..Default::default() };
-            (ETH_P_IP, ipv4_with(A4, B4, l4_protos[rng.gen_range(0..l4_protos.len())], &o, &l4))
+            let o = V4Opts {
+                options: vec![1; 4 * rng.gen_range(0..=10)],
+                frag_offset: if rng.gen_bool(0.2) { 10 } else { 0 },
+                ..Default::default()
+            };
+            (
+                ETH_P_IP,
+                ipv4_with(
+                    A4,
+                    B4,
+                    l4_protos[rng.gen_range(0..l4_protos.len())],
+                    &o,
+                    &l4,
+                ),
+            )
         }
         1 | 2 => {
             let mut rest = l4;
@@ -286,7 +583,17 @@ fn random_frame(rng: &mut SmallRng) -> Vec<u8> {
             for _ in 0..rng.gen_range(0..=10) {
                 let e = exts[rng.gen_range(0..exts.len())];
                 rest = match e {
-                    IPPROTO_FRAGMENT => ipv6_frag(next, if rng.gen_bool(0.3) { rng.gen_range(1..8191) } else { 0 }, rng.r#gen(), rng.r#gen(), &rest),
+                    IPPROTO_FRAGMENT => ipv6_frag(
+                        next,
+                        if rng.gen_bool(0.3) {
+                            rng.gen_range(1..8191)
+                        } else {
+                            0
+                        },
+                        rng.r#gen(),
+                        rng.r#gen(),
+                        &rest,
+                    ),
                     IPPROTO_AH => ipv6_ah(next, rng.gen_range(0..6), &rest),
                     _ => {
                         let body: Vec<u8> = vec![0; rng.gen_range(0..30)];
