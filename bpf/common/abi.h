@@ -56,4 +56,168 @@ struct count_value {
 #define MOAT_MAX_VLAN_DEPTH   2 /* 802.1Q / 802.1ad tags skipped (QinQ) */
 #define MOAT_MAX_IPV6_EXTHDRS 8 /* IPv6 extension headers walked */
 
+
+/* ---------------------------------------------------------------------------
+ * fw — the stateful firewall (bpf/fw/fw.bpf.c)
+ *
+ * Per packet: parse; ARP/non-IP and the ICMPv6 messages a host needs pass;
+ * a tracked connection passes if the policy generation that admitted it is
+ * current, else its first packet is re-checked; an ICMP error quoting a
+ * tracked connection passes; anything else is a new connection: the remote
+ * address gives a class (LPM trie), {class, direction, protocol, port} gives
+ * the verdict (LPM trie, port as a prefix). Rules compile to these entries in
+ * moat-core::fw::compile; the kernel only looks up.
+ * ------------------------------------------------------------------------- */
+
+#define FW_PROG_XDP "fw_xdp"       /* ingress, at XDP */
+#define FW_PROG_TC  "fw_tc_egress" /* egress, at TC (TCX) */
+
+/*
+ * fw_addr4 / fw_addr6: BPF_MAP_TYPE_LPM_TRIE (BPF_F_NO_PREALLOC)
+ *   key:    struct fw_addr4_key / fw_addr6_key (prefixlen + address, network order)
+ *   value:  struct fw_class
+ *   writer: moat fw apply (compiled address classes); reader: fw programs
+ *   A miss means class 0: no rule selects the address.
+ */
+#define FW_MAP_ADDR4 "fw_addr4"
+#define FW_MAP_ADDR6 "fw_addr6"
+/*
+ * fw_verdict: BPF_MAP_TYPE_LPM_TRIE (BPF_F_NO_PREALLOC)
+ *   key:    struct fw_verdict_key; prefixlen = 48 + bits of port matched
+ *   value:  struct fw_verdict
+ *   writer: moat fw apply; reader: fw programs. A miss means the default.
+ */
+#define FW_MAP_VERDICT "fw_verdict"
+/*
+ * fw_config: BPF_MAP_TYPE_ARRAY, 1 entry, key __u32 0, value struct fw_config
+ *   writer: moat fw apply (before the program is swapped in); reader: fw programs
+ */
+#define FW_MAP_CONFIG "fw_config"
+/*
+ * fw_ct: BPF_MAP_TYPE_LRU_HASH, pinned by name, shared by every program
+ *   generation so that connections survive a policy update.
+ *   key: struct fw_ct_key (host's view: local/remote); value: struct fw_ct_val
+ *   writer: fw programs (new allowed connections, re-checks); reader: moat fw status
+ */
+#define FW_MAP_CT "fw_ct"
+/*
+ * fw_frag: BPF_MAP_TYPE_LRU_HASH, pinned by name: first fragments that passed,
+ *   so later fragments (no transport header) follow their verdict.
+ *   key: struct fw_frag_key; value: __u32 (1 = passed). writer/reader: fw programs
+ */
+#define FW_MAP_FRAG "fw_frag"
+/*
+ * fw_rule_stats: BPF_MAP_TYPE_PERCPU_ARRAY, one entry per rule id (0 = default)
+ *   value: struct count_value (packets, bytes decided by that rule, including
+ *   packets of the connections it admitted). writer: fw programs; reader: status
+ */
+#define FW_MAP_RULE_STATS "fw_rule_stats"
+/*
+ * fw_stats: BPF_MAP_TYPE_PERCPU_ARRAY, FW_STAT_MAX entries, pinned by name
+ *   value: struct count_value per reason below. writer: fw programs; reader: status
+ */
+#define FW_MAP_STATS "fw_stats"
+
+#define FW_PIN_DIR "/sys/fs/bpf/moat/fw"
+
+/* Reasons a packet passed or was dropped (index into fw_stats). */
+#define FW_STAT_PASS_ESTABLISHED 0 /* tracked connection, current generation */
+#define FW_STAT_PASS_RULE        1 /* new connection allowed by a rule */
+#define FW_STAT_PASS_DEFAULT     2 /* new connection allowed by the default */
+#define FW_STAT_PASS_RECHECKED   3 /* tracked connection re-checked after an update */
+#define FW_STAT_PASS_RELATED     4 /* ICMP error quoting a tracked connection */
+#define FW_STAT_PASS_FRAGMENT    5 /* later fragment of a first fragment that passed */
+#define FW_STAT_PASS_NDP         6 /* ICMPv6 neighbour discovery / MLD (RFC 4890) */
+#define FW_STAT_PASS_NON_IP      7 /* ARP and every non-IP ethertype */
+#define FW_STAT_DROP_RULE        8 /* new connection denied by a rule */
+#define FW_STAT_DROP_DEFAULT     9 /* new connection denied by the default */
+#define FW_STAT_DROP_REVOKED    10 /* tracked connection the new policy denies */
+#define FW_STAT_DROP_MALFORMED  11 /* IP header or transport header cut/invalid */
+#define FW_STAT_DROP_FRAGMENT   12 /* later fragment whose first did not pass */
+#define FW_STAT_MAX             13
+
+#define FW_DIR_INGRESS 0
+#define FW_DIR_EGRESS  1
+
+#define FW_ACTION_ALLOW 1
+#define FW_ACTION_DENY  2
+
+/* Protocol byte of fw_verdict_key: 6, 17, 1, 58, or FW_PROTO_OTHER for any other. */
+#define FW_PROTO_OTHER 255
+
+/* Rule id 0 is the direction's default. */
+#define FW_RULE_DEFAULT 0
+
+struct fw_addr4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct fw_addr6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct fw_class {
+	__u32 class_id;
+};
+
+/*
+ * port: tcp/udp destination port of the connection's first packet (its local
+ * port on ingress, remote port on egress); icmp/icmpv6: type << 8 | code;
+ * other protocols: 0. Network byte order, so a port range is a prefix.
+ */
+struct fw_verdict_key {
+	__u32 prefixlen;
+	__be32 class_id;
+	__u8 dir;
+	__u8 proto;
+	__be16 port;
+};
+
+struct fw_verdict {
+	__u32 rule;   /* deciding rule id (1-based; FW_RULE_DEFAULT never stored) */
+	__u8 action;  /* FW_ACTION_* */
+	__u8 pad[3];
+};
+
+struct fw_config {
+	__u32 generation;       /* policy generation of this program instance */
+	__u8 default_ingress;   /* FW_ACTION_* */
+	__u8 default_egress;    /* FW_ACTION_* */
+	__u8 pad[2];
+};
+
+/* One connection, as the host sees it (same key in both directions). */
+struct fw_ct_key {
+	__u8 local[16];    /* IPv4: first 4 bytes, rest zero */
+	__u8 remote[16];
+	__be16 lport;      /* tcp/udp: ports; icmp echo: identifier in lport */
+	__be16 rport;
+	__u8 proto;        /* IPPROTO_* */
+	__u8 family;       /* 4 or 6 */
+	__u8 pad[2];
+};
+
+struct fw_ct_val {
+	__u64 first_seen_ns;
+	__u64 last_seen_ns;
+	__u64 packets;
+	__u64 bytes;
+	__u32 generation;  /* generation whose policy admitted / last re-checked it */
+	__u32 rule;        /* deciding rule id in that generation */
+	__be16 port0;      /* policy port of the first packet (see fw_verdict_key) */
+	__u8 dir0;         /* FW_DIR_* of the first packet */
+	__u8 pad[5];
+};
+
+struct fw_frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 id;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
 #endif /* MOAT_ABI_H */

@@ -33,7 +33,9 @@ struct moat_l3 {
 	__u32 l3_off;     /* offset of the IP header from data */
 	__u32 l4_off;     /* offset of the transport header (may be >= length) */
 	__u8 frag_later;  /* 1 for a non-first fragment (transport header absent) */
-	__u8 pad[3];
+	__u8 frag_more;   /* 1 if more fragments follow (MF set) */
+	__u8 pad[2];
+	__u32 frag_id;    /* fragment identification (IPv4: 16 bits) */
 };
 
 #define MOAT_L4_UNKNOWN 255
@@ -94,6 +96,8 @@ static __always_inline void moat_parse_ipv6(void *data, void *data_end, __u32 of
 		if (nh == 44) {
 			/* fragment header: 8 bytes; offset in the upper 13 bits of bytes 2-3 */
 			__u16 frag = ((__u16)h[2] << 8) | h[3];
+			r->frag_more = frag & 1;
+			r->frag_id = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
 			if (frag & 0xFFF8) {
 				r->l3_ok = 1;
 				r->l4_proto = h[0];
@@ -135,6 +139,8 @@ static __always_inline void moat_parse_ipv4(void *data, void *data_end, __u32 of
 	r->l4_proto = ip->protocol;
 	r->l4_off = off + hlen;
 	r->frag_later = (bpf_ntohs(ip->frag_off) & 0x1FFF) != 0;
+	r->frag_more = (bpf_ntohs(ip->frag_off) & 0x2000) != 0;
+	r->frag_id = bpf_ntohs(ip->id);
 }
 
 /* Parse L2 and L3 of [data, data_end). Never fails: fills what it could. */
@@ -151,6 +157,8 @@ static __always_inline void moat_parse(void *data, void *data_end, struct moat_l
 	r->l3_off = 0;
 	r->l4_off = 0;
 	r->frag_later = 0;
+	r->frag_more = 0;
+	r->frag_id = 0;
 
 	if ((void *)(eth + 1) > data_end)
 		return;

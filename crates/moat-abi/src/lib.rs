@@ -54,6 +54,144 @@ pub mod count {
     pub type CountKey = u32;
 }
 
+/// Stateful firewall (`bpf/fw/fw.bpf.c`).
+pub mod fw {
+    pub const PROG_XDP: &str = "fw_xdp";
+    pub const PROG_TC: &str = "fw_tc_egress";
+    pub const MAP_ADDR4: &str = "fw_addr4";
+    pub const MAP_ADDR6: &str = "fw_addr6";
+    pub const MAP_VERDICT: &str = "fw_verdict";
+    pub const MAP_CONFIG: &str = "fw_config";
+    pub const MAP_CT: &str = "fw_ct";
+    pub const MAP_FRAG: &str = "fw_frag";
+    pub const MAP_RULE_STATS: &str = "fw_rule_stats";
+    pub const MAP_STATS: &str = "fw_stats";
+    pub const PIN_DIR: &str = "/sys/fs/bpf/moat/fw";
+
+    pub const STAT_PASS_ESTABLISHED: u32 = 0;
+    pub const STAT_PASS_RULE: u32 = 1;
+    pub const STAT_PASS_DEFAULT: u32 = 2;
+    pub const STAT_PASS_RECHECKED: u32 = 3;
+    pub const STAT_PASS_RELATED: u32 = 4;
+    pub const STAT_PASS_FRAGMENT: u32 = 5;
+    pub const STAT_PASS_NDP: u32 = 6;
+    pub const STAT_PASS_NON_IP: u32 = 7;
+    pub const STAT_DROP_RULE: u32 = 8;
+    pub const STAT_DROP_DEFAULT: u32 = 9;
+    pub const STAT_DROP_REVOKED: u32 = 10;
+    pub const STAT_DROP_MALFORMED: u32 = 11;
+    pub const STAT_DROP_FRAGMENT: u32 = 12;
+    pub const STAT_MAX: u32 = 13;
+    /// Names of the reasons, indexed by `STAT_*`.
+    pub const STAT_NAMES: [&str; STAT_MAX as usize] = [
+        "pass_established",
+        "pass_rule",
+        "pass_default",
+        "pass_rechecked",
+        "pass_related",
+        "pass_fragment",
+        "pass_ndp",
+        "pass_non_ip",
+        "drop_rule",
+        "drop_default",
+        "drop_revoked",
+        "drop_malformed",
+        "drop_fragment",
+    ];
+
+    pub const DIR_INGRESS: u8 = 0;
+    pub const DIR_EGRESS: u8 = 1;
+    pub const ACTION_ALLOW: u8 = 1;
+    pub const ACTION_DENY: u8 = 2;
+    pub const PROTO_OTHER: u8 = 255;
+    pub const RULE_DEFAULT: u32 = 0;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwAddr4Key {
+        pub prefixlen: u32,
+        pub addr: [u8; 4],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwAddr6Key {
+        pub prefixlen: u32,
+        pub addr: [u8; 16],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwClass {
+        pub class_id: u32,
+    }
+
+    /// `class_id` and `port` in network byte order.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwVerdictKey {
+        pub prefixlen: u32,
+        pub class_id: u32,
+        pub dir: u8,
+        pub proto: u8,
+        pub port: u16,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwVerdict {
+        pub rule: u32,
+        pub action: u8,
+        pub pad: [u8; 3],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwConfig {
+        pub generation: u32,
+        pub default_ingress: u8,
+        pub default_egress: u8,
+        pub pad: [u8; 2],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FwCtKey {
+        pub local: [u8; 16],
+        pub remote: [u8; 16],
+        pub lport: u16,
+        pub rport: u16,
+        pub proto: u8,
+        pub family: u8,
+        pub pad: [u8; 2],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwCtVal {
+        pub first_seen_ns: u64,
+        pub last_seen_ns: u64,
+        pub packets: u64,
+        pub bytes: u64,
+        pub generation: u32,
+        pub rule: u32,
+        pub port0: u16,
+        pub dir0: u8,
+        pub pad: [u8; 5],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwFragKey {
+        pub src: [u8; 16],
+        pub dst: [u8; 16],
+        pub id: u32,
+        pub proto: u8,
+        pub family: u8,
+        pub pad: [u8; 2],
+    }
+}
+
 /// Parser limits shared with `bpf/common/parse.h`.
 pub mod parse {
     /// 802.1Q/802.1ad tags skipped before the ethertype is read.
@@ -72,21 +210,50 @@ pub struct MapAbi {
 }
 
 /// Every map shared with userspace.
-pub const MAPS: &[MapAbi] = &[MapAbi {
-    object: "count",
-    name: count::MAP_STATS,
-    key_size: core::mem::size_of::<count::CountKey>(),
-    value_size: core::mem::size_of::<count::CountValue>(),
-}];
+pub const MAPS: &[MapAbi] = &[
+    map::<count::CountKey, count::CountValue>("count", count::MAP_STATS),
+    map::<fw::FwAddr4Key, fw::FwClass>("fw", fw::MAP_ADDR4),
+    map::<fw::FwAddr6Key, fw::FwClass>("fw", fw::MAP_ADDR6),
+    map::<fw::FwVerdictKey, fw::FwVerdict>("fw", fw::MAP_VERDICT),
+    map::<u32, fw::FwConfig>("fw", fw::MAP_CONFIG),
+    map::<fw::FwCtKey, fw::FwCtVal>("fw", fw::MAP_CT),
+    map::<fw::FwFragKey, u32>("fw", fw::MAP_FRAG),
+    map::<u32, count::CountValue>("fw", fw::MAP_RULE_STATS),
+    map::<u32, count::CountValue>("fw", fw::MAP_STATS),
+];
+
+const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
+    MapAbi {
+        object,
+        name,
+        key_size: core::mem::size_of::<K>(),
+        value_size: core::mem::size_of::<V>(),
+    }
+}
 
 /// Every program userspace loads: (object, program name).
-pub const PROGRAMS: &[(&str, &str)] = &[("count", count::PROG_XDP)];
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("count", count::PROG_XDP),
+    ("fw", fw::PROG_XDP),
+    ("fw", fw::PROG_TC),
+];
 
 #[cfg(feature = "aya")]
 mod pod {
-    // SAFETY: CountValue is #[repr(C)], made only of u64 fields, has no padding
-    // and every bit pattern is a valid value.
-    unsafe impl aya::Pod for super::count::CountValue {}
+    use super::{count::CountValue, fw::*};
+    // SAFETY (all below): #[repr(C)] structs of integer fields and byte
+    // arrays with explicit padding fields, so no implicit padding; every bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for CountValue {}
+    unsafe impl aya::Pod for FwAddr4Key {}
+    unsafe impl aya::Pod for FwAddr6Key {}
+    unsafe impl aya::Pod for FwClass {}
+    unsafe impl aya::Pod for FwVerdictKey {}
+    unsafe impl aya::Pod for FwVerdict {}
+    unsafe impl aya::Pod for FwConfig {}
+    unsafe impl aya::Pod for FwCtKey {}
+    unsafe impl aya::Pod for FwCtVal {}
+    unsafe impl aya::Pod for FwFragKey {}
 }
 
 #[cfg(test)]
@@ -101,6 +268,21 @@ mod tests {
         for (_, p) in PROGRAMS {
             assert!(p.len() <= BPF_OBJ_NAME_MAX, "{p}");
         }
+    }
+
+    #[test]
+    fn fw_layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<fw::FwAddr4Key>(), 8);
+        assert_eq!(size_of::<fw::FwAddr6Key>(), 20);
+        assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
+        assert_eq!(size_of::<fw::FwVerdict>(), 8);
+        assert_eq!(size_of::<fw::FwConfig>(), 8);
+        assert_eq!(size_of::<fw::FwCtKey>(), 40);
+        assert_eq!(size_of::<fw::FwCtVal>(), 48);
+        assert_eq!(size_of::<fw::FwFragKey>(), 40);
+        assert_eq!(core::mem::offset_of!(fw::FwCtVal, port0), 40);
+        assert_eq!(fw::STAT_NAMES.len(), fw::STAT_MAX as usize);
     }
 
     #[test]

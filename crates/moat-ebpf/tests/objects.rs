@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use aya_obj::Object;
-use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, parse};
+use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, fw, parse};
 
 fn object(name: &str) -> Object {
     let bytes = moat_ebpf::object(name).unwrap_or_else(|| panic!("object {name} not embedded"));
@@ -95,6 +95,32 @@ fn abi_header_defines_match_rust_constants() {
         ("MOAT_MAX_VLAN_DEPTH", parse::MAX_VLAN_DEPTH.to_string()),
         ("MOAT_MAX_IPV6_EXTHDRS", parse::MAX_IPV6_EXTHDRS.to_string()),
     ];
+    rust.extend([
+        ("FW_PROG_XDP", fw::PROG_XDP.into()),
+        ("FW_PROG_TC", fw::PROG_TC.into()),
+        ("FW_MAP_ADDR4", fw::MAP_ADDR4.into()),
+        ("FW_MAP_ADDR6", fw::MAP_ADDR6.into()),
+        ("FW_MAP_VERDICT", fw::MAP_VERDICT.into()),
+        ("FW_MAP_CONFIG", fw::MAP_CONFIG.into()),
+        ("FW_MAP_CT", fw::MAP_CT.into()),
+        ("FW_MAP_FRAG", fw::MAP_FRAG.into()),
+        ("FW_MAP_RULE_STATS", fw::MAP_RULE_STATS.into()),
+        ("FW_MAP_STATS", fw::MAP_STATS.into()),
+        ("FW_PIN_DIR", fw::PIN_DIR.into()),
+        ("FW_STAT_MAX", fw::STAT_MAX.to_string()),
+        ("FW_DIR_INGRESS", fw::DIR_INGRESS.to_string()),
+        ("FW_DIR_EGRESS", fw::DIR_EGRESS.to_string()),
+        ("FW_ACTION_ALLOW", fw::ACTION_ALLOW.to_string()),
+        ("FW_ACTION_DENY", fw::ACTION_DENY.to_string()),
+        ("FW_PROTO_OTHER", fw::PROTO_OTHER.to_string()),
+        ("FW_RULE_DEFAULT", fw::RULE_DEFAULT.to_string()),
+    ]);
+    for (i, n) in fw::STAT_NAMES.iter().enumerate() {
+        rust.push((
+            Box::leak(format!("FW_STAT_{}", n.to_uppercase()).into_boxed_str()),
+            i.to_string(),
+        ));
+    }
     for (i, n) in count::CLASS_NAMES.iter().enumerate() {
         rust.push((
             Box::leak(format!("COUNT_CLASS_{}", n.to_uppercase()).into_boxed_str()),

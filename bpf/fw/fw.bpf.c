@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * fw.bpf.c — moat's stateful L3/L4 firewall: fw_xdp (ingress, XDP) and
+ * fw_tc_egress (egress, TC/TCX). The policy arrives compiled (moat-core::fw):
+ * two LPM lookups decide a new connection whatever the number of rules; a
+ * conntrack LRU shared across policy generations lets established traffic and
+ * replies through and re-checks connections when the policy changes.
+ * Maps and structs: see bpf/common/abi.h.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "../common/abi.h"
+#include "../common/parse.h"
+
+#define PIN_BY_NAME 1 /* LIBBPF_PIN_BY_NAME */
+
+/* Sizes of the policy maps are set by the loader from the compiled policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fw_addr4_key);
+	__type(value, struct fw_class);
+} fw_addr4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fw_addr6_key);
+	__type(value, struct fw_class);
+} fw_addr6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fw_verdict_key);
+	__type(value, struct fw_verdict);
+} fw_verdict SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_config);
+} fw_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, struct fw_ct_key);
+	__type(value, struct fw_ct_val);
+} fw_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, struct fw_frag_key);
+	__type(value, __u32);
+} fw_frag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct count_value);
+} fw_rule_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_STAT_MAX);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct count_value);
+} fw_stats SEC(".maps");
+
+#define FW_PASS 0
+#define FW_DROP 1
+
+/* Largest header offset the parser may hand us (bounds for the verifier). */
+#define FW_MAX_OFF 4000
+
+static __always_inline void fw_count(void *map, __u32 idx, __u64 len)
+{
+	struct count_value *v = bpf_map_lookup_elem(map, &idx);
+
+	if (v) {
+		v->packets += 1;
+		v->bytes += len;
+	}
+}
+
+static __always_inline int fw_stat(__u32 reason, __u64 len)
+{
+	fw_count(&fw_stats, reason, len);
+	return reason >= FW_STAT_DROP_RULE ? FW_DROP : FW_PASS;
+}
+
+static __always_inline __u8 fw_proto_key(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		return proto;
+	}
+	return FW_PROTO_OTHER;
+}
+
+/* The compiled policy's verdict for a connection's first packet. */
+static __always_inline __u8 fw_policy(const struct fw_config *cfg, __u8 family,
+				      const __u8 *remote, __u8 dir, __u8 proto,
+				      __be16 port, __u32 *rule)
+{
+	struct fw_verdict_key vk = {};
+	struct fw_class *cls;
+	struct fw_verdict *v;
+
+	if (family == 4) {
+		struct fw_addr4_key k = { .prefixlen = 32 };
+		__builtin_memcpy(k.addr, remote, 4);
+		cls = bpf_map_lookup_elem(&fw_addr4, &k);
+	} else {
+		struct fw_addr6_key k = { .prefixlen = 128 };
+		__builtin_memcpy(k.addr, remote, 16);
+		cls = bpf_map_lookup_elem(&fw_addr6, &k);
+	}
+	vk.prefixlen = 64;
+	vk.class_id = bpf_htonl(cls ? cls->class_id : 0);
+	vk.dir = dir;
+	vk.proto = fw_proto_key(proto);
+	vk.port = port;
+	v = bpf_map_lookup_elem(&fw_verdict, &vk);
+	if (v) {
+		*rule = v->rule;
+		return v->action;
+	}
+	*rule = FW_RULE_DEFAULT;
+	return dir == FW_DIR_INGRESS ? cfg->default_ingress : cfg->default_egress;
+}
+
+static __always_inline int icmp_is_error(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == 3 || type == 11 || type == 12;
+	return type >= 1 && type <= 4; /* ICMPv6 errors */
+}
+
+static __always_inline int icmp_is_echo(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == 8 || type == 0;
+	return type == 128 || type == 129;
+}
+
+/* RFC 4890: neighbour discovery and MLD messages a host must not lose. */
+static __always_inline int icmp6_is_ndp(__u8 type)
+{
+	switch (type) {
+	case 130: case 131: case 132: /* MLD query/report/done */
+	case 133: case 134:           /* router solicitation/advertisement */
+	case 135: case 136:           /* neighbour solicitation/advertisement */
+	case 137:                     /* redirect */
+	case 143:                     /* MLDv2 report */
+	case 148: case 149:           /* SEND certification path */
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Fills ct key ports for a transport header at l4 (bounds checked by the
+ * caller for 8 bytes). local_is_src: the packet was sent by this host.
+ */
+static __always_inline void fw_ports(__u8 proto, const __u8 *l4, int local_is_src,
+				     struct fw_ct_key *k, __be16 *dport)
+{
+	__be16 sport = 0;
+
+	*dport = 0;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		sport = *(__be16 *)l4;
+		*dport = *(__be16 *)(l4 + 2);
+		k->lport = local_is_src ? sport : *dport;
+		k->rport = local_is_src ? *dport : sport;
+	} else if ((proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) &&
+		   icmp_is_echo(proto, l4[0])) {
+		k->lport = *(__be16 *)(l4 + 4); /* echo identifier */
+		k->rport = 0;
+	}
+}
+
+/*
+ * An ICMP error quoting a packet of a tracked connection: returns 1 if that
+ * connection exists. inner points at the quoted IP header.
+ */
+static __always_inline int fw_related(void *data, void *data_end, __u32 inner_off,
+				      __u8 family, __u8 dir)
+{
+	struct fw_ct_key k = {};
+	__u8 *ip = data + inner_off;
+	__u32 l4_off;
+	__be16 dport;
+	/* The quoted packet went the other way: on ingress it was sent by us. */
+	int local_is_src = dir == FW_DIR_INGRESS;
+
+	if (inner_off > FW_MAX_OFF)
+		return 0;
+	if (family == 4) {
+		__u32 ihl;
+
+		if ((void *)(ip + 20) > data_end || (ip[0] >> 4) != 4)
+			return 0;
+		ihl = (ip[0] & 0xF) * 4;
+		if (ihl < 20)
+			return 0;
+		k.proto = ip[9];
+		__builtin_memcpy(local_is_src ? k.local : k.remote, ip + 12, 4);
+		__builtin_memcpy(local_is_src ? k.remote : k.local, ip + 16, 4);
+		l4_off = inner_off + ihl;
+	} else {
+		if ((void *)(ip + 40) > data_end || (ip[0] >> 4) != 6)
+			return 0;
+		k.proto = ip[6];
+		__builtin_memcpy(local_is_src ? k.local : k.remote, ip + 8, 16);
+		__builtin_memcpy(local_is_src ? k.remote : k.local, ip + 24, 16);
+		l4_off = inner_off + 40;
+	}
+	k.family = family;
+	if (l4_off > FW_MAX_OFF)
+		return 0;
+	if (data + l4_off + 8 > data_end)
+		return 0;
+	fw_ports(k.proto, data + l4_off, local_is_src, &k, &dport);
+	return bpf_map_lookup_elem(&fw_ct, &k) != NULL;
+}
+
+static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
+{
+	__u64 len = data_end - data;
+	__u32 zero = 0;
+	struct fw_config *cfg = bpf_map_lookup_elem(&fw_config, &zero);
+	struct fw_ct_key k = {};
+	struct fw_frag_key fk = {};
+	struct fw_ct_val *ct;
+	struct moat_l3 r;
+	__u8 family, proto, action;
+	__u8 *src, *dst, *l4;
+	__be16 dport = 0, pport = 0;
+	__u32 rule = 0, off, reason;
+	__u8 icmp_error = 0;
+	int local_is_src = dir == FW_DIR_EGRESS;
+
+	if (!cfg)
+		return FW_PASS;
+	moat_parse(data, data_end, &r);
+	if (r.eth_proto != ETH_P_IP && r.eth_proto != ETH_P_IPV6)
+		return fw_stat(FW_STAT_PASS_NON_IP, len);
+	if (!r.l3_ok)
+		return fw_stat(FW_STAT_DROP_MALFORMED, len);
+
+	off = r.l3_off;
+	if (off > FW_MAX_OFF)
+		return fw_stat(FW_STAT_DROP_MALFORMED, len);
+	if (r.eth_proto == ETH_P_IP) {
+		__u8 *ip = data + off;
+		if ((void *)(ip + 20) > data_end)
+			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		family = 4;
+		__builtin_memcpy(fk.src, ip + 12, 4);
+		__builtin_memcpy(fk.dst, ip + 16, 4);
+	} else {
+		__u8 *ip = data + off;
+		if ((void *)(ip + 40) > data_end)
+			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		family = 6;
+		__builtin_memcpy(fk.src, ip + 8, 16);
+		__builtin_memcpy(fk.dst, ip + 24, 16);
+	}
+	proto = r.l4_proto;
+	fk.family = family;
+	fk.proto = proto;
+	fk.id = r.frag_id;
+	src = fk.src;
+	dst = fk.dst;
+
+	if (r.frag_later) {
+		if (bpf_map_lookup_elem(&fw_frag, &fk))
+			return fw_stat(FW_STAT_PASS_FRAGMENT, len);
+		return fw_stat(FW_STAT_DROP_FRAGMENT, len);
+	}
+
+	__builtin_memcpy(k.local, local_is_src ? src : dst, 16);
+	__builtin_memcpy(k.remote, local_is_src ? dst : src, 16);
+	k.proto = proto;
+	k.family = family;
+
+	off = r.l4_off;
+	if (off > FW_MAX_OFF)
+		return fw_stat(FW_STAT_DROP_MALFORMED, len);
+	l4 = data + off;
+	if (proto == IPPROTO_TCP) {
+		if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
+			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+	} else if (proto == IPPROTO_UDP || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		if ((void *)(l4 + 8) > data_end)
+			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+	}
+
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 8) > data_end)
+			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		fw_ports(proto, l4, local_is_src, &k, &dport);
+		pport = dport;
+	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		if ((void *)(l4 + 8) > data_end)
+			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		if (proto == IPPROTO_ICMPV6 && family == 6 && icmp6_is_ndp(l4[0]))
+			return fw_stat(FW_STAT_PASS_NDP, len);
+		icmp_error = icmp_is_error(proto, l4[0]);
+		if (icmp_error && fw_related(data, data_end, off + 8, family, dir))
+			return fw_stat(FW_STAT_PASS_RELATED, len);
+		fw_ports(proto, l4, local_is_src, &k, &dport);
+		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
+	}
+
+	ct = bpf_map_lookup_elem(&fw_ct, &k);
+	if (ct) {
+		if (ct->generation == cfg->generation) {
+			reason = FW_STAT_PASS_ESTABLISHED;
+			rule = ct->rule;
+		} else {
+			action = fw_policy(cfg, family, k.remote, ct->dir0, proto, ct->port0, &rule);
+			if (action != FW_ACTION_ALLOW) {
+				bpf_map_delete_elem(&fw_ct, &k);
+				fw_count(&fw_rule_stats, rule, len);
+				return fw_stat(FW_STAT_DROP_REVOKED, len);
+			}
+			ct->generation = cfg->generation;
+			ct->rule = rule;
+			reason = FW_STAT_PASS_RECHECKED;
+		}
+		ct->last_seen_ns = bpf_ktime_get_ns();
+		__sync_fetch_and_add(&ct->packets, 1);
+		__sync_fetch_and_add(&ct->bytes, len);
+	} else {
+		action = fw_policy(cfg, family, k.remote, dir, proto, pport, &rule);
+		if (action != FW_ACTION_ALLOW) {
+			fw_count(&fw_rule_stats, rule, len);
+			return fw_stat(rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT, len);
+		}
+		reason = rule ? FW_STAT_PASS_RULE : FW_STAT_PASS_DEFAULT;
+		/* ICMP errors are judged alone, never tracked as connections. */
+		if (!icmp_error) {
+			struct fw_ct_val v = {};
+			v.first_seen_ns = bpf_ktime_get_ns();
+			v.last_seen_ns = v.first_seen_ns;
+			v.packets = 1;
+			v.bytes = len;
+			v.generation = cfg->generation;
+			v.rule = rule;
+			v.port0 = pport;
+			v.dir0 = dir;
+			bpf_map_update_elem(&fw_ct, &k, &v, BPF_ANY);
+		}
+	}
+	if (r.frag_more) {
+		__u32 one = 1;
+		bpf_map_update_elem(&fw_frag, &fk, &one, BPF_ANY);
+	}
+	fw_count(&fw_rule_stats, rule, len);
+	return fw_stat(reason, len);
+}
+
+SEC("xdp")
+int fw_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	return fw_decide(data, data_end, FW_DIR_INGRESS) == FW_PASS ? XDP_PASS : XDP_DROP;
+}
+
+SEC("classifier")
+int fw_tc_egress(struct __sk_buff *skb)
+{
+	void *data, *data_end;
+
+	/* Headers of locally sent packets are normally linear; make sure. */
+	if ((long)skb->data + 256 > (long)skb->data_end && skb->len > skb->data_end - skb->data)
+		bpf_skb_pull_data(skb, skb->len < 256 ? skb->len : 256);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	return fw_decide(data, data_end, FW_DIR_EGRESS) == FW_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
