@@ -10,4 +10,5 @@
 
 pub mod classify;
 pub mod counters;
+pub mod fw;
 pub mod packet;
