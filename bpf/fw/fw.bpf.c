@@ -116,29 +116,34 @@ static __always_inline __u8 fw_proto_key(__u8 proto)
 	return FW_PROTO_OTHER;
 }
 
-/* The compiled policy's verdict for a connection's first packet. */
-static __always_inline __u8 fw_policy(const struct fw_config *cfg, __u8 family,
-				      const __u8 *remote, __u8 dir, __u8 proto,
-				      __be16 port, __u32 *rule)
+/*
+ * The compiled policy's verdict for a connection's first packet: remote
+ * address, family and protocol from *k; dir and the policy port as given.
+ * Global, so the verifier checks it once however often it is called.
+ */
+__noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k, __u32 dir,
+			 __u32 port_be, __u32 *rule)
 {
 	struct fw_verdict_key vk = {};
 	struct fw_class *cls;
 	struct fw_verdict *v;
 
-	if (family == 4) {
-		struct fw_addr4_key k = { .prefixlen = 32 };
-		__builtin_memcpy(k.addr, remote, 4);
-		cls = bpf_map_lookup_elem(&fw_addr4, &k);
+	if (!cfg || !k || !rule)
+		return FW_ACTION_DENY;
+	if (k->family == 4) {
+		struct fw_addr4_key a = { .prefixlen = 32 };
+		__builtin_memcpy(a.addr, k->remote, 4);
+		cls = bpf_map_lookup_elem(&fw_addr4, &a);
 	} else {
-		struct fw_addr6_key k = { .prefixlen = 128 };
-		__builtin_memcpy(k.addr, remote, 16);
-		cls = bpf_map_lookup_elem(&fw_addr6, &k);
+		struct fw_addr6_key a = { .prefixlen = 128 };
+		__builtin_memcpy(a.addr, k->remote, 16);
+		cls = bpf_map_lookup_elem(&fw_addr6, &a);
 	}
 	vk.prefixlen = 64;
 	vk.class_id = bpf_htonl(cls ? cls->class_id : 0);
 	vk.dir = dir;
-	vk.proto = fw_proto_key(proto);
-	vk.port = port;
+	vk.proto = fw_proto_key(k->proto);
+	vk.port = port_be;
 	v = bpf_map_lookup_elem(&fw_verdict, &vk);
 	if (v) {
 		*rule = v->rule;
@@ -204,7 +209,7 @@ static __always_inline void fw_ports(__u8 proto, const __u8 *l4, int local_is_sr
  * connection exists. inner points at the quoted IP header.
  */
 static __always_inline int fw_related(void *data, void *data_end, __u32 inner_off,
-				      __u8 family, __u8 dir)
+				      __u32 family, __u32 dir)
 {
 	struct fw_ct_key k = {};
 	__u8 *ip = data + inner_off;
@@ -244,7 +249,41 @@ static __always_inline int fw_related(void *data, void *data_end, __u32 inner_of
 	return bpf_map_lookup_elem(&fw_ct, &k) != NULL;
 }
 
-static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
+__noinline int fw_related_xdp(struct xdp_md *ctx, __u32 inner_off, __u32 family)
+{
+	return fw_related((void *)(long)ctx->data, (void *)(long)ctx->data_end, inner_off,
+			  family, FW_DIR_INGRESS);
+}
+
+__noinline int fw_related_tc(struct __sk_buff *skb, __u32 inner_off, __u32 family)
+{
+	return fw_related((void *)(long)skb->data, (void *)(long)skb->data_end, inner_off,
+			  family, FW_DIR_EGRESS);
+}
+
+/*
+ * Parse results handed from the entry programs to the core, packed in scalars:
+ * offs = l3_off | l4_off << 16;
+ * meta = eth_proto | l4_proto << 16 | l3_ok << 24 | frag_later << 25 | frag_more << 26.
+ */
+#define META_L3_OK      (1u << 24)
+#define META_FRAG_LATER (1u << 25)
+#define META_FRAG_MORE  (1u << 26)
+
+static __always_inline void fw_pack(const struct moat_l3 *r, __u32 *offs, __u32 *meta)
+{
+	*offs = (r->l3_off & 0xFFFF) | (r->l4_off << 16);
+	*meta = r->eth_proto | ((__u32)r->l4_proto << 16) | (r->l3_ok ? META_L3_OK : 0) |
+		(r->frag_later ? META_FRAG_LATER : 0) | (r->frag_more ? META_FRAG_MORE : 0);
+}
+
+/*
+ * The decision for one parsed packet. Called from global functions (one per
+ * context type), so the verifier checks it once with unknown offsets instead
+ * of once per parser path.
+ */
+static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u32 offs,
+				     __u32 meta, __u32 frag_id, __u8 dir)
 {
 	__u64 len = data_end - data;
 	__u32 zero = 0;
@@ -252,7 +291,7 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 	struct fw_ct_key k = {};
 	struct fw_frag_key fk = {};
 	struct fw_ct_val *ct;
-	struct moat_l3 r;
+	__u16 eth_proto = meta & 0xFFFF;
 	__u8 family, proto, action;
 	__u8 *src, *dst, *l4;
 	__be16 dport = 0, pport = 0;
@@ -262,16 +301,15 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 
 	if (!cfg)
 		return FW_PASS;
-	moat_parse(data, data_end, &r);
-	if (r.eth_proto != ETH_P_IP && r.eth_proto != ETH_P_IPV6)
+	if (eth_proto != ETH_P_IP && eth_proto != ETH_P_IPV6)
 		return fw_stat(FW_STAT_PASS_NON_IP, len);
-	if (!r.l3_ok)
+	if (!(meta & META_L3_OK))
 		return fw_stat(FW_STAT_DROP_MALFORMED, len);
 
-	off = r.l3_off;
+	off = offs & 0xFFFF;
 	if (off > FW_MAX_OFF)
 		return fw_stat(FW_STAT_DROP_MALFORMED, len);
-	if (r.eth_proto == ETH_P_IP) {
+	if (eth_proto == ETH_P_IP) {
 		__u8 *ip = data + off;
 		if ((void *)(ip + 20) > data_end)
 			return fw_stat(FW_STAT_DROP_MALFORMED, len);
@@ -286,14 +324,14 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 		__builtin_memcpy(fk.src, ip + 8, 16);
 		__builtin_memcpy(fk.dst, ip + 24, 16);
 	}
-	proto = r.l4_proto;
+	proto = (meta >> 16) & 0xFF;
 	fk.family = family;
 	fk.proto = proto;
-	fk.id = r.frag_id;
+	fk.id = frag_id;
 	src = fk.src;
 	dst = fk.dst;
 
-	if (r.frag_later) {
+	if (meta & META_FRAG_LATER) {
 		if (bpf_map_lookup_elem(&fw_frag, &fk))
 			return fw_stat(FW_STAT_PASS_FRAGMENT, len);
 		return fw_stat(FW_STAT_DROP_FRAGMENT, len);
@@ -304,7 +342,7 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 	k.proto = proto;
 	k.family = family;
 
-	off = r.l4_off;
+	off = offs >> 16;
 	if (off > FW_MAX_OFF)
 		return fw_stat(FW_STAT_DROP_MALFORMED, len);
 	l4 = data + off;
@@ -327,7 +365,9 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 		if (proto == IPPROTO_ICMPV6 && family == 6 && icmp6_is_ndp(l4[0]))
 			return fw_stat(FW_STAT_PASS_NDP, len);
 		icmp_error = icmp_is_error(proto, l4[0]);
-		if (icmp_error && fw_related(data, data_end, off + 8, family, dir))
+		if (icmp_error &&
+		    (dir == FW_DIR_INGRESS ? fw_related_xdp(ctx, off + 8, family)
+					   : fw_related_tc(ctx, off + 8, family)))
 			return fw_stat(FW_STAT_PASS_RELATED, len);
 		fw_ports(proto, l4, local_is_src, &k, &dport);
 		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
@@ -339,7 +379,7 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 			reason = FW_STAT_PASS_ESTABLISHED;
 			rule = ct->rule;
 		} else {
-			action = fw_policy(cfg, family, k.remote, ct->dir0, proto, ct->port0, &rule);
+			action = fw_policy(cfg, &k, ct->dir0, ct->port0, &rule);
 			if (action != FW_ACTION_ALLOW) {
 				bpf_map_delete_elem(&fw_ct, &k);
 				fw_count(&fw_rule_stats, rule, len);
@@ -353,7 +393,7 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 		__sync_fetch_and_add(&ct->packets, 1);
 		__sync_fetch_and_add(&ct->bytes, len);
 	} else {
-		action = fw_policy(cfg, family, k.remote, dir, proto, pport, &rule);
+		action = fw_policy(cfg, &k, dir, pport, &rule);
 		if (action != FW_ACTION_ALLOW) {
 			fw_count(&fw_rule_stats, rule, len);
 			return fw_stat(rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT, len);
@@ -373,7 +413,7 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 			bpf_map_update_elem(&fw_ct, &k, &v, BPF_ANY);
 		}
 	}
-	if (r.frag_more) {
+	if (meta & META_FRAG_MORE) {
 		__u32 one = 1;
 		bpf_map_update_elem(&fw_frag, &fk, &one, BPF_ANY);
 	}
@@ -381,26 +421,51 @@ static __always_inline int fw_decide(void *data, void *data_end, __u8 dir)
 	return fw_stat(reason, len);
 }
 
+/* Global (not inlined, verified once each): the core per context type. */
+__noinline int fw_core_xdp(struct xdp_md *ctx, __u32 offs, __u32 meta, __u32 frag_id)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	return fw_decide(ctx, data, data_end, offs, meta, frag_id, FW_DIR_INGRESS);
+}
+
+__noinline int fw_core_tc(struct __sk_buff *skb, __u32 offs, __u32 meta, __u32 frag_id)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	return fw_decide(skb, data, data_end, offs, meta, frag_id, FW_DIR_EGRESS);
+}
+
 SEC("xdp")
 int fw_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct moat_l3 r;
+	__u32 offs, meta;
 
-	return fw_decide(data, data_end, FW_DIR_INGRESS) == FW_PASS ? XDP_PASS : XDP_DROP;
+	moat_parse(data, data_end, &r);
+	fw_pack(&r, &offs, &meta);
+	return fw_core_xdp(ctx, offs, meta, r.frag_id) == FW_PASS ? XDP_PASS : XDP_DROP;
 }
 
 SEC("classifier")
 int fw_tc_egress(struct __sk_buff *skb)
 {
 	void *data, *data_end;
+	struct moat_l3 r;
+	__u32 offs, meta;
 
 	/* Headers of locally sent packets are normally linear; make sure. */
 	if ((long)skb->data + 256 > (long)skb->data_end && skb->len > skb->data_end - skb->data)
 		bpf_skb_pull_data(skb, skb->len < 256 ? skb->len : 256);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	return fw_decide(data, data_end, FW_DIR_EGRESS) == FW_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+	moat_parse(data, data_end, &r);
+	fw_pack(&r, &offs, &meta);
+	return fw_core_tc(skb, offs, meta, r.frag_id) == FW_PASS ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

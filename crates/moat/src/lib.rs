@@ -4,6 +4,7 @@
 
 pub mod count;
 pub mod demo;
+pub mod fw;
 pub mod loader;
 pub mod netlab;
 pub mod sys;

@@ -5,7 +5,7 @@ use std::{fmt, path::PathBuf};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    programs::{ProgramError, Xdp},
+    programs::{Program, ProgramError, Xdp},
 };
 
 use crate::sys;
@@ -103,15 +103,24 @@ impl std::error::Error for VerifierError {}
 
 /// Parses an embedded object (maps are created, programs not yet loaded).
 pub fn open(object: &[u8], log: &LogOpts) -> Result<Ebpf> {
+    open_with(object, log, |_| {})
+}
+
+/// Like [`open`], letting `configure` size maps or set the pin directory.
+pub fn open_with<'a>(
+    object: &[u8],
+    log: &LogOpts,
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> Result<Ebpf> {
     let level = if log.verbose > 0 || log.verifier_log.is_some() {
         VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
     } else {
         VerifierLogLevel::default()
     };
-    EbpfLoader::new()
-        .verifier_log_level(level)
-        .load(object)
-        .map_err(|e| anyhow!("loading BPF object: {e}"))
+    let mut loader = EbpfLoader::new();
+    loader.verifier_log_level(level);
+    configure(&mut loader);
+    loader.load(object).map_err(|e| anyhow!("loading BPF object: {e}"))
 }
 
 /// What the kernel did with a loaded program.
@@ -142,15 +151,18 @@ impl fmt::Display for Loaded {
     }
 }
 
-/// Loads the XDP program `name` from `bpf`, turning a verifier refusal into a
-/// [`VerifierError`].
-pub fn load_xdp<'a>(bpf: &'a mut Ebpf, name: &str, log: &LogOpts) -> Result<(&'a mut Xdp, Loaded)> {
-    let prog: &mut Xdp = bpf
+/// Loads program `name` (XDP or TC classifier) from `bpf`, turning a
+/// verifier refusal into a [`VerifierError`].
+pub fn load_program(bpf: &mut Ebpf, name: &str, log: &LogOpts) -> Result<Loaded> {
+    let prog = bpf
         .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} is not in the object"))?
-        .try_into()
-        .with_context(|| format!("program {name} is not an XDP program"))?;
-    match prog.load() {
+        .ok_or_else(|| anyhow!("program {name} is not in the object"))?;
+    let result = match prog {
+        Program::Xdp(p) => p.load(),
+        Program::SchedClassifier(p) => p.load(),
+        _ => return Err(anyhow!("program {name}: unsupported program type")),
+    };
+    match result {
         Ok(()) => {}
         Err(ProgramError::LoadError {
             io_error,
@@ -169,15 +181,23 @@ pub fn load_xdp<'a>(bpf: &'a mut Ebpf, name: &str, log: &LogOpts) -> Result<(&'a
         }
         Err(e) => return Err(anyhow!("loading {name}: {e}")),
     }
-    let info = prog
-        .info()
-        .with_context(|| format!("reading info of {name}"))?;
-    let loaded = Loaded {
+    let info = prog.info().with_context(|| format!("reading info of {name}"))?;
+    Ok(Loaded {
         name: name.to_string(),
         id: info.id(),
         insns: info.size_translated().unwrap_or(0) / 8,
         jited_bytes: info.size_jitted(),
-    };
+    })
+}
+
+/// Loads the XDP program `name` and returns it with what the kernel did.
+pub fn load_xdp<'a>(bpf: &'a mut Ebpf, name: &str, log: &LogOpts) -> Result<(&'a mut Xdp, Loaded)> {
+    let loaded = load_program(bpf, name, log)?;
+    let prog: &mut Xdp = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} is not in the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))?;
     Ok((prog, loaded))
 }
 

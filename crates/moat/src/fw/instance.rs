@@ -1,0 +1,325 @@
+//! One loaded instance of the firewall programs with its policy maps filled.
+//! `moat fw apply` loads a fresh instance per policy (maps sized to it) and
+//! swaps it in; `moat fw explain` and the tests load a private one and run
+//! packets through it with BPF_PROG_TEST_RUN.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, TestRun, TestRunOptions,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key, lpm_trie::LpmTrie},
+    programs::{SchedClassifier, Xdp},
+    util::nr_cpus,
+};
+use moat_abi::{
+    count::CountValue,
+    fw::{self as abi, FwClass, FwConfig, FwCtKey, FwCtVal, FwVerdict},
+};
+use moat_core::fw::{Action, Dir, Policy, compile::Compiled};
+
+use crate::loader::{self, Loaded, LogOpts};
+
+pub fn action_byte(a: Action) -> u8 {
+    match a {
+        Action::Allow => abi::ACTION_ALLOW,
+        Action::Deny => abi::ACTION_DENY,
+    }
+}
+
+pub fn dir_byte(d: Dir) -> u8 {
+    match d {
+        Dir::Ingress => abi::DIR_INGRESS,
+        Dir::Egress => abi::DIR_EGRESS,
+    }
+}
+
+/// Verdict trie key data (after prefixlen): class (be32), dir, proto, port (be16).
+pub fn verdict_key_data(class: u32, dir: u8, proto: u8, port: u16) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&class.to_be_bytes());
+    k[4] = dir;
+    k[5] = proto;
+    k[6..].copy_from_slice(&port.to_be_bytes());
+    k
+}
+
+/// Sizes of the policy maps for a compiled policy.
+pub struct Sizes {
+    pub addr4: u32,
+    pub addr6: u32,
+    pub verdict: u32,
+    pub rules: u32,
+}
+
+impl Sizes {
+    pub fn of(c: &Compiled, p: &Policy) -> Sizes {
+        Sizes {
+            addr4: c.addr4.len().max(1) as u32,
+            addr6: c.addr6.len().max(1) as u32,
+            verdict: c.verdicts.len().max(1) as u32,
+            rules: p.rules.len() as u32 + 1,
+        }
+    }
+}
+
+pub struct FwInstance {
+    pub bpf: Ebpf,
+    pub generation: u32,
+    pub loaded: Vec<Loaded>,
+}
+
+/// Progress callback: (what, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+impl FwInstance {
+    /// Loads both programs with maps sized for `compiled`, sharing the maps
+    /// pinned by name (conntrack, fragments, reason counters) under `pin_dir`,
+    /// and fills the policy maps and the config.
+    pub fn load(
+        policy: &Policy,
+        compiled: &Compiled,
+        generation: u32,
+        pin_dir: &Path,
+        log: &LogOpts,
+        progress: Progress<'_>,
+    ) -> Result<FwInstance> {
+        Self::load_with_capacity(policy, compiled, generation, pin_dir, log, progress, &Sizes::of(compiled, policy))
+    }
+
+    /// Like [`FwInstance::load`], with policy maps of at least `min` entries
+    /// (so that [`FwInstance::refill`] can take other policies).
+    pub fn load_with_capacity(
+        policy: &Policy,
+        compiled: &Compiled,
+        generation: u32,
+        pin_dir: &Path,
+        log: &LogOpts,
+        progress: Progress<'_>,
+        min: &Sizes,
+    ) -> Result<FwInstance> {
+        let need = Sizes::of(compiled, policy);
+        let sizes = Sizes {
+            addr4: need.addr4.max(min.addr4),
+            addr6: need.addr6.max(min.addr6),
+            verdict: need.verdict.max(min.verdict),
+            rules: need.rules.max(min.rules),
+        };
+        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+        let pin_dir = pin_dir.to_path_buf();
+        let mut bpf = loader::open_with(moat_ebpf::FW, log, |l| {
+            l.map_max_entries(abi::MAP_ADDR4, sizes.addr4)
+                .map_max_entries(abi::MAP_ADDR6, sizes.addr6)
+                .map_max_entries(abi::MAP_VERDICT, sizes.verdict)
+                .map_max_entries(abi::MAP_RULE_STATS, sizes.rules)
+                .default_map_pin_directory(pin_dir);
+        })?;
+        let loaded = vec![
+            loader::load_program(&mut bpf, abi::PROG_XDP, log)?,
+            loader::load_program(&mut bpf, abi::PROG_TC, log)?,
+        ];
+        let mut inst = FwInstance { bpf, generation, loaded };
+        inst.fill(policy, compiled, progress)?;
+        Ok(inst)
+    }
+
+    /// Replaces the policy in this instance's maps (private instances: the
+    /// maps are emptied first, so packets in between see no policy).
+    pub fn refill(&mut self, policy: &Policy, compiled: &Compiled, generation: u32) -> Result<()> {
+        fn clear<K: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
+            let mut t: LpmTrie<_, K, FwClass> = LpmTrie::try_from(map)?;
+            let keys: Vec<Key<K>> = t.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                t.remove(&k)?;
+            }
+            Ok(())
+        }
+        clear::<[u8; 4]>(self.map_mut(abi::MAP_ADDR4)?)?;
+        clear::<[u8; 16]>(self.map_mut(abi::MAP_ADDR6)?)?;
+        {
+            let mut t: LpmTrie<_, [u8; 8], FwVerdict> = LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
+            let keys: Vec<Key<[u8; 8]>> = t.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                t.remove(&k)?;
+            }
+        }
+        self.generation = generation;
+        self.fill(policy, compiled, &mut |_, _, _| {})
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.bpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from fw object"))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.bpf.map(name).ok_or_else(|| anyhow!("map {name} missing from fw object"))
+    }
+
+    fn fill(&mut self, policy: &Policy, c: &Compiled, progress: Progress<'_>) -> Result<()> {
+        let total = c.addr4.len() + c.addr6.len() + c.verdicts.len();
+        let mut done = 0usize;
+        let step = 50_000;
+        {
+            let mut t: LpmTrie<_, [u8; 4], FwClass> = LpmTrie::try_from(self.map_mut(abi::MAP_ADDR4)?)?;
+            for (cidr, class) in &c.addr4 {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(&cidr.octets());
+                t.insert(&Key::new(u32::from(cidr.len()), a), FwClass { class_id: *class }, 0)
+                    .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR4))?;
+                done += 1;
+                if done % step == 0 {
+                    progress("filling maps", done, total);
+                }
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 16], FwClass> = LpmTrie::try_from(self.map_mut(abi::MAP_ADDR6)?)?;
+            for (cidr, class) in &c.addr6 {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&cidr.octets());
+                t.insert(&Key::new(u32::from(cidr.len()), a), FwClass { class_id: *class }, 0)
+                    .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR6))?;
+                done += 1;
+                if done % step == 0 {
+                    progress("filling maps", done, total);
+                }
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 8], FwVerdict> = LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
+            for v in &c.verdicts {
+                let data = verdict_key_data(v.class, dir_byte(v.dir), v.proto, v.port);
+                let val = FwVerdict {
+                    rule: v.rule as u32 + 1,
+                    action: action_byte(v.action),
+                    pad: [0; 3],
+                };
+                t.insert(&Key::new(48 + u32::from(v.plen), data), val, 0)
+                    .context("inserting a verdict entry")?;
+                done += 1;
+                if done % step == 0 {
+                    progress("filling maps", done, total);
+                }
+            }
+        }
+        progress("filling maps", total, total);
+        let cfg = FwConfig {
+            generation: self.generation,
+            default_ingress: action_byte(policy.default_ingress),
+            default_egress: action_byte(policy.default_egress),
+            pad: [0; 2],
+        };
+        let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
+        a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .bpf
+            .program_mut(abi::PROG_XDP)
+            .ok_or_else(|| anyhow!("no {}", abi::PROG_XDP))?
+            .try_into()?)
+    }
+
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .bpf
+            .program_mut(abi::PROG_TC)
+            .ok_or_else(|| anyhow!("no {}", abi::PROG_TC))?
+            .try_into()?)
+    }
+
+    /// Per-rule counters summed over CPUs (index 0: the defaults).
+    pub fn rule_stats(&self) -> Result<Vec<CountValue>> {
+        read_percpu(self.map(abi::MAP_RULE_STATS)?)
+    }
+
+    /// Per-reason counters summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<CountValue>> {
+        read_percpu(self.map(abi::MAP_STATS)?)
+    }
+
+    /// Removes every conntrack and fragment entry (private instances only).
+    pub fn clear_state(&mut self) -> Result<()> {
+        let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map_mut(abi::MAP_CT)?)?;
+        let keys: Vec<FwCtKey> = ct.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = ct.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Number of conntrack entries.
+    pub fn ct_entries(&self) -> Result<usize> {
+        let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
+        Ok(ct.keys().filter(Result::is_ok).count())
+    }
+
+    /// Runs one frame through the program of `dir` with BPF_PROG_TEST_RUN.
+    /// Returns (passed, deciding rule id (0 = default) if a rule counter
+    /// moved, reason index).
+    pub fn run(&mut self, dir: Dir, frame: &[u8]) -> Result<RunResult> {
+        let rules_before = self.rule_stats()?;
+        let stats_before = self.stats()?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let (ret, passed) = match dir {
+            Dir::Ingress => {
+                let r = self.xdp()?.test_run(opts).context("BPF_PROG_TEST_RUN of fw_xdp")?;
+                (r.return_value, r.return_value == 2)
+            }
+            Dir::Egress => {
+                let r = self.tc()?.test_run(opts).context("BPF_PROG_TEST_RUN of fw_tc_egress")?;
+                (r.return_value, r.return_value == 0)
+            }
+        };
+        let rules_after = self.rule_stats()?;
+        let stats_after = self.stats()?;
+        let rule = (0..rules_after.len()).find(|&i| rules_after[i].packets != rules_before[i].packets);
+        let reason = (0..stats_after.len()).find(|&i| stats_after[i].packets != stats_before[i].packets);
+        Ok(RunResult {
+            passed,
+            return_value: ret,
+            rule: rule.map(|r| r as u32),
+            reason: reason.map(|r| r as u32),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    pub passed: bool,
+    pub return_value: u32,
+    /// Rule id whose counter moved (0: default), if any.
+    pub rule: Option<u32>,
+    /// Index into `moat_abi::fw::STAT_NAMES`.
+    pub reason: Option<u32>,
+}
+
+/// Sums a per-CPU array of `CountValue` over CPUs.
+pub fn read_percpu(map: &aya::maps::Map) -> Result<Vec<CountValue>> {
+    let arr: PerCpuArray<_, CountValue> = PerCpuArray::try_from(map)?;
+    sum_percpu(&arr)
+}
+
+pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, CountValue>) -> Result<Vec<CountValue>> {
+    let mut out = Vec::with_capacity(arr.len() as usize);
+    for i in 0..arr.len() {
+        let v: PerCpuValues<CountValue> = arr.get(&i, 0)?;
+        out.push(v.iter().fold(CountValue::default(), |a, b| CountValue {
+            packets: a.packets + b.packets,
+            bytes: a.bytes + b.bytes,
+        }));
+    }
+    Ok(out)
+}
+
+/// Number of possible CPUs (for per-CPU writes).
+pub fn cpus() -> Result<usize> {
+    nr_cpus().map_err(|(_, e)| anyhow!("reading possible CPUs: {e}"))
+}

@@ -1,0 +1,3 @@
+//! `moat fw`: the stateful firewall's control plane.
+
+pub mod instance;
