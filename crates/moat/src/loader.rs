@@ -120,7 +120,9 @@ pub fn open_with<'a>(
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(level);
     configure(&mut loader);
-    loader.load(object).map_err(|e| anyhow!("loading BPF object: {e}"))
+    loader
+        .load(object)
+        .map_err(|e| anyhow!("loading BPF object: {e}"))
 }
 
 /// What the kernel did with a loaded program.
@@ -181,7 +183,9 @@ pub fn load_program(bpf: &mut Ebpf, name: &str, log: &LogOpts) -> Result<Loaded>
         }
         Err(e) => return Err(anyhow!("loading {name}: {e}")),
     }
-    let info = prog.info().with_context(|| format!("reading info of {name}"))?;
+    let info = prog
+        .info()
+        .with_context(|| format!("reading info of {name}"))?;
     Ok(Loaded {
         name: name.to_string(),
         id: info.id(),

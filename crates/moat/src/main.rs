@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use moat::{count, demo, loader::LogOpts};
+use moat::{count, demo, fw::cmd, loader::LogOpts};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,9 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
     },
+    /// The stateful L3/L4 firewall: XDP ingress + TC egress, policy in YAML.
+    #[command(subcommand)]
+    Fw(FwCmd),
     /// A guided first run: two namespaces, a veth pair, real traffic, live counts; cleans up.
     Demo {
         /// Seconds of traffic.
@@ -54,6 +57,57 @@ enum Cmd {
         /// JSON lines instead of tables.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FwCmd {
+    /// Validate and compile a policy (no privileges): rules, classes, map entries, memory.
+    Check {
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate, compile, attach if needed and replace the running policy atomically.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: PathBuf,
+        /// Interfaces to protect (default: the policy's `interfaces:`, else the running ones).
+        #[arg(short, long = "interface", value_name = "IFACE")]
+        interface: Vec<String>,
+        /// The interfaces are in network namespace /run/netns/NAME.
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+        /// XDP mode for new attachments.
+        #[arg(long, value_enum, default_value = "native")]
+        mode: count::Mode,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Interfaces, generation, per-rule hits, drops by reason, conntrack, map fill.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verdict and deciding rule for one packet, from the BPF program and the reference model.
+    Explain {
+        /// e.g. "tcp 198.51.100.7:40000 -> 10.0.0.1:22", "icmp A -> B echo-request".
+        packet: String,
+        /// Policy to explain (default: the applied one).
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// The packet leaves the host (source is local, destination is the remote).
+        #[arg(long)]
+        egress: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the firewall from IFACE (default: everywhere), with its programs, links and pins.
+    Detach {
+        #[arg(short, long = "interface", value_name = "IFACE")]
+        interface: Vec<String>,
     },
 }
 
@@ -93,6 +147,41 @@ fn main() -> ExitCode {
             &log,
         ),
         Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
+        Cmd::Fw(f) => match f {
+            FwCmd::Check { policy, json } => cmd::check(&policy, json),
+            FwCmd::Apply {
+                policy,
+                interface,
+                netns,
+                mode,
+                quiet,
+            } => cmd::apply(
+                &cmd::ApplyOpts {
+                    policy,
+                    interfaces: interface,
+                    netns,
+                    mode,
+                    quiet,
+                },
+                &log,
+            ),
+            FwCmd::Status { json } => cmd::status(json),
+            FwCmd::Explain {
+                packet,
+                policy,
+                egress,
+                json,
+            } => cmd::explain(
+                &cmd::ExplainOpts {
+                    policy,
+                    packet,
+                    egress,
+                    json,
+                },
+                &log,
+            ),
+            FwCmd::Detach { interface } => cmd::detach(&interface),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

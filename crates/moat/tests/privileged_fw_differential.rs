@@ -18,7 +18,10 @@ use moat_core::fw::{
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct PinDir(PathBuf);
@@ -29,9 +32,23 @@ impl Drop for PinDir {
 }
 
 /// What the BPF program decided for one flow.
-fn bpf_decision(p: &Policy, pins: &Path, generation: u32, flow: &Flow, sport: u16) -> (bool, Option<u32>) {
+fn bpf_decision(
+    p: &Policy,
+    pins: &Path,
+    generation: u32,
+    flow: &Flow,
+    sport: u16,
+) -> (bool, Option<u32>) {
     let c = compile(p);
-    let mut inst = FwInstance::load(p, &c, generation, pins, &LogOpts::default(), &mut |_, _, _| {}).unwrap();
+    let mut inst = FwInstance::load(
+        p,
+        &c,
+        generation,
+        pins,
+        &LogOpts::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     inst.clear_state().unwrap();
     let r = inst.run(flow.dir, &frame_for(flow, sport)).unwrap();
     (r.passed, r.rule)
@@ -67,20 +84,38 @@ fn bpf_verdicts_equal_reference_on_random_policies() {
     let seed = env("MOAT_SEED", 0x66_77);
     let policies = env("MOAT_POLICIES", 300);
     let packets = env("MOAT_PACKETS", 350);
-    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/moat-difftest-{}", std::process::id())));
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/moat-difftest-{}",
+        std::process::id()
+    )));
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut total = 0u64;
     let (mut allowed, mut denied, mut by_rule) = (0u64, 0u64, 0u64);
     // One instance, refilled per policy (loading costs a verification).
     let empty = policy::parse("rules: []", Path::new("empty.yaml")).unwrap();
-    let cap = Sizes { addr4: 4096, addr6: 4096, verdict: 65536, rules: 64 };
-    let mut inst = FwInstance::load_with_capacity(&empty, &compile(&empty), 1, &pins.0, &LogOpts::default(), &mut |_, _, _| {}, &cap)
-        .unwrap_or_else(|e| panic!("loading fw: {e:#}"));
+    let cap = Sizes {
+        addr4: 4096,
+        addr6: 4096,
+        verdict: 65536,
+        rules: 64,
+    };
+    let mut inst = FwInstance::load_with_capacity(
+        &empty,
+        &compile(&empty),
+        1,
+        &pins.0,
+        &LogOpts::default(),
+        &mut |_, _, _| {},
+        &cap,
+    )
+    .unwrap_or_else(|e| panic!("loading fw: {e:#}"));
     for n in 0..policies {
         let yaml = random::policy_yaml(&mut rng);
-        let p = policy::parse(&yaml, Path::new("random.yaml")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let p = policy::parse(&yaml, Path::new("random.yaml"))
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let c = compile(&p);
-        inst.refill(&p, &c, n as u32 + 2).unwrap_or_else(|e| panic!("filling policy {n}: {e:#}\n{yaml}"));
+        inst.refill(&p, &c, n as u32 + 2)
+            .unwrap_or_else(|e| panic!("filling policy {n}: {e:#}\n{yaml}"));
         inst.clear_state().unwrap();
         for _ in 0..packets {
             let flow = random::flow(&mut rng);
@@ -117,7 +152,12 @@ fn bpf_verdicts_equal_reference_on_random_policies() {
     eprintln!(
         "{total} packets over {policies} policies agreed (seed {seed}): {allowed} allowed, {denied} denied, {by_rule} decided by a rule"
     );
-    assert!(allowed > total / 10 && denied > total / 10, "the generator must exercise both verdicts");
-    assert!(by_rule > total / 10, "the generator must exercise rules, not only defaults");
+    assert!(
+        allowed > total / 10 && denied > total / 10,
+        "the generator must exercise both verdicts"
+    );
+    assert!(
+        by_rule > total / 10,
+        "the generator must exercise rules, not only defaults"
+    );
 }
-

@@ -49,7 +49,7 @@ impl Cidr {
         }
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         match *self {
             Cidr::V4(_, l) | Cidr::V6(_, l) => l,
         }
@@ -76,7 +76,7 @@ impl Cidr {
 
     /// True if `other` lies inside `self` (same family).
     pub fn covers(&self, other: &Cidr) -> bool {
-        other.len() >= self.len() && self.contains(other.network())
+        other.prefix_len() >= self.prefix_len() && self.contains(other.network())
     }
 
     /// The address bytes in network order (4 or 16).
@@ -98,16 +98,24 @@ impl Cidr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network(), self.len())
+        write!(f, "{}/{}", self.network(), self.prefix_len())
     }
 }
 
 pub fn mask32(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
 }
 
 pub fn mask128(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +129,11 @@ mod tests {
         assert!(!c.contains("10.2.0.0".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
         assert_eq!(Cidr::parse("192.0.2.7").unwrap(), Cidr::V4(0xC000_0207, 32));
-        assert!(Cidr::parse("10.0.0.1/8").unwrap_err().contains("did you mean 10.0.0.0/8"));
+        assert!(
+            Cidr::parse("10.0.0.1/8")
+                .unwrap_err()
+                .contains("did you mean 10.0.0.0/8")
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
         let v6 = Cidr::parse("2001:db8::/32").unwrap();

@@ -66,13 +66,21 @@ impl Compiled {
     /// The decision the maps encode for `flow`, found the way the kernel
     /// finds it (longest prefix match), by scanning. For tests.
     pub fn lookup(&self, policy: &Policy, flow: &Flow) -> Decision {
-        let table = if flow.remote.is_ipv4() { &self.addr4 } else { &self.addr6 };
+        let table = if flow.remote.is_ipv4() {
+            &self.addr4
+        } else {
+            &self.addr6
+        };
         let class = table
             .iter()
             .filter(|(c, _)| c.contains(flow.remote))
-            .max_by_key(|(c, _)| c.len())
+            .max_by_key(|(c, _)| c.prefix_len())
             .map_or(0, |(_, k)| *k);
-        let proto = if PROTO_KEYS[..4].contains(&flow.proto) { flow.proto } else { PROTO_OTHER };
+        let proto = if PROTO_KEYS[..4].contains(&flow.proto) {
+            flow.proto
+        } else {
+            PROTO_OTHER
+        };
         let hit = self
             .verdicts
             .iter()
@@ -80,14 +88,24 @@ impl Compiled {
             .filter(|v| port_matches(v.port, v.plen, flow.port))
             .max_by_key(|v| v.plen);
         match hit {
-            Some(v) => Decision { action: v.action, rule: Some(v.rule) },
-            None => Decision { action: policy.default_for(flow.dir), rule: None },
+            Some(v) => Decision {
+                action: v.action,
+                rule: Some(v.rule),
+            },
+            None => Decision {
+                action: policy.default_for(flow.dir),
+                rule: None,
+            },
         }
     }
 }
 
 fn port_matches(prefix: u16, plen: u8, port: u16) -> bool {
-    let mask = if plen == 0 { 0 } else { u16::MAX << (16 - plen) };
+    let mask = if plen == 0 {
+        0
+    } else {
+        u16::MAX << (16 - plen)
+    };
     port & mask == prefix
 }
 
@@ -116,7 +134,12 @@ pub fn compile_with_progress(policy: &Policy, progress: Progress<'_>) -> Compile
             }
         }
     }
-    Compiled { addr4, addr6, classes, verdicts }
+    Compiled {
+        addr4,
+        addr6,
+        classes,
+        verdicts,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,14 +160,27 @@ fn address_classes(
     for (i, r) in policy.rules.iter().enumerate() {
         match &r.remote {
             None => items.push((any, Kind::Remote, i as u32)),
-            Some(list) => items.extend(list.iter().filter(|c| c.is_v4() == v4).map(|c| (*c, Kind::Remote, i as u32))),
+            Some(list) => items.extend(
+                list.iter()
+                    .filter(|c| c.is_v4() == v4)
+                    .map(|c| (*c, Kind::Remote, i as u32)),
+            ),
         }
-        items.extend(r.except.iter().filter(|c| c.is_v4() == v4).map(|c| (*c, Kind::Except, i as u32)));
+        items.extend(
+            r.except
+                .iter()
+                .filter(|c| c.is_v4() == v4)
+                .map(|c| (*c, Kind::Except, i as u32)),
+        );
     }
     items.sort_unstable();
     items.dedup();
     let total = items.len();
-    let phase = if v4 { "ipv4 address classes" } else { "ipv6 address classes" };
+    let phase = if v4 {
+        "ipv4 address classes"
+    } else {
+        "ipv6 address classes"
+    };
 
     // Stack of ancestors: (prefix, cumulative remote rules, cumulative except rules).
     let mut stack: Vec<(Cidr, Vec<u32>, Vec<u32>)> = Vec::new();
@@ -173,7 +209,11 @@ fn address_classes(
         };
         merge(&mut remote, &here_remote);
         merge(&mut except, &here_except);
-        let effective: Vec<u32> = remote.iter().copied().filter(|r| except.binary_search(r).is_err()).collect();
+        let effective: Vec<u32> = remote
+            .iter()
+            .copied()
+            .filter(|r| except.binary_search(r).is_err())
+            .collect();
         let next = classes.len() as u32;
         let class = *interner.entry(effective.clone()).or_insert_with(|| {
             classes.push(effective);
@@ -181,7 +221,7 @@ fn address_classes(
         });
         out.push((p, class));
         stack.push((p, remote, except));
-        if out.len() % 65536 == 0 {
+        if out.len().is_multiple_of(65536) {
             progress(phase, i, total);
         }
     }
@@ -213,7 +253,12 @@ fn intervals(rule: &super::Rule, proto: u8) -> Option<Vec<(u32, u32)>> {
         if proto != 6 && proto != 17 {
             return None;
         }
-        return Some(ports.iter().map(|&(lo, hi)| (u32::from(lo), u32::from(hi))).collect());
+        return Some(
+            ports
+                .iter()
+                .map(|&(lo, hi)| (u32::from(lo), u32::from(hi)))
+                .collect(),
+        );
     }
     if let Some(types) = &rule.icmp_types {
         if proto != 1 && proto != 58 {
@@ -229,7 +274,14 @@ fn intervals(rule: &super::Rule, proto: u8) -> Option<Vec<(u32, u32)>> {
     Some(vec![(0, 0xFFFF)])
 }
 
-fn segments(policy: &Policy, class: u32, rules: &[u32], dir: Dir, proto: u8, out: &mut Vec<VerdictEntry>) {
+fn segments(
+    policy: &Policy,
+    class: u32,
+    rules: &[u32],
+    dir: Dir,
+    proto: u8,
+    out: &mut Vec<VerdictEntry>,
+) {
     // Events at port boundaries: (position, is_start, rule).
     let mut events: Vec<(u32, bool, u32)> = Vec::new();
     for &ri in rules {
@@ -259,7 +311,11 @@ fn segments(policy: &Policy, class: u32, rules: &[u32], dir: Dir, proto: u8, out
         while k < events.len() && events[k].0 == at {
             let (_, start, ri) = events[k];
             let n = active.entry(ri).or_insert(0);
-            let set = if policy.rules[ri as usize].action == Action::Deny { &mut deny } else { &mut allow };
+            let set = if policy.rules[ri as usize].action == Action::Deny {
+                &mut deny
+            } else {
+                &mut allow
+            };
             if start {
                 *n += 1;
                 set.insert(ri);
@@ -274,21 +330,35 @@ fn segments(policy: &Policy, class: u32, rules: &[u32], dir: Dir, proto: u8, out
         if at > 0xFFFF {
             break;
         }
-        let end = if k < events.len() { events[k].0.min(0x10000) - 1 } else { 0xFFFF };
+        let end = if k < events.len() {
+            events[k].0.min(0x10000) - 1
+        } else {
+            0xFFFF
+        };
         let win = deny
             .first()
             .map(|r| (Action::Deny, *r))
             .or_else(|| allow.first().map(|r| (Action::Allow, *r)));
         if let Some((action, rule)) = win {
             match segs.last_mut() {
-                Some(last) if last.1 + 1 == at && last.2 == action && last.3 == rule => last.1 = end,
+                Some(last) if last.1 + 1 == at && last.2 == action && last.3 == rule => {
+                    last.1 = end
+                }
                 _ => segs.push((at, end, action, rule)),
             }
         }
     }
     for (lo, hi, action, rule) in segs {
         for (port, plen) in range_to_prefixes(lo, hi) {
-            out.push(VerdictEntry { class, dir, proto, port, plen, action, rule: rule as usize });
+            out.push(VerdictEntry {
+                class,
+                dir,
+                proto,
+                port,
+                plen,
+                action,
+                rule: rule as usize,
+            });
         }
     }
 }
@@ -299,7 +369,11 @@ pub fn range_to_prefixes(lo: u32, hi: u32) -> Vec<(u16, u8)> {
     let mut start = lo;
     while start <= hi {
         // Largest aligned block starting at `start` that fits in the range.
-        let mut size = if start == 0 { 1u32 << 16 } else { start & start.wrapping_neg() };
+        let mut size = if start == 0 {
+            1u32 << 16
+        } else {
+            start & start.wrapping_neg()
+        };
         while start + size - 1 > hi {
             size >>= 1;
         }
@@ -320,18 +394,42 @@ mod tests {
     fn ranges_become_minimal_prefixes() {
         assert_eq!(range_to_prefixes(0, 0xFFFF), vec![(0, 0)]);
         assert_eq!(range_to_prefixes(22, 22), vec![(22, 16)]);
-        assert_eq!(range_to_prefixes(8000, 8099), vec![(8000, 10), (8064, 11), (8096, 14)]);
+        assert_eq!(
+            range_to_prefixes(8000, 8099),
+            vec![(8000, 10), (8064, 11), (8096, 14)]
+        );
         assert_eq!(range_to_prefixes(1, 0xFFFF).len(), 16);
-        for (lo, hi) in [(0u32, 1023u32), (1024, 65535), (1, 1), (65535, 65535), (5, 77)] {
+        for (lo, hi) in [
+            (0u32, 1023u32),
+            (1024, 65535),
+            (1, 1),
+            (65535, 65535),
+            (5, 77),
+        ] {
             let ps = range_to_prefixes(lo, hi);
             for port in 0..=0xFFFFu32 {
-                let n = ps.iter().filter(|(p, l)| port_matches(*p, *l, port as u16)).count();
-                assert_eq!(n, usize::from(port >= lo && port <= hi), "{lo}-{hi} at {port}");
+                let n = ps
+                    .iter()
+                    .filter(|(p, l)| port_matches(*p, *l, port as u16))
+                    .count();
+                assert_eq!(
+                    n,
+                    usize::from(port >= lo && port <= hi),
+                    "{lo}-{hi} at {port}"
+                );
             }
         }
     }
 
-    fn rule(name: &str, dir: Dir, action: Action, remote: Option<&[&str]>, except: &[&str], protos: &[Proto], ports: Option<Vec<(u16, u16)>>) -> Rule {
+    fn rule(
+        name: &str,
+        dir: Dir,
+        action: Action,
+        remote: Option<&[&str]>,
+        except: &[&str],
+        protos: &[Proto],
+        ports: Option<Vec<(u16, u16)>>,
+    ) -> Rule {
         Rule {
             name: name.into(),
             direction: dir,
@@ -360,15 +458,52 @@ mod tests {
     fn nested_prefixes_and_excepts() {
         let p = policy(
             vec![
-                rule("office", Dir::Ingress, Action::Allow, Some(&["10.0.0.0/8"]), &["10.1.0.0/16"], &[Proto::Tcp], Some(vec![(22, 22)])),
-                rule("bad", Dir::Ingress, Action::Deny, Some(&["10.1.2.0/24"]), &[], &[Proto::Any], None),
-                rule("web", Dir::Ingress, Action::Allow, None, &[], &[Proto::Tcp], Some(vec![(80, 80), (443, 443)])),
+                rule(
+                    "office",
+                    Dir::Ingress,
+                    Action::Allow,
+                    Some(&["10.0.0.0/8"]),
+                    &["10.1.0.0/16"],
+                    &[Proto::Tcp],
+                    Some(vec![(22, 22)]),
+                ),
+                rule(
+                    "bad",
+                    Dir::Ingress,
+                    Action::Deny,
+                    Some(&["10.1.2.0/24"]),
+                    &[],
+                    &[Proto::Any],
+                    None,
+                ),
+                rule(
+                    "web",
+                    Dir::Ingress,
+                    Action::Allow,
+                    None,
+                    &[],
+                    &[Proto::Tcp],
+                    Some(vec![(80, 80), (443, 443)]),
+                ),
             ],
             Action::Deny,
         );
         let c = compile(&p);
-        let flow = |ip: &str, port| Flow { dir: Dir::Ingress, remote: ip.parse::<IpAddr>().unwrap(), proto: 6, port };
-        for (ip, port) in [("10.0.0.1", 22), ("10.1.0.1", 22), ("10.1.2.3", 443), ("10.1.2.3", 22), ("192.0.2.1", 80), ("192.0.2.1", 22), ("2001:db8::1", 443)] {
+        let flow = |ip: &str, port| Flow {
+            dir: Dir::Ingress,
+            remote: ip.parse::<IpAddr>().unwrap(),
+            proto: 6,
+            port,
+        };
+        for (ip, port) in [
+            ("10.0.0.1", 22),
+            ("10.1.0.1", 22),
+            ("10.1.2.3", 443),
+            ("10.1.2.3", 22),
+            ("192.0.2.1", 80),
+            ("192.0.2.1", 22),
+            ("2001:db8::1", 443),
+        ] {
             let f = flow(ip, port);
             assert_eq!(c.lookup(&p, &f), reference::decide(&p, &f), "{ip}:{port}");
         }
@@ -379,9 +514,22 @@ mod tests {
 
     #[test]
     fn a_big_blocklist_is_one_class() {
-        let ips: Vec<String> = (0..5000u32).map(|i| format!("{}.{}.{}.0/24", 11 + i / 65536, (i / 256) % 256, i % 256)).collect();
+        let ips: Vec<String> = (0..5000u32)
+            .map(|i| format!("{}.{}.{}.0/24", 11 + i / 65536, (i / 256) % 256, i % 256))
+            .collect();
         let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
-        let p = policy(vec![rule("block", Dir::Ingress, Action::Deny, Some(&refs), &[], &[Proto::Any], None)], Action::Allow);
+        let p = policy(
+            vec![rule(
+                "block",
+                Dir::Ingress,
+                Action::Deny,
+                Some(&refs),
+                &[],
+                &[Proto::Any],
+                None,
+            )],
+            Action::Allow,
+        );
         let c = compile(&p);
         assert_eq!(c.classes.len(), 2);
         assert_eq!(c.addr4.len(), 5000);
@@ -402,7 +550,8 @@ mod differential {
         let mut rng = SmallRng::seed_from_u64(7);
         for n in 0..300 {
             let yaml = random::policy_yaml(&mut rng);
-            let p = policy::parse(&yaml, std::path::Path::new("rand.yaml")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            let p = policy::parse(&yaml, std::path::Path::new("rand.yaml"))
+                .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
             let c = compile(&p);
             for _ in 0..200 {
                 let f = random::flow(&mut rng);

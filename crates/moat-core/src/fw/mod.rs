@@ -38,38 +38,54 @@ pub const LOCAL_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 1);
 pub const LOCAL_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1);
 
 /// An Ethernet frame carrying `flow`'s first packet: from the remote on
-/// ingress, to it on egress; `sport` is the sender's port (tcp/udp) or echo
-/// identifier (icmp).
+/// ingress, to it on egress, with the host at [`LOCAL_V4`]/[`LOCAL_V6`];
+/// `sport` is the sender's port (tcp/udp) or echo identifier (icmp).
 pub fn frame_for(flow: &Flow, sport: u16) -> Vec<u8> {
+    use std::net::IpAddr;
+    let local = match flow.remote {
+        IpAddr::V4(_) => IpAddr::V4(LOCAL_V4),
+        IpAddr::V6(_) => IpAddr::V6(LOCAL_V6),
+    };
+    let (src, dst) = match flow.dir {
+        Dir::Ingress => (flow.remote, local),
+        Dir::Egress => (local, flow.remote),
+    };
+    frame_between(src, dst, flow.proto, sport, flow.port)
+}
+
+/// An Ethernet frame from `src` to `dst` (same family): tcp SYN / udp
+/// datagram from `sport` to `port`, or icmp/icmpv6 of type `port >> 8`, code
+/// `port & 0xff` with identifier `sport`, or 8 bytes of another protocol.
+pub fn frame_between(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    proto: u8,
+    sport: u16,
+    port: u16,
+) -> Vec<u8> {
     use crate::packet::*;
     use std::net::IpAddr;
-    let (src, dst) = match (flow.remote, flow.dir) {
-        (IpAddr::V4(r), Dir::Ingress) => (IpAddr::V4(r), IpAddr::V4(LOCAL_V4)),
-        (IpAddr::V4(r), Dir::Egress) => (IpAddr::V4(LOCAL_V4), IpAddr::V4(r)),
-        (IpAddr::V6(r), Dir::Ingress) => (IpAddr::V6(r), IpAddr::V6(LOCAL_V6)),
-        (IpAddr::V6(r), Dir::Egress) => (IpAddr::V6(LOCAL_V6), IpAddr::V6(r)),
-    };
     let ips = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Ips::V4(s, d),
         (IpAddr::V6(s), IpAddr::V6(d)) => Ips::V6(s, d),
-        _ => unreachable!("one family"),
+        _ => panic!("frame_between: {src} and {dst} are of different families"),
     };
-    let l4 = match flow.proto {
-        IPPROTO_TCP => tcp(ips, sport, flow.port, TCP_SYN, 1, 0, &[]),
-        IPPROTO_UDP => udp(ips, sport, flow.port, b"moat"),
+    let l4 = match proto {
+        IPPROTO_TCP => tcp(ips, sport, port, TCP_SYN, 1, 0, &[]),
+        IPPROTO_UDP => udp(ips, sport, port, b"moat"),
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let (ty, code) = ((flow.port >> 8) as u8, flow.port as u8);
+            let (ty, code) = ((port >> 8) as u8, port as u8);
             let mut rest = [0u8; 4];
             rest[..2].copy_from_slice(&sport.to_be_bytes());
             match ips {
-                Ips::V6(s, d) if flow.proto == IPPROTO_ICMPV6 => icmpv6(s, d, ty, code, rest, &[0; 8]),
+                Ips::V6(s, d) if proto == IPPROTO_ICMPV6 => icmpv6(s, d, ty, code, rest, &[0; 8]),
                 _ => icmpv4(ty, code, rest, &[0; 8]),
             }
         }
         _ => vec![0u8; 8],
     };
     match ips {
-        Ips::V4(s, d) => eth(ETH_P_IP, &ipv4(s, d, flow.proto, &l4)),
-        Ips::V6(s, d) => eth(ETH_P_IPV6, &ipv6(s, d, flow.proto, &l4)),
+        Ips::V4(s, d) => eth(ETH_P_IP, &ipv4(s, d, proto, &l4)),
+        Ips::V6(s, d) => eth(ETH_P_IPV6, &ipv6(s, d, proto, &l4)),
     }
 }

@@ -194,7 +194,14 @@ pub struct PolicyError {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.msg)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.msg
+        )
     }
 }
 
@@ -237,12 +244,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyErrors> {
         errors: Vec::new(),
     };
     let policy = p.policy(text);
-    if p.errors.is_empty() {
-        if let Some(policy) = policy {
-            return Ok(policy);
-        }
+    if p.errors.is_empty()
+        && let Some(policy) = policy
+    {
+        return Ok(policy);
     }
-    p.errors.sort_by_key(|e| (e.file != p.file, e.file.clone(), e.line, e.col));
+    p.errors
+        .sort_by_key(|e| (e.file != p.file, e.file.clone(), e.line, e.col));
     Err(PolicyErrors(p.errors))
 }
 
@@ -253,7 +261,9 @@ struct Parser {
 }
 
 fn pos(span: &Span) -> (usize, usize) {
-    span.start().map(|m| (m.line(), m.column())).unwrap_or((0, 0))
+    span.start()
+        .map(|m| (m.line(), m.column()))
+        .unwrap_or((0, 0))
 }
 
 fn node_pos(n: &Node) -> (usize, usize) {
@@ -263,7 +273,8 @@ fn node_pos(n: &Node) -> (usize, usize) {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// A set as parsed: its entries, or None if it had errors (reported).
@@ -301,7 +312,10 @@ impl Parser {
                     for n in self.list(v) {
                         if let Some(s) = self.scalar(n, "an interface name") {
                             if s.is_empty() || s.len() > 15 || s.contains('/') || s.contains(' ') {
-                                self.err(node_pos(n), format!("{s:?} is not a valid interface name"));
+                                self.err(
+                                    node_pos(n),
+                                    format!("{s:?} is not a valid interface name"),
+                                );
                             } else {
                                 interfaces.push(s.to_string());
                             }
@@ -392,7 +406,10 @@ impl Parser {
             "allow" => Some(Action::Allow),
             "deny" => Some(Action::Deny),
             other => {
-                self.err(node_pos(n), format!("{other:?} is not an action (expected allow or deny)"));
+                self.err(
+                    node_pos(n),
+                    format!("{other:?} is not an action (expected allow or deny)"),
+                );
                 None
             }
         }
@@ -407,7 +424,10 @@ impl Parser {
         for (k, v) in m.iter() {
             let name = k.as_str().to_string();
             if !valid_name(&name) {
-                self.err(pos(k.span()), format!("set name {name:?} must match [a-z0-9_-]+"));
+                self.err(
+                    pos(k.span()),
+                    format!("set name {name:?} must match [a-z0-9_-]+"),
+                );
             }
             let entries = match v {
                 Node::Mapping(fm) => {
@@ -416,13 +436,24 @@ impl Parser {
                         if fk.as_str() == "file" {
                             file = Some(fv);
                         } else {
-                            self.err(pos(fk.span()), format!("unknown key {:?} in set {name} (expected file)", fk.as_str()));
+                            self.err(
+                                pos(fk.span()),
+                                format!(
+                                    "unknown key {:?} in set {name} (expected file)",
+                                    fk.as_str()
+                                ),
+                            );
                         }
                     }
                     match file {
                         Some(f) => self.set_file(f),
                         None => {
-                            self.err(node_pos(v), format!("set {name}: expected a list of addresses or {{ file: PATH }}"));
+                            self.err(
+                                node_pos(v),
+                                format!(
+                                    "set {name}: expected a list of addresses or {{ file: PATH }}"
+                                ),
+                            );
                             None
                         }
                     }
@@ -456,7 +487,10 @@ impl Parser {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                self.err(node_pos(f), format!("cannot read set file {}: {e}", path.display()));
+                self.err(
+                    node_pos(f),
+                    format!("cannot read set file {}: {e}", path.display()),
+                );
                 return None;
             }
         };
@@ -474,7 +508,12 @@ impl Parser {
                     bad += 1;
                     if bad <= 20 {
                         let col = content.len() - content.trim_start().len() + 1;
-                        self.errors.push(PolicyError { file: path.clone(), line: i + 1, col, msg });
+                        self.errors.push(PolicyError {
+                            file: path.clone(),
+                            line: i + 1,
+                            col,
+                            msg,
+                        });
                     }
                 }
             }
@@ -494,7 +533,9 @@ impl Parser {
         let before = self.errors.len();
         let mut out = Vec::new();
         for e in self.list(n) {
-            let Some(s) = self.scalar(e, "an address, CIDR or @set") else { continue };
+            let Some(s) = self.scalar(e, "an address, CIDR or @set") else {
+                continue;
+            };
             if let Some(set) = s.strip_prefix('@') {
                 match sets.get(set) {
                     Some(Some(c)) => out.extend_from_slice(c),
@@ -513,7 +554,10 @@ impl Parser {
 
     fn rule(&mut self, n: &Node, sets: &Sets, names: &mut HashMap<String, usize>) -> Option<Rule> {
         let Some(m) = n.as_mapping() else {
-            self.err(node_pos(n), "a rule must be a mapping (name, direction, action, ...)");
+            self.err(
+                node_pos(n),
+                "a rule must be a mapping (name, direction, action, ...)",
+            );
             return None;
         };
         let at = node_pos(n);
@@ -588,26 +632,44 @@ impl Parser {
         }
         let any = protos == [Proto::Any];
         let has_l4 = any || protos.iter().any(|p| matches!(p, Proto::Tcp | Proto::Udp));
-        let has_icmp = any || protos.iter().any(|p| matches!(p, Proto::Icmp | Proto::Icmpv6));
+        let has_icmp = any
+            || protos
+                .iter()
+                .any(|p| matches!(p, Proto::Icmp | Proto::Icmpv6));
         let ports = ports_node.and_then(|v| {
             if !has_l4 {
                 let at = node_pos(v);
-                self.err(at, "ports apply to tcp and udp only; this rule's proto has neither");
+                self.err(
+                    at,
+                    "ports apply to tcp and udp only; this rule's proto has neither",
+                );
                 return None;
             }
-            if protos.iter().any(|p| matches!(p, Proto::Icmp | Proto::Icmpv6)) {
-                self.err(node_pos(v), "ports with icmp/icmpv6 in proto: split the rule (ports are tcp/udp only)");
+            if protos
+                .iter()
+                .any(|p| matches!(p, Proto::Icmp | Proto::Icmpv6))
+            {
+                self.err(
+                    node_pos(v),
+                    "ports with icmp/icmpv6 in proto: split the rule (ports are tcp/udp only)",
+                );
                 return None;
             }
             self.ports(v)
         });
         let icmp_types = types_node.and_then(|v| {
             if !has_icmp {
-                self.err(node_pos(v), "icmp_types apply to icmp and icmpv6 only; this rule's proto has neither");
+                self.err(
+                    node_pos(v),
+                    "icmp_types apply to icmp and icmpv6 only; this rule's proto has neither",
+                );
                 return None;
             }
             if protos.iter().any(|p| matches!(p, Proto::Tcp | Proto::Udp)) {
-                self.err(node_pos(v), "icmp_types with tcp/udp in proto: split the rule");
+                self.err(
+                    node_pos(v),
+                    "icmp_types with tcp/udp in proto: split the rule",
+                );
                 return None;
             }
             if ports_node.is_some() {
@@ -642,11 +704,15 @@ impl Parser {
         let before = self.errors.len();
         let mut out = Vec::new();
         for e in self.list(v) {
-            let Some(s) = self.scalar(e, "a port or a range \"LO-HI\"") else { continue };
+            let Some(s) = self.scalar(e, "a port or a range \"LO-HI\"") else {
+                continue;
+            };
             let parse = |t: &str| -> Result<u16, String> {
                 match t.trim().parse::<u64>() {
                     Ok(0) => Err("port 0 is not a valid port (ports are 1-65535)".into()),
-                    Ok(n) if n > 65535 => Err(format!("port {n} is out of range (ports are 1-65535)")),
+                    Ok(n) if n > 65535 => {
+                        Err(format!("port {n} is out of range (ports are 1-65535)"))
+                    }
                     Ok(n) => Ok(n as u16),
                     Err(_) => Err(format!("{t:?} is not a port number")),
                 }
@@ -655,7 +721,9 @@ impl Parser {
                 Some((a, b)) => parse(a).and_then(|lo| {
                     parse(b).and_then(|hi| {
                         if lo > hi {
-                            Err(format!("inverted port range {s:?} (low end above high end)"))
+                            Err(format!(
+                                "inverted port range {s:?} (low end above high end)"
+                            ))
                         } else {
                             Ok((lo, hi))
                         }
@@ -678,10 +746,15 @@ impl Parser {
         let before = self.errors.len();
         let mut out = Vec::new();
         for e in self.list(v) {
-            let Some(s) = self.scalar(e, "an ICMP type name or number") else { continue };
+            let Some(s) = self.scalar(e, "an ICMP type name or number") else {
+                continue;
+            };
             if let Ok(n) = s.parse::<u64>() {
                 if n > 255 {
-                    self.err(node_pos(e), format!("ICMP type {n} is out of range (0-255)"));
+                    self.err(
+                        node_pos(e),
+                        format!("ICMP type {n} is out of range (0-255)"),
+                    );
                 } else {
                     out.push(IcmpType::Number(n as u8));
                 }
@@ -689,11 +762,20 @@ impl Parser {
                 out.push(IcmpType::Named { v4: *v4, v6: *v6 });
             } else {
                 let names: Vec<&str> = ICMP_NAMES.iter().map(|(n, _, _)| *n).collect();
-                self.err(node_pos(e), format!("unknown ICMP type {s:?} (use a number or one of: {})", names.join(", ")));
+                self.err(
+                    node_pos(e),
+                    format!(
+                        "unknown ICMP type {s:?} (use a number or one of: {})",
+                        names.join(", ")
+                    ),
+                );
             }
         }
         if out.is_empty() && self.errors.len() == before {
-            self.err(node_pos(v), "icmp_types is empty: omit it to mean all types");
+            self.err(
+                node_pos(v),
+                "icmp_types is empty: omit it to mean all types",
+            );
         }
         (self.errors.len() == before).then_some(out)
     }
@@ -702,15 +784,27 @@ impl Parser {
 fn load_error(e: &LoadError) -> ((usize, usize), String) {
     let m = |mk: &marked_yaml::Marker| (mk.line(), mk.column());
     match e {
-        LoadError::TopLevelMustBeMapping(mk) => (m(mk), "the policy must be a mapping (interfaces, default, rules, sets)".into()),
+        LoadError::TopLevelMustBeMapping(mk) => (
+            m(mk),
+            "the policy must be a mapping (interfaces, default, rules, sets)".into(),
+        ),
         LoadError::DuplicateKey(inner) => {
             let prev = pos(inner.prev_key.span());
-            (pos(inner.key.span()), format!("duplicate key {:?} (first on line {})", inner.key.as_str(), prev.0))
+            (
+                pos(inner.key.span()),
+                format!(
+                    "duplicate key {:?} (first on line {})",
+                    inner.key.as_str(),
+                    prev.0
+                ),
+            )
         }
         LoadError::ScanError(mk, se) => (m(mk), format!("YAML syntax error: {se}")),
         LoadError::UnexpectedAnchor(mk) => (m(mk), "YAML anchors are not supported".into()),
         LoadError::UnexpectedTag(mk) => (m(mk), "YAML tags are not supported".into()),
-        LoadError::MappingKeyMustBeScalar(mk) => (m(mk), "mapping keys must be plain values".into()),
+        LoadError::MappingKeyMustBeScalar(mk) => {
+            (m(mk), "mapping keys must be plain values".into())
+        }
         other => ((0, 0), other.to_string()),
     }
 }
@@ -730,7 +824,11 @@ mod tests {
     fn full_example_parses() {
         let dir = std::env::temp_dir().join(format!("moat-pol-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("block.txt"), "# bad people\n192.0.2.0/24\n\n2001:db8:bad::/48 # v6\n").unwrap();
+        std::fs::write(
+            dir.join("block.txt"),
+            "# bad people\n192.0.2.0/24\n\n2001:db8:bad::/48 # v6\n",
+        )
+        .unwrap();
         let text = r#"
 interfaces: [eth0]
 default:
@@ -825,8 +923,14 @@ rules:
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("p.yaml:2:1: YAML syntax error"), "{e:?}");
         let e = errs("rulez: []\ndefault: {ingress: maybe}\n");
-        assert!(e[0].starts_with("p.yaml:1:1: unknown key \"rulez\""), "{e:?}");
-        assert!(e[1].starts_with("p.yaml:2:20: \"maybe\" is not an action"), "{e:?}");
+        assert!(
+            e[0].starts_with("p.yaml:1:1: unknown key \"rulez\""),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("p.yaml:2:20: \"maybe\" is not an action"),
+            "{e:?}"
+        );
         let e = errs("rules: []\nrules: []\n");
         assert!(e[0].contains("duplicate key \"rules\""), "{e:?}");
     }
@@ -840,9 +944,24 @@ rules:
         let text = "sets:\n  s: { file: s.txt }\n  t: { file: missing.txt }\n";
         let e = parse(text, &pol).unwrap_err();
         let e: Vec<String> = e.0.iter().map(ToString::to_string).collect();
-        assert!(e[0].starts_with(&format!("{}:3:14: cannot read set file", pol.display())), "{e:?}");
-        assert!(e[1].starts_with(&format!("{}:2:3: \"10.0.0.1/8\" has host bits set", dir.join("s.txt").display())), "{e:?}");
-        assert!(e[2].starts_with(&format!("{}:3:1: \"banana\" is not", dir.join("s.txt").display())), "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("{}:3:14: cannot read set file", pol.display())),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with(&format!(
+                "{}:2:3: \"10.0.0.1/8\" has host bits set",
+                dir.join("s.txt").display()
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with(&format!(
+                "{}:3:1: \"banana\" is not",
+                dir.join("s.txt").display()
+            )),
+            "{e:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

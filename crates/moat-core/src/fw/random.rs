@@ -34,8 +34,19 @@ pub const V6_POOL: &[&str] = &[
     "fd00::/8",
     "fd00:1::/32",
 ];
-const PORT_EDGES: &[u32] = &[1, 2, 22, 53, 80, 443, 1023, 1024, 1025, 8080, 32768, 65534, 65535];
-const ICMP_TYPES: &[&str] = &["echo-request", "echo-reply", "destination-unreachable", "time-exceeded", "3", "8", "128", "135"];
+const PORT_EDGES: &[u32] = &[
+    1, 2, 22, 53, 80, 443, 1023, 1024, 1025, 8080, 32768, 65534, 65535,
+];
+const ICMP_TYPES: &[&str] = &[
+    "echo-request",
+    "echo-reply",
+    "destination-unreachable",
+    "time-exceeded",
+    "3",
+    "8",
+    "128",
+    "135",
+];
 
 fn pick_prefixes(rng: &mut impl Rng, n: usize) -> Vec<String> {
     (0..n)
@@ -60,7 +71,11 @@ fn port_item(rng: &mut impl Rng) -> String {
 pub fn policy_yaml(rng: &mut impl Rng) -> String {
     let mut y = String::new();
     let d = |rng: &mut dyn rand::RngCore| if rng.gen_bool(0.5) { "allow" } else { "deny" };
-    y.push_str(&format!("default:\n  ingress: {}\n  egress: {}\n", d(rng), d(rng)));
+    y.push_str(&format!(
+        "default:\n  ingress: {}\n  egress: {}\n",
+        d(rng),
+        d(rng)
+    ));
     let nsets = rng.gen_range(0..3);
     if nsets > 0 {
         y.push_str("sets:\n");
@@ -73,7 +88,14 @@ pub fn policy_yaml(rng: &mut impl Rng) -> String {
     y.push_str("rules:\n");
     for i in 0..rng.gen_range(1..10) {
         y.push_str(&format!("  - name: r{i}\n"));
-        y.push_str(&format!("    direction: {}\n", if rng.gen_bool(0.5) { "ingress" } else { "egress" }));
+        y.push_str(&format!(
+            "    direction: {}\n",
+            if rng.gen_bool(0.5) {
+                "ingress"
+            } else {
+                "egress"
+            }
+        ));
         y.push_str(&format!("    action: {}\n", d(rng)));
         if rng.gen_bool(0.75) {
             let k = rng.gen_range(1..4);
@@ -85,7 +107,10 @@ pub fn policy_yaml(rng: &mut impl Rng) -> String {
         }
         if rng.gen_bool(0.3) {
             let k = rng.gen_range(1..3);
-            y.push_str(&format!("    except: [{}]\n", pick_prefixes(rng, k).join(", ")));
+            y.push_str(&format!(
+                "    except: [{}]\n",
+                pick_prefixes(rng, k).join(", ")
+            ));
         }
         match rng.gen_range(0..7) {
             0 => {}
@@ -94,7 +119,8 @@ pub fn policy_yaml(rng: &mut impl Rng) -> String {
                 let p = ["tcp", "udp", "[tcp, udp]"].choose(rng).unwrap();
                 y.push_str(&format!("    proto: {p}\n"));
                 if rng.gen_bool(0.7) {
-                    let items: Vec<String> = (0..rng.gen_range(1..4)).map(|_| port_item(rng)).collect();
+                    let items: Vec<String> =
+                        (0..rng.gen_range(1..4)).map(|_| port_item(rng)).collect();
                     y.push_str(&format!("    ports: [{}]\n", items.join(", ")));
                 }
             }
@@ -106,7 +132,9 @@ pub fn policy_yaml(rng: &mut impl Rng) -> String {
                 let p = ["icmp", "icmpv6", "[icmp, icmpv6]"].choose(rng).unwrap();
                 y.push_str(&format!("    proto: {p}\n"));
                 if rng.gen_bool(0.6) {
-                    let items: Vec<&str> = (0..rng.gen_range(1..3)).map(|_| *ICMP_TYPES.choose(rng).unwrap()).collect();
+                    let items: Vec<&str> = (0..rng.gen_range(1..3))
+                        .map(|_| *ICMP_TYPES.choose(rng).unwrap())
+                        .collect();
                     y.push_str(&format!("    icmp_types: [{}]\n", items.join(", ")));
                 }
             }
@@ -129,15 +157,36 @@ pub fn address(rng: &mut impl Rng, v4: bool) -> IpAddr {
                 2 => rng.gen_range(0..size) as i64,
                 _ => size as i64,
             };
-            IpAddr::V4(Ipv4Addr::from((i64::from(n) + off).rem_euclid(1 << 32) as u32))
+            IpAddr::V4(Ipv4Addr::from(
+                (i64::from(n) + off).rem_euclid(1 << 32) as u32
+            ))
         }
         Cidr::V6(n, l) => {
             let host_bits = 128 - u32::from(l);
             let off: u128 = match rng.gen_range(0..4) {
                 0 => 0,
-                1 => if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 },
-                2 => rng.r#gen::<u128>() & if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 },
-                _ => if host_bits == 128 { 0 } else { 1u128 << host_bits },
+                1 => {
+                    if host_bits == 128 {
+                        u128::MAX
+                    } else {
+                        (1u128 << host_bits) - 1
+                    }
+                }
+                2 => {
+                    rng.r#gen::<u128>()
+                        & if host_bits == 128 {
+                            u128::MAX
+                        } else {
+                            (1u128 << host_bits) - 1
+                        }
+                }
+                _ => {
+                    if host_bits == 128 {
+                        0
+                    } else {
+                        1u128 << host_bits
+                    }
+                }
             };
             IpAddr::V6(Ipv6Addr::from(n.wrapping_add(off)))
         }
@@ -157,7 +206,11 @@ pub fn flow(rng: &mut impl Rng) -> Flow {
     let port = match proto {
         6 | 17 => {
             let e = *PORT_EDGES.choose(rng).unwrap() as i64 + rng.gen_range(-1..=1);
-            if rng.gen_bool(0.1) { rng.gen_range(1..=65535) } else { e.clamp(1, 65535) as u16 }
+            if rng.gen_bool(0.1) {
+                rng.gen_range(1..=65535)
+            } else {
+                e.clamp(1, 65535) as u16
+            }
         }
         1 | 58 => {
             let ty = *[0u8, 3, 8, 11, 128, 129, 1, 2, 13].choose(rng).unwrap();
@@ -166,7 +219,11 @@ pub fn flow(rng: &mut impl Rng) -> Flow {
         _ => 0,
     };
     Flow {
-        dir: if rng.gen_bool(0.5) { Dir::Ingress } else { Dir::Egress },
+        dir: if rng.gen_bool(0.5) {
+            Dir::Ingress
+        } else {
+            Dir::Egress
+        },
         remote: address(rng, v4),
         proto,
         port,

@@ -28,7 +28,10 @@ pub fn decide(policy: &Policy, flow: &Flow) -> Decision {
     for wanted in [Action::Deny, Action::Allow] {
         for (i, r) in policy.rules.iter().enumerate() {
             if r.action == wanted && selects(r, flow) {
-                return Decision { action: wanted, rule: Some(i) };
+                return Decision {
+                    action: wanted,
+                    rule: Some(i),
+                };
             }
         }
     }

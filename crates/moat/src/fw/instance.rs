@@ -8,7 +8,10 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, TestRun, TestRunOptions,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key, lpm_trie::LpmTrie},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+        lpm_trie::LpmTrie,
+    },
     programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
@@ -84,7 +87,15 @@ impl FwInstance {
         log: &LogOpts,
         progress: Progress<'_>,
     ) -> Result<FwInstance> {
-        Self::load_with_capacity(policy, compiled, generation, pin_dir, log, progress, &Sizes::of(compiled, policy))
+        Self::load_with_capacity(
+            policy,
+            compiled,
+            generation,
+            pin_dir,
+            log,
+            progress,
+            &Sizes::of(compiled, policy),
+        )
     }
 
     /// Like [`FwInstance::load`], with policy maps of at least `min` entries
@@ -105,7 +116,8 @@ impl FwInstance {
             verdict: need.verdict.max(min.verdict),
             rules: need.rules.max(min.rules),
         };
-        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
         let pin_dir = pin_dir.to_path_buf();
         let mut bpf = loader::open_with(moat_ebpf::FW, log, |l| {
             l.map_max_entries(abi::MAP_ADDR4, sizes.addr4)
@@ -118,7 +130,11 @@ impl FwInstance {
             loader::load_program(&mut bpf, abi::PROG_XDP, log)?,
             loader::load_program(&mut bpf, abi::PROG_TC, log)?,
         ];
-        let mut inst = FwInstance { bpf, generation, loaded };
+        let mut inst = FwInstance {
+            bpf,
+            generation,
+            loaded,
+        };
         inst.fill(policy, compiled, progress)?;
         Ok(inst)
     }
@@ -137,7 +153,8 @@ impl FwInstance {
         clear::<[u8; 4]>(self.map_mut(abi::MAP_ADDR4)?)?;
         clear::<[u8; 16]>(self.map_mut(abi::MAP_ADDR6)?)?;
         {
-            let mut t: LpmTrie<_, [u8; 8], FwVerdict> = LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
+            let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
             let keys: Vec<Key<[u8; 8]>> = t.keys().filter_map(Result::ok).collect();
             for k in keys {
                 t.remove(&k)?;
@@ -148,11 +165,15 @@ impl FwInstance {
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.bpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from fw object"))
+        self.bpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from fw object"))
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.bpf.map(name).ok_or_else(|| anyhow!("map {name} missing from fw object"))
+        self.bpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from fw object"))
     }
 
     fn fill(&mut self, policy: &Policy, c: &Compiled, progress: Progress<'_>) -> Result<()> {
@@ -160,33 +181,44 @@ impl FwInstance {
         let mut done = 0usize;
         let step = 50_000;
         {
-            let mut t: LpmTrie<_, [u8; 4], FwClass> = LpmTrie::try_from(self.map_mut(abi::MAP_ADDR4)?)?;
+            let mut t: LpmTrie<_, [u8; 4], FwClass> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR4)?)?;
             for (cidr, class) in &c.addr4 {
                 let mut a = [0u8; 4];
                 a.copy_from_slice(&cidr.octets());
-                t.insert(&Key::new(u32::from(cidr.len()), a), FwClass { class_id: *class }, 0)
-                    .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR4))?;
+                t.insert(
+                    &Key::new(u32::from(cidr.prefix_len()), a),
+                    FwClass { class_id: *class },
+                    0,
+                )
+                .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR4))?;
                 done += 1;
-                if done % step == 0 {
+                if done.is_multiple_of(step) {
                     progress("filling maps", done, total);
                 }
             }
         }
         {
-            let mut t: LpmTrie<_, [u8; 16], FwClass> = LpmTrie::try_from(self.map_mut(abi::MAP_ADDR6)?)?;
+            let mut t: LpmTrie<_, [u8; 16], FwClass> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR6)?)?;
             for (cidr, class) in &c.addr6 {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(&cidr.octets());
-                t.insert(&Key::new(u32::from(cidr.len()), a), FwClass { class_id: *class }, 0)
-                    .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR6))?;
+                t.insert(
+                    &Key::new(u32::from(cidr.prefix_len()), a),
+                    FwClass { class_id: *class },
+                    0,
+                )
+                .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR6))?;
                 done += 1;
-                if done % step == 0 {
+                if done.is_multiple_of(step) {
                     progress("filling maps", done, total);
                 }
             }
         }
         {
-            let mut t: LpmTrie<_, [u8; 8], FwVerdict> = LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
+            let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
             for v in &c.verdicts {
                 let data = verdict_key_data(v.class, dir_byte(v.dir), v.proto, v.port);
                 let val = FwVerdict {
@@ -197,7 +229,7 @@ impl FwInstance {
                 t.insert(&Key::new(48 + u32::from(v.plen), data), val, 0)
                     .context("inserting a verdict entry")?;
                 done += 1;
-                if done % step == 0 {
+                if done.is_multiple_of(step) {
                     progress("filling maps", done, total);
                 }
             }
@@ -242,7 +274,8 @@ impl FwInstance {
 
     /// Removes every conntrack and fragment entry (private instances only).
     pub fn clear_state(&mut self) -> Result<()> {
-        let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map_mut(abi::MAP_CT)?)?;
+        let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> =
+            BpfHashMap::try_from(self.map_mut(abi::MAP_CT)?)?;
         let keys: Vec<FwCtKey> = ct.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = ct.remove(&k);
@@ -270,18 +303,26 @@ impl FwInstance {
         };
         let (ret, passed) = match dir {
             Dir::Ingress => {
-                let r = self.xdp()?.test_run(opts).context("BPF_PROG_TEST_RUN of fw_xdp")?;
+                let r = self
+                    .xdp()?
+                    .test_run(opts)
+                    .context("BPF_PROG_TEST_RUN of fw_xdp")?;
                 (r.return_value, r.return_value == 2)
             }
             Dir::Egress => {
-                let r = self.tc()?.test_run(opts).context("BPF_PROG_TEST_RUN of fw_tc_egress")?;
+                let r = self
+                    .tc()?
+                    .test_run(opts)
+                    .context("BPF_PROG_TEST_RUN of fw_tc_egress")?;
                 (r.return_value, r.return_value == 0)
             }
         };
         let rules_after = self.rule_stats()?;
         let stats_after = self.stats()?;
-        let rule = (0..rules_after.len()).find(|&i| rules_after[i].packets != rules_before[i].packets);
-        let reason = (0..stats_after.len()).find(|&i| stats_after[i].packets != stats_before[i].packets);
+        let rule =
+            (0..rules_after.len()).find(|&i| rules_after[i].packets != rules_before[i].packets);
+        let reason =
+            (0..stats_after.len()).find(|&i| stats_after[i].packets != stats_before[i].packets);
         Ok(RunResult {
             passed,
             return_value: ret,
@@ -307,7 +348,9 @@ pub fn read_percpu(map: &aya::maps::Map) -> Result<Vec<CountValue>> {
     sum_percpu(&arr)
 }
 
-pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, CountValue>) -> Result<Vec<CountValue>> {
+pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(
+    arr: &PerCpuArray<T, CountValue>,
+) -> Result<Vec<CountValue>> {
     let mut out = Vec::with_capacity(arr.len() as usize);
     for i in 0..arr.len() {
         let v: PerCpuValues<CountValue> = arr.get(&i, 0)?;

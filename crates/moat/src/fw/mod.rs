@@ -1,3 +1,4 @@
 //! `moat fw`: the stateful firewall's control plane.
 
+pub mod cmd;
 pub mod instance;
