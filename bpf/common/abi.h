@@ -192,8 +192,8 @@ struct fw_config {
 struct fw_ct_key {
 	__u8 local[16];    /* IPv4: first 4 bytes, rest zero */
 	__u8 remote[16];
-	__be16 lport;      /* tcp/udp: ports; icmp echo: identifier in lport */
-	__be16 rport;
+	__be16 lport;      /* tcp/udp: ports; icmp echo: identifier in lport, */
+	__be16 rport;      /* and rport 0 if this host sent the request, 1 if the peer did */
 	__u8 proto;        /* IPPROTO_* */
 	__u8 family;       /* 4 or 6 */
 	__u8 pad[2];

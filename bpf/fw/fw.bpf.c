@@ -199,8 +199,11 @@ static __always_inline void fw_ports(__u8 proto, const __u8 *l4, int local_is_sr
 		k->rport = local_is_src ? *dport : sport;
 	} else if ((proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) &&
 		   icmp_is_echo(proto, l4[0])) {
-		k->lport = *(__be16 *)(l4 + 4); /* echo identifier */
-		k->rport = 0;
+		/* One exchange: the echo identifier, and which side asked (so a
+		 * peer's request never rides on our own request's entry). */
+		int is_request = l4[0] == 8 || l4[0] == 128;
+		k->lport = *(__be16 *)(l4 + 4);
+		k->rport = is_request == local_is_src ? 0 : bpf_htons(1);
 	}
 }
 

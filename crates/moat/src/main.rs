@@ -122,6 +122,9 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Writing to a closed pipe (`moat ... | head`) ends the program quietly.
+    // SAFETY: setting a signal disposition to the default, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let log = LogOpts {
         verbose: cli.verbose,

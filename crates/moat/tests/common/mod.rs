@@ -46,8 +46,13 @@ pub struct MoatProc {
 
 impl MoatProc {
     pub fn spawn(args: &[&str]) -> MoatProc {
+        Self::spawn_env(args, &[])
+    }
+
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> MoatProc {
         let mut child = Command::new(moat_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -135,4 +140,64 @@ pub fn moat_pins() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A private firewall root (pins and state) for one test; on drop the
+/// firewall is detached and every pin and file removed, also on failure.
+pub struct FwRoot {
+    pub pin_root: String,
+    pub state_root: String,
+}
+
+impl FwRoot {
+    pub fn new(tag: &str) -> FwRoot {
+        FwRoot {
+            pin_root: format!("/sys/fs/bpf/moat-test-{tag}"),
+            state_root: format!("/run/moat-test-{tag}"),
+        }
+    }
+
+    pub fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("MOAT_PIN_ROOT", self.pin_root.as_str()),
+            ("MOAT_STATE_ROOT", self.state_root.as_str()),
+        ]
+    }
+
+    /// Runs moat with this root; returns (success, stdout, stderr).
+    pub fn moat(&self, args: &[&str]) -> (bool, String, String) {
+        MoatProc::spawn_env(args, &self.env()).finish()
+    }
+
+    /// Runs moat and panics with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.moat(args);
+        assert!(ok, "moat {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["fw", "status", "--json"])).expect("status JSON")
+    }
+
+    pub fn reason(&self, name: &str) -> u64 {
+        self.status()["reasons"][name]["packets"].as_u64().unwrap()
+    }
+}
+
+impl Drop for FwRoot {
+    fn drop(&mut self) {
+        let _ = self.moat(&["fw", "detach"]);
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.state_root);
+    }
+}
+
+/// Writes a policy file into a fresh temp dir and returns its path.
+pub fn policy_file(tag: &str, yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("moat-pol-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("policy.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
 }
