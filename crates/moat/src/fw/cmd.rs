@@ -934,18 +934,21 @@ pub fn explain(o: &ExplainOpts, log: &LogOpts) -> Result<()> {
         );
     } else {
         println!("{} ({}, remote {remote})", o.packet, dir.name());
+        let prog = if o.egress {
+            abi::PROG_TC
+        } else {
+            abi::PROG_XDP
+        };
+        let bpf_label = format!("BPF program ({prog} via BPF_PROG_TEST_RUN):");
+        let w = bpf_label.len();
         println!(
-            "  BPF program   ({} via BPF_PROG_TEST_RUN): {:<5} by {} [{reason}]",
-            if o.egress {
-                abi::PROG_TC
-            } else {
-                abi::PROG_XDP
-            },
+            "  {bpf_label} {:<5} by {} [{reason}]",
             if r.passed { "allow" } else { "deny" },
             bpf_rule.map_or("an unknown rule".into(), rule_name)
         );
         println!(
-            "  reference model:                          {:<5} by {}",
+            "  {:<w$} {:<5} by {}",
+            "reference model:",
             want.action.name(),
             rule_name(want.rule)
         );
