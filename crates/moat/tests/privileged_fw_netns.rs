@@ -277,7 +277,7 @@ fn a_new_policy_cuts_an_established_connection() {
         .unwrap();
         s.set_read_timeout(Some(Duration::from_millis(800)))
             .unwrap();
-        let mut round = |s: &mut TcpStream| {
+        let round = |s: &mut TcpStream| {
             let mut b = [0u8; 4];
             s.write_all(b"ping").is_ok() && s.read_exact(&mut b).is_ok()
         };
