@@ -33,7 +33,12 @@ pub struct Opts {
     pub rounds: usize,
 }
 
-fn rule(name: String, action: Action, remote: Option<Vec<Cidr>>, ports: Option<Vec<(u16, u16)>>) -> Rule {
+fn rule(
+    name: String,
+    action: Action,
+    remote: Option<Vec<Cidr>>,
+    ports: Option<Vec<(u16, u16)>>,
+) -> Rule {
     Rule {
         name,
         direction: Dir::Ingress,
@@ -71,9 +76,18 @@ fn rules_policy(n: usize, six: bool) -> Policy {
     policy(
         (0..n)
             .map(|i| {
-                let c = if six { Cidr::new(IpAddr::V6(v6(i)), 128) } else { Cidr::new(IpAddr::V4(v4(i)), 32) };
+                let c = if six {
+                    Cidr::new(IpAddr::V6(v6(i)), 128)
+                } else {
+                    Cidr::new(IpAddr::V4(v4(i)), 32)
+                };
                 let port = 1000 + (i % 60000) as u16;
-                rule(format!("r{i}"), Action::Allow, Some(vec![c]), Some(vec![(port, port)]))
+                rule(
+                    format!("r{i}"),
+                    Action::Allow,
+                    Some(vec![c]),
+                    Some(vec![(port, port)]),
+                )
             })
             .collect(),
     )
@@ -82,7 +96,13 @@ fn rules_policy(n: usize, six: bool) -> Policy {
 /// One deny rule whose remote is a set of N addresses, plus an allow-all-tcp rule.
 fn blocklist_policy(n: usize, six: bool) -> Policy {
     let set: Vec<Cidr> = (0..n)
-        .map(|i| if six { Cidr::new(IpAddr::V6(v6(i)), 128) } else { Cidr::new(IpAddr::V4(v4(i)), 32) })
+        .map(|i| {
+            if six {
+                Cidr::new(IpAddr::V6(v6(i)), 128)
+            } else {
+                Cidr::new(IpAddr::V4(v4(i)), 32)
+            }
+        })
         .collect();
     policy(vec![
         rule("blocklist".into(), Action::Deny, Some(set), None),
@@ -91,7 +111,11 @@ fn blocklist_policy(n: usize, six: bool) -> Policy {
 }
 
 fn local(six: bool) -> IpAddr {
-    if six { IpAddr::V6(Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1)) } else { IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)) }
+    if six {
+        IpAddr::V6(Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1))
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -105,7 +129,11 @@ fn measure(prog: &Xdp, frame: &[u8], o: &Opts) -> Result<(f64, (f64, f64), u32)>
     let mut ret = 0;
     for _ in 0..o.rounds {
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), repeat: o.repeat, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: o.repeat,
+                ..Default::default()
+            })
             .context("BPF_PROG_TEST_RUN")?;
         ret = r.return_value;
         runs.push(r.duration.as_nanos() as f64);
@@ -136,7 +164,13 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
     let frame = frame_between(IpAddr::V4(v4(5)), local(false), 6, 40000, 22);
     let (ns, spread, ret) = measure(floor, &frame, o)?;
     for &n in &o.sizes {
-        out.push(Sample { scenario: "xdp-drop (floor)", n, ns, spread, verdict: verdict(ret) });
+        out.push(Sample {
+            scenario: "xdp-drop (floor)",
+            n,
+            ns,
+            spread,
+            verdict: verdict(ret),
+        });
     }
     say(&format!("floor: {ns:.1} ns/packet"));
 
@@ -150,24 +184,52 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
                 let mut inst = FwInstance::load(&p, &c, 1, pins, &log, &mut |_, _, _| {})
                     .map_err(|e| anyhow!("loading {family} N={n}: {e:#}"))?;
                 inst.clear_state()?;
-                let src = |i: usize| if six { IpAddr::V6(v6(i)) } else { IpAddr::V4(v4(i)) };
+                let src = |i: usize| {
+                    if six {
+                        IpAddr::V6(v6(i))
+                    } else {
+                        IpAddr::V4(v4(i))
+                    }
+                };
                 let fam = if six { "v6" } else { "v4" };
                 // (scenario, packet): every packet goes through both lookups.
                 let cases: Vec<(&'static str, Vec<u8>)> = match family {
                     "rules" => vec![
                         // From rule k's address to a port it does not allow: default deny.
-                        (leak(format!("rules {fam}: new, denied")), frame_between(src(n / 2), local(six), 6, 40000, 22)),
+                        (
+                            leak(format!("rules {fam}: new, denied")),
+                            frame_between(src(n / 2), local(six), 6, 40000, 22),
+                        ),
                         // To the port it allows: first run opens the connection, the rest are established.
-                        (leak(format!("rules {fam}: established")), frame_between(src(n / 2), local(six), 6, 40000, 1000 + ((n / 2) % 60000) as u16)),
+                        (
+                            leak(format!("rules {fam}: established")),
+                            frame_between(
+                                src(n / 2),
+                                local(six),
+                                6,
+                                40000,
+                                1000 + ((n / 2) % 60000) as u16,
+                            ),
+                        ),
                     ],
-                    _ => vec![
-                        (leak(format!("blocklist {fam}: listed, denied")), frame_between(src(n / 2), local(six), 6, 40000, 443)),
-                    ],
+                    _ => vec![(
+                        leak(format!("blocklist {fam}: listed, denied")),
+                        frame_between(src(n / 2), local(six), 6, 40000, 443),
+                    )],
                 };
                 for (scenario, frame) in cases {
                     let (ns, spread, ret) = measure(inst.xdp()?, &frame, o)?;
-                    say(&format!("{scenario:<34} N={n:<8} {ns:>7.1} ns/packet ({})", verdict(ret)));
-                    out.push(Sample { scenario, n, ns, spread, verdict: verdict(ret) });
+                    say(&format!(
+                        "{scenario:<34} N={n:<8} {ns:>7.1} ns/packet ({})",
+                        verdict(ret)
+                    ));
+                    out.push(Sample {
+                        scenario,
+                        n,
+                        ns,
+                        spread,
+                        verdict: verdict(ret),
+                    });
                 }
                 drop_instance(inst, pins)?;
             }
@@ -203,14 +265,24 @@ pub fn markdown(samples: &[Sample], sizes: &[usize], o: &Opts) -> String {
     for n in sizes {
         md.push_str(&format!(" N={n} |"));
     }
-    md.push_str(&format!(" N={} / N={} |\n|---|---|", sizes.last().unwrap_or(&0), sizes.first().unwrap_or(&0)));
+    md.push_str(&format!(
+        " N={} / N={} |\n|---|---|",
+        sizes.last().unwrap_or(&0),
+        sizes.first().unwrap_or(&0)
+    ));
     for _ in sizes {
         md.push_str("---:|");
     }
     md.push_str("---:|\n");
     for sc in &scenarios {
-        let row: Vec<&Sample> = sizes.iter().filter_map(|n| samples.iter().find(|s| s.scenario == *sc && s.n == *n)).collect();
-        md.push_str(&format!("| {sc} | {} |", row.first().map_or("", |s| s.verdict)));
+        let row: Vec<&Sample> = sizes
+            .iter()
+            .filter_map(|n| samples.iter().find(|s| s.scenario == *sc && s.n == *n))
+            .collect();
+        md.push_str(&format!(
+            "| {sc} | {} |",
+            row.first().map_or("", |s| s.verdict)
+        ));
         for s in &row {
             md.push_str(&format!(" {:.1} |", s.ns));
         }
@@ -239,20 +311,38 @@ pub fn svg(samples: &[Sample], sizes: &[usize]) -> String {
     );
     let x = |n: usize| l + ((n as f64).max(1.0).log10() - lo) / (hi - lo).max(1e-9) * (w - l - r);
     let y = |ns: f64| h - b - ns / max_ns * (h - t - b);
-    let colors = ["#888", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+    let colors = [
+        "#888", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    ];
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     s.push_str(&format!("<text x=\"{l}\" y=\"18\" font-size=\"14\">moat fw: ns per packet vs rules (BPF_PROG_TEST_RUN)</text>\n"));
-    s.push_str(&format!("<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n", h - b, w - r, h - b));
-    s.push_str(&format!("<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n", h - b));
+    s.push_str(&format!(
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - b,
+        w - r,
+        h - b
+    ));
+    s.push_str(&format!(
+        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - b
+    ));
     for &n in sizes {
-        s.push_str(&format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>\n", x(n), h - b + 18.0));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>\n",
+            x(n),
+            h - b + 18.0
+        ));
     }
     s.push_str(&format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">N (rules or set entries, log scale)</text>\n", (l + w - r) / 2.0, h - 8.0));
     for k in 0..=4 {
         let v = max_ns * k as f64 / 4.0;
-        s.push_str(&format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n", l - 6.0, y(v) + 4.0));
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            l - 6.0,
+            y(v) + 4.0
+        ));
     }
     s.push_str(&format!("<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">ns / packet</text>\n", (t + h - b) / 2.0, (t + h - b) / 2.0));
     for (i, sc) in scenarios.iter().enumerate() {
@@ -262,9 +352,20 @@ pub fn svg(samples: &[Sample], sizes: &[usize]) -> String {
             .filter_map(|n| samples.iter().find(|s| s.scenario == *sc && s.n == *n))
             .map(|p| format!("{:.1},{:.1}", x(p.n), y(p.ns)))
             .collect();
-        s.push_str(&format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n", pts.join(" ")));
-        s.push_str(&format!("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{c}\"/>\n", w - r + 10.0, t + 10.0 + 18.0 * i as f64));
-        s.push_str(&format!("<text x=\"{}\" y=\"{}\">{sc}</text>\n", w - r + 28.0, t + 15.0 + 18.0 * i as f64));
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            pts.join(" ")
+        ));
+        s.push_str(&format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{c}\"/>\n",
+            w - r + 10.0,
+            t + 10.0 + 18.0 * i as f64
+        ));
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\">{sc}</text>\n",
+            w - r + 28.0,
+            t + 15.0 + 18.0 * i as f64
+        ));
     }
     s.push_str("</svg>\n");
     s

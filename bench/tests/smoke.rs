@@ -12,8 +12,15 @@ fn prog_cost_smoke() {
         return;
     }
     moat::sys::ensure_bpffs().unwrap();
-    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/moat-bench-smoke-{}", std::process::id()));
-    let o = moat_bench::Opts { sizes: vec![1, 10], repeat: 1000, rounds: 1 };
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/moat-bench-smoke-{}",
+        std::process::id()
+    ));
+    let o = moat_bench::Opts {
+        sizes: vec![1, 10],
+        repeat: 1000,
+        rounds: 1,
+    };
     let samples = moat_bench::prog_cost(&o, &pins, |_| {});
     let _ = std::fs::remove_dir_all(&pins);
     let samples = samples.unwrap();
@@ -21,7 +28,11 @@ fn prog_cost_smoke() {
     assert_eq!(samples.len(), 2 * (1 + 6));
     assert!(samples.iter().all(|s| s.ns > 0.0));
     for s in &samples {
-        let want = if s.scenario.contains("established") { "pass" } else { "drop" };
+        let want = if s.scenario.contains("established") {
+            "pass"
+        } else {
+            "drop"
+        };
         assert_eq!(s.verdict, want, "{}", s.scenario);
     }
     let md = moat_bench::markdown(&samples, &o.sizes, &o);

@@ -82,6 +82,27 @@ struct count_value {
 #define FW_MAP_ADDR4 "fw_addr4"
 #define FW_MAP_ADDR6 "fw_addr6"
 /*
+ * fw_host4 / fw_host6: BPF_MAP_TYPE_HASH (BPF_F_NO_PREALLOC)
+ *   key: __u8[4] / __u8[16] address; value: struct fw_class
+ *   The /32 and /128 entries of the address classes: a host entry is always
+ *   the longest match, so one hash probe answers before the trie is walked,
+ *   and the trie keeps only the shorter prefixes (a million-address blocklist
+ *   costs a hash lookup, not a deep trie walk).
+ *   writer: moat fw apply; reader: fw programs
+ */
+#define FW_MAP_HOST4 "fw_host4"
+#define FW_MAP_HOST6 "fw_host6"
+/*
+ * fw_ports: BPF_MAP_TYPE_HASH (BPF_F_NO_PREALLOC)
+ *   key: struct fw_port_key; value: struct fw_verdict
+ *   The verdict entries matching one exact port (plen 16) or every port
+ *   (plen 0, port 0). The compiler's port prefixes of one {class, dir, proto}
+ *   never overlap, so whichever probe hits is the answer; fw_verdict keeps
+ *   only the other prefix lengths (port ranges).
+ *   writer: moat fw apply; reader: fw programs
+ */
+#define FW_MAP_PORTS "fw_ports"
+/*
  * fw_verdict: BPF_MAP_TYPE_LPM_TRIE (BPF_F_NO_PREALLOC)
  *   key:    struct fw_verdict_key; prefixlen = 48 + bits of port matched
  *   value:  struct fw_verdict
@@ -173,6 +194,16 @@ struct fw_verdict_key {
 	__u8 dir;
 	__u8 proto;
 	__be16 port;
+};
+
+struct fw_port_key {
+	__be32 class_id;
+	__u8 dir;
+	__u8 proto;
+	__u8 plen;    /* 16: exact port; 0: every port (port 0) */
+	__u8 pad;
+	__be16 port;
+	__u8 pad2[2];
 };
 
 struct fw_verdict {

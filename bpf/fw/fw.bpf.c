@@ -45,6 +45,30 @@ struct {
 } fw_verdict SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u8[4]);
+	__type(value, struct fw_class);
+} fw_host4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u8[16]);
+	__type(value, struct fw_class);
+} fw_host6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fw_port_key);
+	__type(value, struct fw_verdict);
+} fw_ports SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -125,26 +149,47 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k,
 			 __u32 port_be, __u32 *rule)
 {
 	struct fw_verdict_key vk = {};
+	struct fw_port_key pk = {};
 	struct fw_class *cls;
 	struct fw_verdict *v;
 
 	if (!cfg || !k || !rule)
 		return FW_ACTION_DENY;
+	/* Address class: exact host entry first (always the longest match). */
 	if (k->family == 4) {
 		struct fw_addr4_key a = { .prefixlen = 32 };
 		__builtin_memcpy(a.addr, k->remote, 4);
-		cls = bpf_map_lookup_elem(&fw_addr4, &a);
+		cls = bpf_map_lookup_elem(&fw_host4, a.addr);
+		if (!cls)
+			cls = bpf_map_lookup_elem(&fw_addr4, &a);
 	} else {
 		struct fw_addr6_key a = { .prefixlen = 128 };
 		__builtin_memcpy(a.addr, k->remote, 16);
-		cls = bpf_map_lookup_elem(&fw_addr6, &a);
+		cls = bpf_map_lookup_elem(&fw_host6, a.addr);
+		if (!cls)
+			cls = bpf_map_lookup_elem(&fw_addr6, &a);
 	}
-	vk.prefixlen = 64;
-	vk.class_id = bpf_htonl(cls ? cls->class_id : 0);
-	vk.dir = dir;
-	vk.proto = fw_proto_key(k->proto);
-	vk.port = port_be;
-	v = bpf_map_lookup_elem(&fw_verdict, &vk);
+	/* Verdict: exact port, then every port, then port ranges (the three
+	 * hold disjoint port sets, so the first hit is the answer). */
+	pk.class_id = bpf_htonl(cls ? cls->class_id : 0);
+	pk.dir = dir;
+	pk.proto = fw_proto_key(k->proto);
+	pk.plen = 16;
+	pk.port = port_be;
+	v = bpf_map_lookup_elem(&fw_ports, &pk);
+	if (!v) {
+		pk.plen = 0;
+		pk.port = 0;
+		v = bpf_map_lookup_elem(&fw_ports, &pk);
+	}
+	if (!v) {
+		vk.prefixlen = 64;
+		vk.class_id = pk.class_id;
+		vk.dir = dir;
+		vk.proto = pk.proto;
+		vk.port = port_be;
+		v = bpf_map_lookup_elem(&fw_verdict, &vk);
+	}
 	if (v) {
 		*rule = v->rule;
 		return v->action;
@@ -186,7 +231,7 @@ static __always_inline int icmp6_is_ndp(__u8 type)
  * Fills ct key ports for a transport header at l4 (bounds checked by the
  * caller for 8 bytes). local_is_src: the packet was sent by this host.
  */
-static __always_inline void fw_ports(__u8 proto, const __u8 *l4, int local_is_src,
+static __always_inline void fw_ct_ports(__u8 proto, const __u8 *l4, int local_is_src,
 				     struct fw_ct_key *k, __be16 *dport)
 {
 	__be16 sport = 0;
@@ -248,7 +293,7 @@ static __always_inline int fw_related(void *data, void *data_end, __u32 inner_of
 		return 0;
 	if (data + l4_off + 8 > data_end)
 		return 0;
-	fw_ports(k.proto, data + l4_off, local_is_src, &k, &dport);
+	fw_ct_ports(k.proto, data + l4_off, local_is_src, &k, &dport);
 	return bpf_map_lookup_elem(&fw_ct, &k) != NULL;
 }
 
@@ -360,7 +405,7 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
 		if ((void *)(l4 + 8) > data_end)
 			return fw_stat(FW_STAT_DROP_MALFORMED, len);
-		fw_ports(proto, l4, local_is_src, &k, &dport);
+		fw_ct_ports(proto, l4, local_is_src, &k, &dport);
 		pport = dport;
 	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		if ((void *)(l4 + 8) > data_end)
@@ -372,7 +417,7 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 		    (dir == FW_DIR_INGRESS ? fw_related_xdp(ctx, off + 8, family)
 					   : fw_related_tc(ctx, off + 8, family)))
 			return fw_stat(FW_STAT_PASS_RELATED, len);
-		fw_ports(proto, l4, local_is_src, &k, &dport);
+		fw_ct_ports(proto, l4, local_is_src, &k, &dport);
 		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
 	}
 

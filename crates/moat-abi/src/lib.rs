@@ -61,6 +61,9 @@ pub mod fw {
     pub const MAP_ADDR4: &str = "fw_addr4";
     pub const MAP_ADDR6: &str = "fw_addr6";
     pub const MAP_VERDICT: &str = "fw_verdict";
+    pub const MAP_HOST4: &str = "fw_host4";
+    pub const MAP_HOST6: &str = "fw_host6";
+    pub const MAP_PORTS: &str = "fw_ports";
     pub const MAP_CONFIG: &str = "fw_config";
     pub const MAP_CT: &str = "fw_ct";
     pub const MAP_FRAG: &str = "fw_frag";
@@ -135,6 +138,19 @@ pub mod fw {
         pub dir: u8,
         pub proto: u8,
         pub port: u16,
+    }
+
+    /// `class_id` and `port` in network byte order.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwPortKey {
+        pub class_id: u32,
+        pub dir: u8,
+        pub proto: u8,
+        pub plen: u8,
+        pub pad: u8,
+        pub port: u16,
+        pub pad2: [u8; 2],
     }
 
     #[repr(C)]
@@ -215,6 +231,9 @@ pub const MAPS: &[MapAbi] = &[
     map::<fw::FwAddr4Key, fw::FwClass>("fw", fw::MAP_ADDR4),
     map::<fw::FwAddr6Key, fw::FwClass>("fw", fw::MAP_ADDR6),
     map::<fw::FwVerdictKey, fw::FwVerdict>("fw", fw::MAP_VERDICT),
+    map::<[u8; 4], fw::FwClass>("fw", fw::MAP_HOST4),
+    map::<[u8; 16], fw::FwClass>("fw", fw::MAP_HOST6),
+    map::<fw::FwPortKey, fw::FwVerdict>("fw", fw::MAP_PORTS),
     map::<u32, fw::FwConfig>("fw", fw::MAP_CONFIG),
     map::<fw::FwCtKey, fw::FwCtVal>("fw", fw::MAP_CT),
     map::<fw::FwFragKey, u32>("fw", fw::MAP_FRAG),
@@ -250,6 +269,7 @@ mod pod {
     unsafe impl aya::Pod for FwClass {}
     unsafe impl aya::Pod for FwVerdictKey {}
     unsafe impl aya::Pod for FwVerdict {}
+    unsafe impl aya::Pod for FwPortKey {}
     unsafe impl aya::Pod for FwConfig {}
     unsafe impl aya::Pod for FwCtKey {}
     unsafe impl aya::Pod for FwCtVal {}
@@ -277,6 +297,7 @@ mod tests {
         assert_eq!(size_of::<fw::FwAddr6Key>(), 20);
         assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
         assert_eq!(size_of::<fw::FwVerdict>(), 8);
+        assert_eq!(size_of::<fw::FwPortKey>(), 12);
         assert_eq!(size_of::<fw::FwConfig>(), 8);
         assert_eq!(size_of::<fw::FwCtKey>(), 40);
         assert_eq!(size_of::<fw::FwCtVal>(), 48);

@@ -96,7 +96,10 @@ fn bpf_verdicts_equal_reference_on_random_policies() {
     let cap = Sizes {
         addr4: 4096,
         addr6: 4096,
+        host4: 4096,
+        host6: 4096,
         verdict: 65536,
+        ports: 65536,
         rules: 64,
     };
     let mut inst = FwInstance::load_with_capacity(

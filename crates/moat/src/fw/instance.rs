@@ -17,11 +17,14 @@ use aya::{
 };
 use moat_abi::{
     count::CountValue,
-    fw::{self as abi, FwClass, FwConfig, FwCtKey, FwCtVal, FwVerdict},
+    fw::{self as abi, FwClass, FwConfig, FwCtKey, FwCtVal, FwPortKey, FwVerdict},
 };
-use moat_core::fw::{Action, Dir, Policy, compile::Compiled};
+use moat_core::fw::{Action, Cidr, Dir, Policy, compile::Compiled};
 
 use crate::loader::{self, Loaded, LogOpts};
+
+/// Progress is reported every STEP entries.
+const STEP: usize = 50_000;
 
 pub fn action_byte(a: Action) -> u8 {
     match a {
@@ -48,19 +51,40 @@ pub fn verdict_key_data(class: u32, dir: u8, proto: u8, port: u16) -> [u8; 8] {
 }
 
 /// Sizes of the policy maps for a compiled policy.
+/// Entries per map: host addresses and exact/any ports go to hash maps, the
+/// rest to the LPM tries (see abi.h).
 pub struct Sizes {
     pub addr4: u32,
     pub addr6: u32,
+    pub host4: u32,
+    pub host6: u32,
     pub verdict: u32,
+    pub ports: u32,
     pub rules: u32,
+}
+
+/// Does this verdict entry go to the `fw_ports` hash (exact port or every port)?
+pub fn in_ports_map(plen: u8) -> bool {
+    plen == 16 || plen == 0
 }
 
 impl Sizes {
     pub fn of(c: &Compiled, p: &Policy) -> Sizes {
+        let host4 = c.addr4.iter().filter(|(c, _)| c.prefix_len() == 32).count();
+        let host6 = c
+            .addr6
+            .iter()
+            .filter(|(c, _)| c.prefix_len() == 128)
+            .count();
+        let ports = c.verdicts.iter().filter(|v| in_ports_map(v.plen)).count();
+        let n = |x: usize| x.max(1) as u32;
         Sizes {
-            addr4: c.addr4.len().max(1) as u32,
-            addr6: c.addr6.len().max(1) as u32,
-            verdict: c.verdicts.len().max(1) as u32,
+            addr4: n(c.addr4.len() - host4),
+            addr6: n(c.addr6.len() - host6),
+            host4: n(host4),
+            host6: n(host6),
+            verdict: n(c.verdicts.len() - ports),
+            ports: n(ports),
             rules: p.rules.len() as u32 + 1,
         }
     }
@@ -113,7 +137,10 @@ impl FwInstance {
         let sizes = Sizes {
             addr4: need.addr4.max(min.addr4),
             addr6: need.addr6.max(min.addr6),
+            host4: need.host4.max(min.host4),
+            host6: need.host6.max(min.host6),
             verdict: need.verdict.max(min.verdict),
+            ports: need.ports.max(min.ports),
             rules: need.rules.max(min.rules),
         };
         std::fs::create_dir_all(pin_dir)
@@ -123,6 +150,9 @@ impl FwInstance {
             l.map_max_entries(abi::MAP_ADDR4, sizes.addr4)
                 .map_max_entries(abi::MAP_ADDR6, sizes.addr6)
                 .map_max_entries(abi::MAP_VERDICT, sizes.verdict)
+                .map_max_entries(abi::MAP_HOST4, sizes.host4)
+                .map_max_entries(abi::MAP_HOST6, sizes.host6)
+                .map_max_entries(abi::MAP_PORTS, sizes.ports)
                 .map_max_entries(abi::MAP_RULE_STATS, sizes.rules)
                 .default_map_pin_directory(pin_dir);
         })?;
@@ -160,6 +190,17 @@ impl FwInstance {
                 t.remove(&k)?;
             }
         }
+        fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
+            let mut h: BpfHashMap<_, K, V> = BpfHashMap::try_from(map)?;
+            let keys: Vec<K> = h.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                h.remove(&k)?;
+            }
+            Ok(())
+        }
+        clear_hash::<[u8; 4], FwClass>(self.map_mut(abi::MAP_HOST4)?)?;
+        clear_hash::<[u8; 16], FwClass>(self.map_mut(abi::MAP_HOST6)?)?;
+        clear_hash::<FwPortKey, FwVerdict>(self.map_mut(abi::MAP_PORTS)?)?;
         self.generation = generation;
         self.fill(policy, compiled, &mut |_, _, _| {})
     }
@@ -179,59 +220,51 @@ impl FwInstance {
     fn fill(&mut self, policy: &Policy, c: &Compiled, progress: Progress<'_>) -> Result<()> {
         let total = c.addr4.len() + c.addr6.len() + c.verdicts.len();
         let mut done = 0usize;
-        let step = 50_000;
-        {
-            let mut t: LpmTrie<_, [u8; 4], FwClass> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR4)?)?;
-            for (cidr, class) in &c.addr4 {
-                let mut a = [0u8; 4];
-                a.copy_from_slice(&cidr.octets());
-                t.insert(
-                    &Key::new(u32::from(cidr.prefix_len()), a),
-                    FwClass { class_id: *class },
-                    0,
-                )
-                .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR4))?;
-                done += 1;
-                if done.is_multiple_of(step) {
-                    progress("filling maps", done, total);
-                }
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 16], FwClass> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR6)?)?;
-            for (cidr, class) in &c.addr6 {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&cidr.octets());
-                t.insert(
-                    &Key::new(u32::from(cidr.prefix_len()), a),
-                    FwClass { class_id: *class },
-                    0,
-                )
-                .with_context(|| format!("inserting {cidr} into {}", abi::MAP_ADDR6))?;
-                done += 1;
-                if done.is_multiple_of(step) {
-                    progress("filling maps", done, total);
-                }
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
-            for v in &c.verdicts {
-                let data = verdict_key_data(v.class, dir_byte(v.dir), v.proto, v.port);
-                let val = FwVerdict {
-                    rule: v.rule as u32 + 1,
-                    action: action_byte(v.action),
-                    pad: [0; 3],
+        self.fill_addrs::<4>(
+            &c.addr4,
+            abi::MAP_ADDR4,
+            abi::MAP_HOST4,
+            &mut done,
+            total,
+            progress,
+        )?;
+        self.fill_addrs::<16>(
+            &c.addr6,
+            abi::MAP_ADDR6,
+            abi::MAP_HOST6,
+            &mut done,
+            total,
+            progress,
+        )?;
+        for v in &c.verdicts {
+            let val = FwVerdict {
+                rule: v.rule as u32 + 1,
+                action: action_byte(v.action),
+                pad: [0; 3],
+            };
+            if in_ports_map(v.plen) {
+                let mut h: BpfHashMap<_, FwPortKey, FwVerdict> =
+                    BpfHashMap::try_from(self.map_mut(abi::MAP_PORTS)?)?;
+                let key = FwPortKey {
+                    class_id: v.class.to_be(),
+                    dir: dir_byte(v.dir),
+                    proto: v.proto,
+                    plen: v.plen,
+                    pad: 0,
+                    port: if v.plen == 0 { 0 } else { v.port.to_be() },
+                    pad2: [0; 2],
                 };
+                h.insert(key, val, 0).context("inserting a port verdict")?;
+            } else {
+                let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
+                    LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
+                let data = verdict_key_data(v.class, dir_byte(v.dir), v.proto, v.port);
                 t.insert(&Key::new(48 + u32::from(v.plen), data), val, 0)
-                    .context("inserting a verdict entry")?;
-                done += 1;
-                if done.is_multiple_of(step) {
-                    progress("filling maps", done, total);
-                }
+                    .context("inserting a port-range verdict")?;
+            }
+            done += 1;
+            if done.is_multiple_of(STEP) {
+                progress("filling maps", done, total);
             }
         }
         progress("filling maps", total, total);
@@ -243,6 +276,42 @@ impl FwInstance {
         };
         let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
         a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Host prefixes (/32, /128) into the hash map, the others into the trie.
+    fn fill_addrs<const N: usize>(
+        &mut self,
+        entries: &[(Cidr, u32)],
+        trie: &str,
+        hosts: &str,
+        done: &mut usize,
+        total: usize,
+        progress: Progress<'_>,
+    ) -> Result<()>
+    where
+        [u8; N]: aya::Pod,
+    {
+        let full = (N * 8) as u8;
+        for (cidr, class) in entries {
+            let mut a = [0u8; N];
+            a.copy_from_slice(&cidr.octets());
+            let v = FwClass { class_id: *class };
+            if cidr.prefix_len() == full {
+                let mut h: BpfHashMap<_, [u8; N], FwClass> =
+                    BpfHashMap::try_from(self.map_mut(hosts)?)?;
+                h.insert(a, v, 0)
+                    .with_context(|| format!("inserting {cidr} into {hosts}"))?;
+            } else {
+                let mut t: LpmTrie<_, [u8; N], FwClass> = LpmTrie::try_from(self.map_mut(trie)?)?;
+                t.insert(&Key::new(u32::from(cidr.prefix_len()), a), v, 0)
+                    .with_context(|| format!("inserting {cidr} into {trie}"))?;
+            }
+            *done += 1;
+            if done.is_multiple_of(STEP) {
+                progress("filling maps", *done, total);
+            }
+        }
         Ok(())
     }
 
