@@ -365,6 +365,7 @@ pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         .map_or(1, |s| s.generation.wrapping_add(1).max(1));
     let mut progress = progress_printer(o.quiet);
     let mut inst = FwInstance::load(&p, &c, generation, &paths.pins, log, &mut progress)?;
+    carry_rule_counters(&paths, old.as_ref(), &p, &mut inst)?;
     let t_fill = t0.elapsed();
 
     std::fs::create_dir_all(paths.links())?;
@@ -457,6 +458,46 @@ pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// Seeds the new instance's per-rule counters with the running ones, by rule
+/// name (and the defaults' with the defaults'), so hits survive an apply.
+/// Packets counted by the old programs during the swap itself are not carried.
+fn carry_rule_counters(
+    paths: &Paths,
+    old: Option<&State>,
+    p: &Policy,
+    inst: &mut FwInstance,
+) -> Result<()> {
+    let Some(old) = old else { return Ok(()) };
+    let Ok(map) = pinned_map(&paths.rule_stats()) else {
+        return Ok(());
+    };
+    let prev = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&map)?)?;
+    let cpus = super::instance::cpus()?;
+    let target = inst
+        .bpf
+        .map_mut(abi::MAP_RULE_STATS)
+        .ok_or_else(|| anyhow!("no rule stats map"))?;
+    let mut arr: PerCpuArray<_, CountValue> = PerCpuArray::try_from(target)?;
+    let mut seed = |id: u32, v: CountValue| -> Result<()> {
+        if v.packets == 0 {
+            return Ok(());
+        }
+        let mut vals = vec![CountValue::default(); cpus];
+        vals[0] = v;
+        arr.set(id, aya::maps::PerCpuValues::try_from(vals)?, 0)?;
+        Ok(())
+    };
+    seed(0, prev.first().copied().unwrap_or_default())?;
+    for (i, r) in p.rules.iter().enumerate() {
+        if let Some(j) = old.rules.iter().position(|o| o.name == r.name)
+            && let Some(v) = prev.get(j + 1)
+        {
+            seed(i as u32 + 1, *v)?;
+        }
+    }
     Ok(())
 }
 
