@@ -153,10 +153,17 @@ fn mem_available() -> Option<usize> {
 }
 
 fn check_memory(p: &Policy, c: &compile::Compiled) -> Result<()> {
+    match mem_available() {
+        Some(avail) => check_memory_against(p, c, avail),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a policy whose maps would need more than half of `avail` bytes,
+/// pointing at the rule with the most prefixes.
+fn check_memory_against(p: &Policy, c: &compile::Compiled, avail: usize) -> Result<()> {
     let need = c.memory_bytes();
-    if let Some(avail) = mem_available()
-        && need > avail / 2
-    {
+    if need > avail / 2 {
         let biggest = p
             .rules
             .iter()
@@ -1011,6 +1018,19 @@ pub fn explain(o: &ExplainOpts, log: &LogOpts) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_too_big_for_memory_are_refused_with_a_location() {
+        let text = "rules:\n  - name: small\n    direction: ingress\n    action: allow\n  - name: big\n    direction: ingress\n    action: deny\n    remote: [10.0.0.0/8, 10.1.0.0/16, 192.0.2.0/24]\n";
+        let p = policy::parse(text, Path::new("mem.yaml")).unwrap();
+        let c = compile::compile(&p);
+        assert!(check_memory_against(&p, &c, c.memory_bytes() * 2).is_ok());
+        let e = check_memory_against(&p, &c, c.memory_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("mem.yaml:5:1: the policy needs about"), "{e}");
+        assert!(e.contains("nothing was changed"), "{e}");
+    }
 
     #[test]
     fn flow_specs() {
