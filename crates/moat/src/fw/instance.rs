@@ -17,7 +17,7 @@ use aya::{
 };
 use moat_abi::{
     count::CountValue,
-    fw::{self as abi, FwClass, FwConfig, FwCtKey, FwCtVal, FwPortKey, FwVerdict},
+    fw::{self as abi, FwClass, FwConfig, FwCtKey, FwCtVal, FwFragKey, FwPortKey, FwVerdict},
 };
 use moat_core::fw::{Action, Cidr, Dir, Policy, compile::Compiled};
 
@@ -172,32 +172,9 @@ impl FwInstance {
     /// Replaces the policy in this instance's maps (private instances: the
     /// maps are emptied first, so packets in between see no policy).
     pub fn refill(&mut self, policy: &Policy, compiled: &Compiled, generation: u32) -> Result<()> {
-        fn clear<K: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
-            let mut t: LpmTrie<_, K, FwClass> = LpmTrie::try_from(map)?;
-            let keys: Vec<Key<K>> = t.keys().filter_map(Result::ok).collect();
-            for k in keys {
-                t.remove(&k)?;
-            }
-            Ok(())
-        }
-        clear::<[u8; 4]>(self.map_mut(abi::MAP_ADDR4)?)?;
-        clear::<[u8; 16]>(self.map_mut(abi::MAP_ADDR6)?)?;
-        {
-            let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
-            let keys: Vec<Key<[u8; 8]>> = t.keys().filter_map(Result::ok).collect();
-            for k in keys {
-                t.remove(&k)?;
-            }
-        }
-        fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
-            let mut h: BpfHashMap<_, K, V> = BpfHashMap::try_from(map)?;
-            let keys: Vec<K> = h.keys().filter_map(Result::ok).collect();
-            for k in keys {
-                h.remove(&k)?;
-            }
-            Ok(())
-        }
+        clear_trie::<[u8; 4], FwClass>(self.map_mut(abi::MAP_ADDR4)?)?;
+        clear_trie::<[u8; 16], FwClass>(self.map_mut(abi::MAP_ADDR6)?)?;
+        clear_trie::<[u8; 8], FwVerdict>(self.map_mut(abi::MAP_VERDICT)?)?;
         clear_hash::<[u8; 4], FwClass>(self.map_mut(abi::MAP_HOST4)?)?;
         clear_hash::<[u8; 16], FwClass>(self.map_mut(abi::MAP_HOST6)?)?;
         clear_hash::<FwPortKey, FwVerdict>(self.map_mut(abi::MAP_PORTS)?)?;
@@ -343,13 +320,8 @@ impl FwInstance {
 
     /// Removes every conntrack and fragment entry (private instances only).
     pub fn clear_state(&mut self) -> Result<()> {
-        let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> =
-            BpfHashMap::try_from(self.map_mut(abi::MAP_CT)?)?;
-        let keys: Vec<FwCtKey> = ct.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = ct.remove(&k);
-        }
-        Ok(())
+        clear_hash::<FwCtKey, FwCtVal>(self.map_mut(abi::MAP_CT)?)?;
+        clear_hash::<FwFragKey, u32>(self.map_mut(abi::MAP_FRAG)?)
     }
 
     /// Number of conntrack entries.
@@ -399,6 +371,24 @@ impl FwInstance {
             reason: reason.map(|r| r as u32),
         })
     }
+}
+
+fn clear_trie<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
+    let mut t: LpmTrie<_, K, V> = LpmTrie::try_from(map)?;
+    let keys: Vec<Key<K>> = t.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        t.remove(&k)?;
+    }
+    Ok(())
+}
+
+fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
+    let mut h: BpfHashMap<_, K, V> = BpfHashMap::try_from(map)?;
+    let keys: Vec<K> = h.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        h.remove(&k)?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
