@@ -231,7 +231,7 @@ struct fw_ct_key {
 };
 
 struct fw_ct_val {
-	__u64 first_seen_ns;
+	__u64 first_seen_ns;  /* CLOCK_MONOTONIC_COARSE (jiffy resolution) */
 	__u64 last_seen_ns;
 	__u64 packets;
 	__u64 bytes;

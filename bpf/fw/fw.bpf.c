@@ -437,7 +437,7 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 			ct->rule = rule;
 			reason = FW_STAT_PASS_RECHECKED;
 		}
-		ct->last_seen_ns = bpf_ktime_get_ns();
+		ct->last_seen_ns = bpf_ktime_get_coarse_ns();
 		__sync_fetch_and_add(&ct->packets, 1);
 		__sync_fetch_and_add(&ct->bytes, len);
 	} else {
@@ -450,7 +450,7 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 		/* ICMP errors are judged alone, never tracked as connections. */
 		if (!icmp_error) {
 			struct fw_ct_val v = {};
-			v.first_seen_ns = bpf_ktime_get_ns();
+			v.first_seen_ns = bpf_ktime_get_coarse_ns();
 			v.last_seen_ns = v.first_seen_ns;
 			v.packets = 1;
 			v.bytes = len;
