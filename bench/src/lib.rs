@@ -60,6 +60,7 @@ fn policy(rules: Vec<Rule>) -> Policy {
         default_egress: Action::Allow,
         rules,
         sets: Default::default(),
+        timeouts: Default::default(),
     }
 }
 

@@ -155,7 +155,8 @@ struct count_value {
 #define FW_STAT_DROP_REVOKED    10 /* tracked connection the new policy denies */
 #define FW_STAT_DROP_MALFORMED  11 /* IP header or transport header cut/invalid */
 #define FW_STAT_DROP_FRAGMENT   12 /* later fragment whose first did not pass */
-#define FW_STAT_MAX             13
+#define FW_STAT_CT_EXPIRED      13 /* (not a verdict) tracked connection idle past its timeout */
+#define FW_STAT_MAX             14
 
 #define FW_DIR_INGRESS 0
 #define FW_DIR_EGRESS  1
@@ -217,6 +218,11 @@ struct fw_config {
 	__u8 default_ingress;   /* FW_ACTION_* */
 	__u8 default_egress;    /* FW_ACTION_* */
 	__u8 pad[2];
+	/* Idle seconds after which a tracked connection is forgotten (its next
+	 * packet is judged as a first packet again). */
+	__u32 timeout_tcp;
+	__u32 timeout_udp;
+	__u32 timeout_other;
 };
 
 /* One connection, as the host sees it (same key in both directions). */

@@ -125,7 +125,7 @@ static __always_inline void fw_count(void *map, __u32 idx, __u64 len)
 static __always_inline int fw_stat(__u32 reason, __u64 len)
 {
 	fw_count(&fw_stats, reason, len);
-	return reason >= FW_STAT_DROP_RULE ? FW_DROP : FW_PASS;
+	return reason >= FW_STAT_DROP_RULE && reason <= FW_STAT_DROP_FRAGMENT ? FW_DROP : FW_PASS;
 }
 
 static __always_inline __u8 fw_proto_key(__u8 proto)
@@ -422,6 +422,19 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 	}
 
 	ct = bpf_map_lookup_elem(&fw_ct, &k);
+	if (ct) {
+		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
+		__u32 timeout = proto == IPPROTO_TCP ? cfg->timeout_tcp :
+				proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
+
+		/* (another CPU may have stamped the entry after we read the clock) */
+		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
+			/* Idle too long: forget it; this packet is a first packet. */
+			bpf_map_delete_elem(&fw_ct, &k);
+			fw_count(&fw_stats, FW_STAT_CT_EXPIRED, len);
+			ct = NULL;
+		}
+	}
 	if (ct) {
 		if (ct->generation == cfg->generation) {
 			reason = FW_STAT_PASS_ESTABLISHED;

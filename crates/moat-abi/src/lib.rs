@@ -84,7 +84,9 @@ pub mod fw {
     pub const STAT_DROP_REVOKED: u32 = 10;
     pub const STAT_DROP_MALFORMED: u32 = 11;
     pub const STAT_DROP_FRAGMENT: u32 = 12;
-    pub const STAT_MAX: u32 = 13;
+    /// Not a verdict: a tracked connection was idle past its timeout.
+    pub const STAT_CT_EXPIRED: u32 = 13;
+    pub const STAT_MAX: u32 = 14;
     /// Names of the reasons, indexed by `STAT_*`.
     pub const STAT_NAMES: [&str; STAT_MAX as usize] = [
         "pass_established",
@@ -100,6 +102,7 @@ pub mod fw {
         "drop_revoked",
         "drop_malformed",
         "drop_fragment",
+        "ct_expired",
     ];
 
     pub const DIR_INGRESS: u8 = 0;
@@ -168,6 +171,9 @@ pub mod fw {
         pub default_ingress: u8,
         pub default_egress: u8,
         pub pad: [u8; 2],
+        pub timeout_tcp: u32,
+        pub timeout_udp: u32,
+        pub timeout_other: u32,
     }
 
     #[repr(C)]
@@ -298,7 +304,7 @@ mod tests {
         assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
         assert_eq!(size_of::<fw::FwVerdict>(), 8);
         assert_eq!(size_of::<fw::FwPortKey>(), 12);
-        assert_eq!(size_of::<fw::FwConfig>(), 8);
+        assert_eq!(size_of::<fw::FwConfig>(), 20);
         assert_eq!(size_of::<fw::FwCtKey>(), 40);
         assert_eq!(size_of::<fw::FwCtVal>(), 48);
         assert_eq!(size_of::<fw::FwFragKey>(), 40);

@@ -451,6 +451,7 @@ mod tests {
             default_egress: Action::Allow,
             rules,
             sets: Default::default(),
+            timeouts: Default::default(),
         }
     }
 

@@ -162,6 +162,25 @@ impl Rule {
     }
 }
 
+/// Idle seconds after which a tracked connection is forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: u32,
+    pub udp: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    /// tcp 5 days (as netfilter's established TCP), udp 120 s, other 60 s.
+    fn default() -> Self {
+        Timeouts {
+            tcp: 432_000,
+            udp: 120,
+            other: 60,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// The file it came from (for messages).
@@ -172,6 +191,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Set name -> number of entries (for `fw check`).
     pub sets: BTreeMap<String, usize>,
+    pub timeouts: Timeouts,
 }
 
 impl Policy {
@@ -306,6 +326,7 @@ impl Parser {
         let mut default_egress = Action::Allow;
         let mut rules_node = None;
         let mut sets_node = None;
+        let mut timeouts = Timeouts::default();
         for (k, v) in map.iter() {
             match k.as_str() {
                 "interfaces" => {
@@ -343,9 +364,10 @@ impl Parser {
                 }
                 "rules" => rules_node = Some(v),
                 "sets" => sets_node = Some(v),
+                "conntrack" => timeouts = self.timeouts(v),
                 other => self.err(
                     pos(k.span()),
-                    format!("unknown key {other:?} (expected interfaces, default, rules, sets)"),
+                    format!("unknown key {other:?} (expected interfaces, default, rules, sets, conntrack)"),
                 ),
             }
         }
@@ -376,7 +398,44 @@ impl Parser {
             default_egress,
             rules,
             sets: set_sizes,
+            timeouts,
         })
+    }
+
+    /// `conntrack: { tcp_timeout: 5d, udp_timeout: 120s, other_timeout: 60 }`
+    fn timeouts(&mut self, n: &Node) -> Timeouts {
+        let mut t = Timeouts::default();
+        let Some(m) = n.as_mapping() else {
+            self.err(
+                node_pos(n),
+                "conntrack must be a mapping (tcp_timeout, udp_timeout, other_timeout)",
+            );
+            return t;
+        };
+        for (k, v) in m.iter() {
+            let slot = match k.as_str() {
+                "tcp_timeout" => &mut t.tcp,
+                "udp_timeout" => &mut t.udp,
+                "other_timeout" => &mut t.other,
+                other => {
+                    self.err(pos(k.span()), format!("unknown key {other:?} in conntrack (expected tcp_timeout, udp_timeout, other_timeout)"));
+                    continue;
+                }
+            };
+            let Some(s) = self.scalar(v, "a duration such as 120, 90s, 30m, 2h or 5d") else {
+                continue;
+            };
+            match parse_duration(s) {
+                Some(secs) if (1..=31_536_000).contains(&secs) => *slot = secs as u32,
+                _ => self.err(
+                    node_pos(v),
+                    format!(
+                        "{s:?} is not a duration between 1s and 365d (e.g. 120, 90s, 30m, 2h, 5d)"
+                    ),
+                ),
+            }
+        }
+        t
     }
 
     /// A scalar or a list of scalars, as a list of nodes.
@@ -781,6 +840,19 @@ impl Parser {
     }
 }
 
+/// Seconds in `120`, `90s`, `30m`, `2h`, `5d`.
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1),
+        'm' => (&s[..s.len() - 1], 60),
+        'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
 fn load_error(e: &LoadError) -> ((usize, usize), String) {
     let m = |mk: &marked_yaml::Marker| (mk.line(), mk.column());
     match e {
@@ -915,6 +987,36 @@ rules:
         for (got, w) in e.iter().zip(want) {
             assert!(got.starts_with(w), "got {got:?}, want {w:?}");
         }
+    }
+
+    #[test]
+    fn conntrack_timeouts() {
+        let p = parse(
+            "conntrack: { tcp_timeout: 2h, udp_timeout: 90s, other_timeout: 30 }\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            p.timeouts,
+            Timeouts {
+                tcp: 7200,
+                udp: 90,
+                other: 30
+            }
+        );
+        assert_eq!(
+            parse("rules: []\n", Path::new("p.yaml")).unwrap().timeouts,
+            Timeouts::default()
+        );
+        let e = errs("conntrack:\n  tcp_timeout: 0\n  udp: 5\n");
+        assert!(
+            e[0].starts_with("p.yaml:2:16: \"0\" is not a duration"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("p.yaml:3:3: unknown key \"udp\" in conntrack"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -250,6 +250,9 @@ impl FwInstance {
             default_ingress: action_byte(policy.default_ingress),
             default_egress: action_byte(policy.default_egress),
             pad: [0; 2],
+            timeout_tcp: policy.timeouts.tcp,
+            timeout_udp: policy.timeouts.udp,
+            timeout_other: policy.timeouts.other,
         };
         let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
         a.set(0, cfg, 0)?;
