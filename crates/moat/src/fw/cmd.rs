@@ -558,24 +558,27 @@ fn attach_or_swap(
         .map_err(|e| anyhow!("XDP link of {} is not a bpf_link: {e}", i.name))?;
     fd.pin(&xdp_pin)
         .map_err(|e| anyhow!("pinning {}: {e}", xdp_pin.display()))?;
-    let tc: &mut SchedClassifier = inst.tc()?;
-    let tc_result = tc.attach(&i.name, TcAttachType::Egress);
-    let id = match tc_result {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = std::fs::remove_file(&xdp_pin);
-            bail!("attaching {} to {} egress: {e}", abi::PROG_TC, i.name);
-        }
+    let attach_tc = |inst: &mut FwInstance| -> Result<()> {
+        let tc: &mut SchedClassifier = inst.tc()?;
+        let id = tc
+            .attach(&i.name, TcAttachType::Egress)
+            .map_err(|e| anyhow!("attaching {} to {} egress: {e}", abi::PROG_TC, i.name))?;
+        let link = tc.take_link(id)?;
+        let fd: FdLink = link.try_into().map_err(|e| {
+            anyhow!(
+                "TC link of {} is not a bpf_link (kernel without TCX, < 6.6?): {e}",
+                i.name
+            )
+        })?;
+        fd.pin(&tc_pin)
+            .map_err(|e| anyhow!("pinning {}: {e}", tc_pin.display()))?;
+        Ok(())
     };
-    let link = tc.take_link(id)?;
-    let fd: FdLink = link.try_into().map_err(|e| {
-        anyhow!(
-            "TC link of {} is not a bpf_link (kernel without TCX?): {e}",
-            i.name
-        )
-    })?;
-    fd.pin(&tc_pin)
-        .map_err(|e| anyhow!("pinning {}: {e}", tc_pin.display()))?;
+    if let Err(e) = attach_tc(inst) {
+        // Leave nothing half-attached: dropping the XDP pin detaches it.
+        let _ = std::fs::remove_file(&xdp_pin);
+        return Err(e);
+    }
     Ok("attached")
 }
 
