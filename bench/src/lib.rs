@@ -15,6 +15,8 @@ use moat::{
 };
 use moat_core::fw::{Action, Cidr, Dir, Policy, Proto, Rule, compile::compile, frame_between};
 
+pub mod live;
+
 /// One measured configuration.
 #[derive(Clone, Debug)]
 pub struct Sample {

@@ -39,3 +39,32 @@ fn prog_cost_smoke() {
     assert!(md.contains("| rules v4: new, denied | drop |"), "{md}");
     assert!(moat_bench::svg(&samples, &o.sizes).contains("<polyline"));
 }
+
+/// The live-traffic harness runs end to end for every filter it knows.
+#[test]
+fn live_smoke() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("MOAT_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("live_smoke needs root");
+        }
+        eprintln!("SKIP live_smoke: needs root");
+        return;
+    }
+    use moat_bench::live::{Filter, measure};
+    moat::sys::ensure_bpffs().unwrap();
+    for (i, f) in [
+        Filter::XdpDrop,
+        Filter::None,
+        Filter::Moat,
+        Filter::IptablesLegacy,
+        Filter::NftSet,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tag = format!("ls{}{i}", std::process::id() % 100_000);
+        let pps = measure(f, 10, 20_000, &tag).unwrap_or_else(|e| panic!("{}: {e:#}", f.name()));
+        assert!(pps > 0.0, "{} dropped nothing", f.name());
+    }
+}

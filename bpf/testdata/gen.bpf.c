@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * gen.bpf.c — BENCH ONLY. Traffic generator for BPF_PROG_TEST_RUN with
+ * BPF_F_TEST_XDP_LIVE_FRAMES: gives each IPv4/UDP frame a new source address
+ * (low 16 bits) and source port, then XDP_TX sends it out of the interface
+ * the run names, to the veth peer.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen_seq SEC(".maps");
+
+static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (__u16)~(from >> 16) + (__u16)~(from & 0xFFFF);
+	sum += (to >> 16) + (to & 0xFFFF);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	return ~sum;
+}
+
+SEC("xdp")
+int gen_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u32 zero = 0, *seq, s, from, to;
+
+	if ((void *)(udp + 1) > data_end)
+		return XDP_DROP;
+	seq = bpf_map_lookup_elem(&gen_seq, &zero);
+	if (!seq)
+		return XDP_DROP;
+	s = (*seq)++;
+	/* One's-complement sums work on the raw (network-order) words, like
+	 * the checksum field itself. */
+	from = ip->saddr;
+	to = bpf_htonl((bpf_ntohl(from) & 0xFFFF0000) | (s & 0xFFFF));
+	ip->saddr = to;
+	ip->check = csum_replace4(ip->check, from, to);
+	udp->source = bpf_htons(1024 + (s % 60000));
+	udp->check = 0;
+	return XDP_TX;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
