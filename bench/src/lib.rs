@@ -268,7 +268,9 @@ pub fn markdown(samples: &[Sample], sizes: &[usize], o: &Opts) -> String {
     }
     let mut md = String::new();
     md.push_str(&format!(
-        "Kernel-measured time per packet (BPF_PROG_TEST_RUN, repeat {}, median of {} rounds), in ns:\n\n| scenario | verdict |",
+        "Kernel-measured time per packet (BPF_PROG_TEST_RUN, repeat {}, {} rounds), in ns, as median (fastest). \
+         The last column compares the fastest rounds: on a shared VM the median moves by ±25% between runs, \
+         the fastest round much less.\n\n| scenario | verdict |",
         o.repeat, o.rounds
     ));
     for n in sizes {
@@ -293,10 +295,10 @@ pub fn markdown(samples: &[Sample], sizes: &[usize], o: &Opts) -> String {
             row.first().map_or("", |s| s.verdict)
         ));
         for s in &row {
-            md.push_str(&format!(" {:.1} |", s.ns));
+            md.push_str(&format!(" {:.0} ({:.0}) |", s.ns, s.spread.0));
         }
         let ratio = match (row.first(), row.last()) {
-            (Some(a), Some(b)) if a.ns > 0.0 => b.ns / a.ns,
+            (Some(a), Some(b)) if a.spread.0 > 0.0 => b.spread.0 / a.spread.0,
             _ => f64::NAN,
         };
         md.push_str(&format!(" **{ratio:.2}x** |\n"));

@@ -37,6 +37,7 @@ fn prog_cost_smoke() {
     }
     let md = moat_bench::markdown(&samples, &o.sizes, &o);
     assert!(md.contains("| rules v4: new, denied | drop |"), "{md}");
+    assert!(md.contains("x** |"), "ratio column: {md}");
     assert!(moat_bench::svg(&samples, &o.sizes).contains("<polyline"));
 }
 
