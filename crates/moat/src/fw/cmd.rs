@@ -950,6 +950,9 @@ pub fn explain(o: &ExplainOpts, log: &LogOpts) -> Result<()> {
     impl Drop for Cleanup {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+            if let Some(parent) = self.0.parent() {
+                let _ = std::fs::remove_dir(parent); // only if empty
+            }
         }
     }
     let _cleanup = Cleanup(private.clone());
