@@ -167,6 +167,15 @@ struct count_value {
 /* Protocol byte of fw_verdict_key: 6, 17, 1, 58, or FW_PROTO_OTHER for any other. */
 #define FW_PROTO_OTHER 255
 
+/* fw_config.maps bits: a policy map is probed only if it holds entries. */
+#define FW_HAS_ADDR4      1
+#define FW_HAS_ADDR6      2
+#define FW_HAS_HOST4      4
+#define FW_HAS_HOST6      8
+#define FW_HAS_PORT_EXACT 16
+#define FW_HAS_PORT_ANY   32
+#define FW_HAS_VERDICT    64
+
 /* Rule id 0 is the direction's default. */
 #define FW_RULE_DEFAULT 0
 
@@ -217,7 +226,8 @@ struct fw_config {
 	__u32 generation;       /* policy generation of this program instance */
 	__u8 default_ingress;   /* FW_ACTION_* */
 	__u8 default_egress;    /* FW_ACTION_* */
-	__u8 pad[2];
+	__u8 maps;              /* FW_HAS_*: which policy maps hold entries (skip empty ones) */
+	__u8 pad;
 	/* Idle seconds after which a tracked connection is forgotten (its next
 	 * packet is judged as a first packet again). */
 	__u32 timeout_tcp;

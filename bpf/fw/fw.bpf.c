@@ -155,34 +155,41 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k,
 
 	if (!cfg || !k || !rule)
 		return FW_ACTION_DENY;
-	/* Address class: exact host entry first (always the longest match). */
+	/* Address class: exact host entry first (always the longest match).
+	 * Maps the policy left empty are not probed. */
+	cls = NULL;
 	if (k->family == 4) {
 		struct fw_addr4_key a = { .prefixlen = 32 };
 		__builtin_memcpy(a.addr, k->remote, 4);
-		cls = bpf_map_lookup_elem(&fw_host4, a.addr);
-		if (!cls)
+		if (cfg->maps & FW_HAS_HOST4)
+			cls = bpf_map_lookup_elem(&fw_host4, a.addr);
+		if (!cls && (cfg->maps & FW_HAS_ADDR4))
 			cls = bpf_map_lookup_elem(&fw_addr4, &a);
 	} else {
 		struct fw_addr6_key a = { .prefixlen = 128 };
 		__builtin_memcpy(a.addr, k->remote, 16);
-		cls = bpf_map_lookup_elem(&fw_host6, a.addr);
-		if (!cls)
+		if (cfg->maps & FW_HAS_HOST6)
+			cls = bpf_map_lookup_elem(&fw_host6, a.addr);
+		if (!cls && (cfg->maps & FW_HAS_ADDR6))
 			cls = bpf_map_lookup_elem(&fw_addr6, &a);
 	}
 	/* Verdict: exact port, then every port, then port ranges (the three
 	 * hold disjoint port sets, so the first hit is the answer). */
+	v = NULL;
 	pk.class_id = bpf_htonl(cls ? cls->class_id : 0);
 	pk.dir = dir;
 	pk.proto = fw_proto_key(k->proto);
-	pk.plen = 16;
-	pk.port = port_be;
-	v = bpf_map_lookup_elem(&fw_ports, &pk);
-	if (!v) {
+	if (cfg->maps & FW_HAS_PORT_EXACT) {
+		pk.plen = 16;
+		pk.port = port_be;
+		v = bpf_map_lookup_elem(&fw_ports, &pk);
+	}
+	if (!v && (cfg->maps & FW_HAS_PORT_ANY)) {
 		pk.plen = 0;
 		pk.port = 0;
 		v = bpf_map_lookup_elem(&fw_ports, &pk);
 	}
-	if (!v) {
+	if (!v && (cfg->maps & FW_HAS_VERDICT)) {
 		vk.prefixlen = 64;
 		vk.class_id = pk.class_id;
 		vk.dir = dir;

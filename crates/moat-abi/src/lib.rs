@@ -112,6 +112,14 @@ pub mod fw {
     pub const PROTO_OTHER: u8 = 255;
     pub const RULE_DEFAULT: u32 = 0;
 
+    pub const HAS_ADDR4: u8 = 1;
+    pub const HAS_ADDR6: u8 = 2;
+    pub const HAS_HOST4: u8 = 4;
+    pub const HAS_HOST6: u8 = 8;
+    pub const HAS_PORT_EXACT: u8 = 16;
+    pub const HAS_PORT_ANY: u8 = 32;
+    pub const HAS_VERDICT: u8 = 64;
+
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct FwAddr4Key {
@@ -170,7 +178,9 @@ pub mod fw {
         pub generation: u32,
         pub default_ingress: u8,
         pub default_egress: u8,
-        pub pad: [u8; 2],
+        /// `HAS_*` bits: which policy maps hold entries.
+        pub maps: u8,
+        pub pad: u8,
         pub timeout_tcp: u32,
         pub timeout_udp: u32,
         pub timeout_other: u32,

@@ -117,6 +117,13 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_ACTION_DENY", fw::ACTION_DENY.to_string()),
         ("FW_PROTO_OTHER", fw::PROTO_OTHER.to_string()),
         ("FW_RULE_DEFAULT", fw::RULE_DEFAULT.to_string()),
+        ("FW_HAS_ADDR4", fw::HAS_ADDR4.to_string()),
+        ("FW_HAS_ADDR6", fw::HAS_ADDR6.to_string()),
+        ("FW_HAS_HOST4", fw::HAS_HOST4.to_string()),
+        ("FW_HAS_HOST6", fw::HAS_HOST6.to_string()),
+        ("FW_HAS_PORT_EXACT", fw::HAS_PORT_EXACT.to_string()),
+        ("FW_HAS_PORT_ANY", fw::HAS_PORT_ANY.to_string()),
+        ("FW_HAS_VERDICT", fw::HAS_VERDICT.to_string()),
     ]);
     for (i, n) in fw::STAT_NAMES.iter().enumerate() {
         rust.push((

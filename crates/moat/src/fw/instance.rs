@@ -63,6 +63,39 @@ pub struct Sizes {
     pub rules: u32,
 }
 
+/// `HAS_*` bits for the maps a compiled policy fills (the kernel skips the rest).
+pub fn maps_present(c: &Compiled) -> u8 {
+    let mut m = 0;
+    let mut set = |cond: bool, bit: u8| {
+        if cond {
+            m |= bit;
+        }
+    };
+    set(
+        c.addr4.iter().any(|(p, _)| p.prefix_len() < 32),
+        abi::HAS_ADDR4,
+    );
+    set(
+        c.addr6.iter().any(|(p, _)| p.prefix_len() < 128),
+        abi::HAS_ADDR6,
+    );
+    set(
+        c.addr4.iter().any(|(p, _)| p.prefix_len() == 32),
+        abi::HAS_HOST4,
+    );
+    set(
+        c.addr6.iter().any(|(p, _)| p.prefix_len() == 128),
+        abi::HAS_HOST6,
+    );
+    set(c.verdicts.iter().any(|v| v.plen == 16), abi::HAS_PORT_EXACT);
+    set(c.verdicts.iter().any(|v| v.plen == 0), abi::HAS_PORT_ANY);
+    set(
+        c.verdicts.iter().any(|v| !in_ports_map(v.plen)),
+        abi::HAS_VERDICT,
+    );
+    m
+}
+
 /// Does this verdict entry go to the `fw_ports` hash (exact port or every port)?
 pub fn in_ports_map(plen: u8) -> bool {
     plen == 16 || plen == 0
@@ -249,7 +282,8 @@ impl FwInstance {
             generation: self.generation,
             default_ingress: action_byte(policy.default_ingress),
             default_egress: action_byte(policy.default_egress),
-            pad: [0; 2],
+            maps: maps_present(c),
+            pad: 0,
             timeout_tcp: policy.timeouts.tcp,
             timeout_udp: policy.timeouts.udp,
             timeout_other: policy.timeouts.other,
