@@ -157,12 +157,132 @@ pub fn run(o: &DemoOpts, log: &LogOpts) -> Result<()> {
         )?;
     }
     drop(out);
-    drop(_servers);
     drop(counter);
+    if !stop.load(Ordering::Relaxed) {
+        firewall_phase(&lab, o.json, log)?;
+    }
+    drop(_servers);
     drop(lab);
-    eprintln!("cleaned up: counter detached, namespaces removed.");
+    eprintln!("cleaned up: programs detached, namespaces removed.");
     if !o.json {
-        eprintln!("next: `moat count -i IFACE` on a real interface (see README).");
+        eprintln!(
+            "next: `moat count -i IFACE`, `moat fw check -f examples/policy.yaml` (see README)."
+        );
+    }
+    Ok(())
+}
+
+/// The policy the demo applies to b: default-deny ingress, TCP 7000 and ping allowed.
+pub const DEMO_POLICY: &str = "\
+default: { ingress: deny, egress: allow }
+rules:
+  - name: web
+    direction: ingress
+    action: allow
+    proto: tcp
+    ports: [7000]
+  - name: ping
+    direction: ingress
+    action: allow
+    proto: [icmp, icmpv6]
+    icmp_types: [echo-request]
+";
+
+/// Second act: the firewall on b's interface (private instance: no pins,
+/// detached when it ends), probed from a.
+fn firewall_phase(lab: &Lab, json: bool, log: &LogOpts) -> Result<()> {
+    use crate::fw::instance::FwInstance;
+    use aya::programs::{TcAttachType, XdpMode};
+    use moat_core::fw::{compile, policy};
+
+    let p = policy::parse(DEMO_POLICY, std::path::Path::new("demo-policy.yaml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let c = compile::compile(&p);
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/moat-demo{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(pins.clone());
+    let mut inst = FwInstance::load(&p, &c, 1, &pins, log, &mut |_, _, _| {})?;
+    sys::in_netns(Some(&lab.ns_b), || {
+        inst.xdp()?.attach(&lab.if_b, XdpMode::Driver)?;
+        inst.tc()?.attach(&lab.if_b, TcAttachType::Egress)?;
+        Ok(())
+    })?;
+    if !json {
+        println!(
+            "\nfirewall: applied to {} (XDP ingress + TCX egress):\n{}",
+            lab.if_b,
+            DEMO_POLICY.trim_end()
+        );
+        println!("probing from {}:", lab.if_a);
+    }
+    let b4: IpAddr = netlab::B4.parse()?;
+    let b6: IpAddr = netlab::B6.parse()?;
+    let ns_a = lab.ns_a.clone();
+    let probes = std::thread::spawn(move || -> Result<Vec<(String, bool, bool)>> {
+        let _ns = sys::NetnsGuard::enter(&ns_a)?;
+        // Passed: connected, or refused by b's stack (a RST came back);
+        // dropped: no answer at all.
+        let tcp = |dst: IpAddr, port: u16| match std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(dst, port),
+            Duration::from_millis(500),
+        ) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        };
+        let mut out = Vec::new();
+        for dst in [b4, b6] {
+            out.push((format!("tcp {dst} port 7000"), true, tcp(dst, 7000)));
+            out.push((format!("tcp {dst} port 7002"), false, tcp(dst, 7002)));
+        }
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+    let stats = inst.stats()?;
+    let names = moat_abi::fw::STAT_NAMES;
+    let mut ok = true;
+    for (what, expect, got) in &probes {
+        ok &= expect == got;
+        if !json {
+            println!(
+                "  {what:<28} {:<8} (expected {}){}",
+                if *got { "passed" } else { "dropped" },
+                if *expect { "passed" } else { "dropped" },
+                if expect == got { "" } else { "  MISMATCH" }
+            );
+        }
+    }
+    if json {
+        let probes: Vec<serde_json::Value> = probes
+            .iter()
+            .map(|(w, e, g)| serde_json::json!({ "probe": w, "expected_pass": e, "passed": g }))
+            .collect();
+        let reasons: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(&stats)
+            .filter(|(_, v)| v.packets > 0)
+            .map(|(n, v)| ((*n).to_string(), v.packets.into()))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "firewall": { "probes": probes, "reasons": reasons } })
+        );
+    } else {
+        let summary: Vec<String> = names
+            .iter()
+            .zip(&stats)
+            .filter(|(_, v)| v.packets > 0)
+            .map(|(n, v)| format!("{n} {}", v.packets))
+            .collect();
+        println!("firewall counters: {}", summary.join(", "));
+    }
+    if !ok {
+        anyhow::bail!("the firewall did not behave as its policy says");
     }
     Ok(())
 }

@@ -26,8 +26,23 @@ fn demo_shows_every_kind_and_cleans_up() {
     let pid = m.child.id();
     let (ok, stdout, stderr) = m.finish();
     assert!(ok, "moat demo failed:\n{stderr}\n{stdout}");
-    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(last["final"], true);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines
+        .iter()
+        .find(|l| l["final"] == true)
+        .expect("a final counts line")
+        .clone();
+    // Second act: the firewall, probed from a; every probe as the policy says.
+    let fw = &lines.last().unwrap()["firewall"];
+    let probes = fw["probes"].as_array().expect("firewall probes");
+    assert_eq!(probes.len(), 4);
+    for p in probes {
+        assert_eq!(p["passed"], p["expected_pass"], "{p}");
+    }
+    assert!(fw["reasons"]["drop_default"].as_u64().unwrap() >= 2, "{fw}");
     for class in [
         "ipv4_tcp",
         "ipv4_udp",
