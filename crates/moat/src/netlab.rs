@@ -152,45 +152,17 @@ impl Lab {
             "peer", "name", &self.if_b, "netns", &self.ns_b, "address", &mac_b,
         ])?;
         if cfg.addresses {
-            ip(&[
-                "-n",
-                &self.ns_a,
-                "addr",
-                "add",
-                &format!("{A4}/24"),
-                "dev",
-                &self.if_a,
-            ])?;
-            ip(&[
-                "-n",
-                &self.ns_b,
-                "addr",
-                "add",
-                &format!("{B4}/24"),
-                "dev",
-                &self.if_b,
-            ])?;
+            let mut addrs = vec![
+                (&self.ns_a, &self.if_a, format!("{A4}/24")),
+                (&self.ns_b, &self.if_b, format!("{B4}/24")),
+            ];
             if cfg.ipv6 {
-                ip(&[
-                    "-n",
-                    &self.ns_a,
-                    "addr",
-                    "add",
-                    &format!("{A6}/64"),
-                    "dev",
-                    &self.if_a,
-                    "nodad",
-                ])?;
-                ip(&[
-                    "-n",
-                    &self.ns_b,
-                    "addr",
-                    "add",
-                    &format!("{B6}/64"),
-                    "dev",
-                    &self.if_b,
-                    "nodad",
-                ])?;
+                addrs.push((&self.ns_a, &self.if_a, format!("{A6}/64")));
+                addrs.push((&self.ns_b, &self.if_b, format!("{B6}/64")));
+            }
+            for (ns, dev, addr) in addrs {
+                // nodad: the address is usable at once (IPv4 ignores the flag).
+                ip(&["-n", ns, "addr", "add", &addr, "dev", dev, "nodad"])?;
             }
         }
         if cfg.gro {
