@@ -16,6 +16,9 @@ use moat::{
 use moat_core::fw::{Action, Cidr, Dir, Policy, Proto, Rule, compile::compile, frame_between};
 
 pub mod live;
+pub mod report;
+pub mod updates;
+pub mod xdpfilter;
 
 /// One measured configuration.
 #[derive(Clone, Debug)]
@@ -33,6 +36,8 @@ pub struct Opts {
     pub sizes: Vec<usize>,
     pub repeat: u32,
     pub rounds: usize,
+    /// Also measure xdp-filter's program (needs xdp-tools).
+    pub xdp_filter: bool,
 }
 
 fn rule(
@@ -183,6 +188,53 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
     }
     say(&format!("floor: {ns:.1} ns/packet"));
 
+    // The peer: xdp-filter with N listed source addresses, loaded by its own
+    // CLI on a lab interface and run on the same packet as moat's blocklist.
+    if o.xdp_filter {
+        let lab = moat::netlab::Lab::create(
+            &format!("pc{}", std::process::id() % 100_000),
+            &moat::netlab::LabConfig {
+                addresses: false,
+                ipv6: false,
+                gro: false,
+            },
+        )?;
+        for &n in o.sizes.iter().filter(|&&n| n <= xdpfilter::MAX_ENTRIES) {
+            for six in [false, true] {
+                let mut xf = xdpfilter::XdpFilter::load(&lab.ns_b, &lab.if_b)?;
+                let srcs: Vec<IpAddr> = (0..n)
+                    .map(|i| {
+                        if six {
+                            IpAddr::V6(v6(i))
+                        } else {
+                            IpAddr::V4(v4(i))
+                        }
+                    })
+                    .collect();
+                xf.deny_sources(&srcs)?;
+                let prog = xf.program()?;
+                let frame = frame_between(srcs[n / 2], local(six), 6, 40000, 443);
+                let (ns, spread, ret) = measure(&prog, &frame, o)?;
+                let scenario = if six {
+                    "xdp-filter v6: listed, denied"
+                } else {
+                    "xdp-filter v4: listed, denied"
+                };
+                say(&format!(
+                    "{scenario:<34} N={n:<8} {ns:>7.1} ns/packet ({})",
+                    verdict(ret)
+                ));
+                out.push(Sample {
+                    scenario,
+                    n,
+                    ns,
+                    spread,
+                    verdict: verdict(ret),
+                });
+            }
+        }
+    }
+
     type Build = fn(usize, bool) -> Policy;
     let families: [(&str, Build); 2] = [("rules", rules_policy), ("blocklist", blocklist_policy)];
     for &n in &o.sizes {
@@ -286,98 +338,59 @@ pub fn markdown(samples: &[Sample], sizes: &[usize], o: &Opts) -> String {
     }
     md.push_str("---:|\n");
     for sc in &scenarios {
-        let row: Vec<&Sample> = sizes
+        let row: Vec<Option<&Sample>> = sizes
             .iter()
-            .filter_map(|n| samples.iter().find(|s| s.scenario == *sc && s.n == *n))
+            .map(|n| samples.iter().find(|s| s.scenario == *sc && s.n == *n))
             .collect();
-        md.push_str(&format!(
-            "| {sc} | {} |",
-            row.first().map_or("", |s| s.verdict)
-        ));
+        let verdict = row.iter().flatten().next().map_or("", |s| s.verdict);
+        md.push_str(&format!("| {sc} | {verdict} |"));
         for s in &row {
-            md.push_str(&format!(" {:.0} ({:.0}) |", s.ns, s.spread.0));
+            match s {
+                Some(s) => md.push_str(&format!(" {:.0} ({:.0}) |", s.ns, s.spread.0)),
+                None => md.push_str(" — |"),
+            }
         }
         let ratio = match (row.first(), row.last()) {
-            (Some(a), Some(b)) if a.spread.0 > 0.0 => b.spread.0 / a.spread.0,
+            (Some(Some(a)), Some(Some(b))) if a.spread.0 > 0.0 => b.spread.0 / a.spread.0,
             _ => f64::NAN,
         };
-        md.push_str(&format!(" **{ratio:.2}x** |\n"));
+        if ratio.is_nan() {
+            md.push_str(" — |\n");
+        } else {
+            md.push_str(&format!(" **{ratio:.2}x** |\n"));
+        }
+    }
+    if samples.iter().any(|s| s.scenario.starts_with("xdp-filter"))
+        && sizes.iter().any(|&n| n > xdpfilter::MAX_ENTRIES)
+    {
+        md.push_str(&format!(
+            "\n—: not run; xdp-filter's address maps hold at most {} entries.\n",
+            xdpfilter::MAX_ENTRIES
+        ));
     }
     md
 }
 
 /// An SVG line plot: ns/packet against N (log scale), one line per scenario.
 pub fn svg(samples: &[Sample], sizes: &[usize]) -> String {
-    let (w, h, l, r, t, b) = (760.0, 420.0, 70.0, 250.0, 30.0, 50.0);
-    let mut scenarios: Vec<&str> = Vec::new();
+    let mut series: Vec<report::Series> = Vec::new();
     for s in samples {
-        if !scenarios.contains(&s.scenario) {
-            scenarios.push(s.scenario);
+        if !sizes.contains(&s.n) {
+            continue;
+        }
+        match series.iter_mut().find(|x| x.name == s.scenario) {
+            Some(x) => x.points.push((s.n as f64, s.ns)),
+            None => series.push(report::Series {
+                name: s.scenario.to_string(),
+                points: vec![(s.n as f64, s.ns)],
+            }),
         }
     }
-    let max_ns = samples.iter().map(|s| s.ns).fold(1.0, f64::max) * 1.15;
-    let (lo, hi) = (
-        (*sizes.first().unwrap_or(&1) as f64).max(1.0).log10(),
-        (*sizes.last().unwrap_or(&10) as f64).max(10.0).log10(),
-    );
-    let x = |n: usize| l + ((n as f64).max(1.0).log10() - lo) / (hi - lo).max(1e-9) * (w - l - r);
-    let y = |ns: f64| h - b - ns / max_ns * (h - t - b);
-    let colors = [
-        "#888", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-    ];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s.push_str(&format!("<text x=\"{l}\" y=\"18\" font-size=\"14\">moat fw: ns per packet vs rules (BPF_PROG_TEST_RUN)</text>\n"));
-    s.push_str(&format!(
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
-        h - b,
-        w - r,
-        h - b
-    ));
-    s.push_str(&format!(
-        "<line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n",
-        h - b
-    ));
-    for &n in sizes {
-        s.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{n}</text>\n",
-            x(n),
-            h - b + 18.0
-        ));
-    }
-    s.push_str(&format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">N (rules or set entries, log scale)</text>\n", (l + w - r) / 2.0, h - 8.0));
-    for k in 0..=4 {
-        let v = max_ns * k as f64 / 4.0;
-        s.push_str(&format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
-            l - 6.0,
-            y(v) + 4.0
-        ));
-    }
-    s.push_str(&format!("<text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">ns / packet</text>\n", (t + h - b) / 2.0, (t + h - b) / 2.0));
-    for (i, sc) in scenarios.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        let pts: Vec<String> = sizes
-            .iter()
-            .filter_map(|n| samples.iter().find(|s| s.scenario == *sc && s.n == *n))
-            .map(|p| format!("{:.1},{:.1}", x(p.n), y(p.ns)))
-            .collect();
-        s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
-        ));
-        s.push_str(&format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{c}\"/>\n",
-            w - r + 10.0,
-            t + 10.0 + 18.0 * i as f64
-        ));
-        s.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\">{sc}</text>\n",
-            w - r + 28.0,
-            t + 15.0 + 18.0 * i as f64
-        ));
-    }
-    s.push_str("</svg>\n");
-    s
+    report::plot(
+        "ns per packet against rules (BPF_PROG_TEST_RUN)",
+        "N (rules or set entries, log scale)",
+        "ns / packet",
+        &series,
+        false,
+    )
 }

@@ -1,13 +1,16 @@
-//! EXPERIMENTAL (not yet the full comparison: no iptables-nft,
-//! nftables-linear or xdp-filter, no softirq time per packet, no report).
-//!
 //! Live traffic: two namespaces joined by veth; a generator in a sends UDP
 //! frames with BPF_PROG_TEST_RUN + BPF_F_TEST_XDP_LIVE_FRAMES (XDP_TX out of
-//! a's end, so they arrive at b's end like real traffic); b runs one filter
-//! configuration that drops them; we count what b dropped per second.
+//! a's end, so they arrive at b's end like real traffic, each from a new
+//! source address and port); b runs one filter configuration that drops
+//! them; we count what b dropped while the generator ran.
+//!
+//! Every configuration with N rules puts N - 1 rules that do not match the
+//! traffic in front of the one that does (the classic worst case for a rule
+//! list); tools with sets or hashes get the same N entries.
 
 use std::{
     net::Ipv4Addr,
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -28,34 +31,62 @@ pub enum Filter {
     None,
     /// XDP program returning XDP_DROP: the ceiling.
     XdpDrop,
-    /// moat's firewall (default deny, N allow rules for other addresses).
+    /// moat's firewall: N - 1 deny rules for other sources, then `deny udp 9`.
     Moat,
-    /// iptables-legacy: N non-matching rules, then the matching DROP.
+    /// xdp-filter (xdp-tools): N - 1 source addresses, then port 9.
+    XdpFilter,
+    /// iptables-legacy: N - 1 non-matching rules, then the matching DROP.
     IptablesLegacy,
-    /// nftables with a set of N (non-matching) addresses, then the matching drop.
+    /// iptables-nft: the same rules through the nftables backend.
+    IptablesNft,
+    /// nftables, one rule per address: N - 1 non-matching, then the match.
+    NftLinear,
+    /// nftables with a set of N - 1 (non-matching) addresses, then the match.
     NftSet,
 }
 
 impl Filter {
+    pub const ALL: [Filter; 8] = [
+        Filter::XdpDrop,
+        Filter::None,
+        Filter::Moat,
+        Filter::XdpFilter,
+        Filter::IptablesLegacy,
+        Filter::IptablesNft,
+        Filter::NftLinear,
+        Filter::NftSet,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Filter::None => "no filter",
             Filter::XdpDrop => "xdp-drop (ceiling)",
             Filter::Moat => "moat",
+            Filter::XdpFilter => "xdp-filter",
             Filter::IptablesLegacy => "iptables-legacy",
+            Filter::IptablesNft => "iptables-nft",
+            Filter::NftLinear => "nftables linear",
             Filter::NftSet => "nftables set",
         }
     }
+
+    /// Does the filter's cost depend on N at all (configurations with N
+    /// entries are installed only for those that take entries)?
+    pub fn takes_rules(self) -> bool {
+        !matches!(self, Filter::None | Filter::XdpDrop)
+    }
 }
 
-fn run(ns: &str, cmd: &[&str], stdin: Option<&str>) -> Result<String> {
+/// Runs a command inside network namespace `ns` (nsenter keeps the host's
+/// bpffs mounts visible, unlike `ip netns exec`).
+pub fn nsrun(ns: &str, cmd: &[&str], stdin: Option<&str>) -> Result<String> {
     use std::io::Write;
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{ns}")).args(cmd);
     c.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let mut child = c.spawn().with_context(|| format!("running {}", cmd[0]))?;
     if let Some(input) = stdin {
         child.stdin.take().unwrap().write_all(input.as_bytes())?;
     } else {
@@ -63,52 +94,115 @@ fn run(ns: &str, cmd: &[&str], stdin: Option<&str>) -> Result<String> {
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} failed: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The i-th address that never matches the traffic (the generator's sources
+/// are 10.199.0.0/16; these come from 172.16.0.0/12).
 fn other(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(0xAC10_0000u32 + i as u32) // 172.16.0.0/12: never the generator's sources
+    Ipv4Addr::from(0xAC10_0000u32 + i as u32)
 }
 
-/// Installs `filter` with `n` rules on b; returns a closure reading b's drop count.
-fn install(
-    lab: &Lab,
-    filter: Filter,
-    n: usize,
-    keep: &mut Vec<Box<dyn std::any::Any>>,
-) -> Result<Box<dyn Fn() -> Result<u64>>> {
-    let ns_b = lab.ns_b.clone();
-    let if_b = lab.if_b.clone();
-    match filter {
-        Filter::None => Ok(Box::new(move || {
-            let snmp = run(&ns_b, &["cat", "/proc/net/snmp"], None)?;
-            let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
-            let (h, v) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-            let idx = h
-                .split_whitespace()
-                .position(|w| w == "NoPorts")
-                .ok_or_else(|| anyhow!("no NoPorts"))?;
-            Ok(v.split_whitespace().nth(idx).unwrap_or("0").parse()?)
-        })),
-        Filter::XdpDrop | Filter::Moat => {
-            let log = LogOpts::default();
-            let (mut bpf, name) = if filter == Filter::XdpDrop {
-                (loader::open(moat_ebpf::testdata::DROP, &log)?, "drop_xdp")
-            } else {
-                // moat: default deny with n allow rules for other addresses.
-                let yaml = format!(
-                    "default: {{ ingress: deny, egress: allow }}\nrules:\n{}",
-                    (0..n).map(|i| format!("  - {{ name: r{i}, direction: ingress, action: allow, remote: [{}], proto: udp, ports: [{}] }}\n", other(i), 1000 + i % 60000)).collect::<String>()
-                );
+type Counter = Box<dyn Fn() -> Result<u64>>;
+
+/// One filter configuration installed on its own lab, ready to be measured
+/// again and again (so rounds can interleave configurations).
+pub struct Rig {
+    pub filter: Filter,
+    pub n: usize,
+    /// Seconds the rules took to install.
+    pub install_secs: f64,
+    count: Counter,
+    generator: aya::Ebpf,
+    keep: Vec<Box<dyn std::any::Any>>,
+    pins: Option<PathBuf>,
+    lab: Lab,
+}
+
+impl Rig {
+    /// Creates a lab and installs `filter` with `n` rules on its b end.
+    pub fn new(filter: Filter, n: usize, tag: &str) -> Result<Rig> {
+        let lab = Lab::create(
+            tag,
+            &LabConfig {
+                addresses: true,
+                ipv6: false,
+                gro: true,
+            },
+        )?;
+        let log = LogOpts::default();
+        let mut generator = loader::open(moat_ebpf::testdata::GEN, &log)?;
+        loader::load_xdp(&mut generator, "gen_xdp", &log)?;
+        let mut rig = Rig {
+            filter,
+            n,
+            install_secs: 0.0,
+            count: Box::new(|| Ok(0)),
+            generator,
+            keep: Vec::new(),
+            pins: None,
+            lab,
+        };
+        let t = Instant::now();
+        rig.count = rig
+            .install()
+            .with_context(|| format!("installing {} with N={n}", filter.name()))?;
+        rig.install_secs = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(200)); // XDP attach settles
+        Ok(rig)
+    }
+
+    fn install(&mut self) -> Result<Counter> {
+        let (n, ns_b, if_b) = (self.n.max(1), self.lab.ns_b.clone(), self.lab.if_b.clone());
+        let log = LogOpts::default();
+        match self.filter {
+            Filter::None => Ok(Box::new(move || {
+                let snmp = nsrun(&ns_b, &["cat", "/proc/net/snmp"], None)?;
+                let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+                let (h, v) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+                let idx = h
+                    .split_whitespace()
+                    .position(|w| w == "NoPorts")
+                    .ok_or_else(|| anyhow!("no NoPorts in /proc/net/snmp"))?;
+                Ok(v.split_whitespace().nth(idx).unwrap_or("0").parse()?)
+            })),
+            Filter::XdpDrop => {
+                let mut bpf = loader::open(moat_ebpf::testdata::DROP, &log)?;
+                loader::load_xdp(&mut bpf, "drop_xdp", &log)?;
+                attach(&mut bpf, "drop_xdp", &self.lab)?;
+                self.keep.push(Box::new(bpf));
+                Ok(Box::new(move || {
+                    let s = nsrun(&ns_b, &["ethtool", "-S", &if_b], None)?;
+                    Ok(s.lines()
+                        .filter(|l| l.contains("xdp_drops"))
+                        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                        .sum())
+                }))
+            }
+            Filter::Moat => {
+                let mut yaml = String::from("default: { ingress: allow, egress: allow }\nrules:\n");
+                if n > 1 {
+                    yaml.push_str("  - { name: others, direction: ingress, action: deny, proto: udp, ports: [9], remote: [");
+                    let list: Vec<String> = (0..n - 1).map(|i| other(i).to_string()).collect();
+                    yaml.push_str(&list.join(", "));
+                    yaml.push_str("] }\n");
+                }
+                yaml.push_str("  - { name: discard, direction: ingress, action: deny, proto: udp, ports: [9] }\n");
                 let p = moat_core::fw::policy::parse(&yaml, std::path::Path::new("live.yaml"))
                     .map_err(|e| anyhow!("{e}"))?;
                 let c = moat_core::fw::compile::compile(&p);
-                let pins = std::path::PathBuf::from(format!(
-                    "/sys/fs/bpf/moat-live-{}",
-                    std::process::id()
+                let pins = PathBuf::from(format!(
+                    "/sys/fs/bpf/moat-live-{}-{}",
+                    std::process::id(),
+                    self.lab.if_b
                 ));
+                self.pins = Some(pins.clone());
                 let inst = moat::fw::instance::FwInstance::load(
                     &p,
                     &c,
@@ -117,139 +211,248 @@ fn install(
                     &log,
                     &mut |_, _, _| {},
                 )?;
-                (inst.bpf, moat_abi::fw::PROG_XDP)
-            };
-            if filter == Filter::XdpDrop {
-                loader::load_xdp(&mut bpf, name, &log)?;
-            }
-            {
-                let _g = NetnsGuard::enter(&lab.ns_b)?;
-                let prog: &mut Xdp = bpf.program_mut(name).unwrap().try_into()?;
-                prog.attach(&if_b, aya::programs::XdpMode::Driver)?;
-            }
-            if filter == Filter::XdpDrop {
-                keep.push(Box::new(bpf));
-                Ok(Box::new(move || {
-                    let s = run(&ns_b, &["ethtool", "-S", &if_b], None)?;
-                    Ok(s.lines()
-                        .filter(|l| l.contains("xdp_drops"))
-                        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
-                        .sum())
-                }))
-            } else {
+                let mut bpf = inst.bpf;
+                attach(&mut bpf, moat_abi::fw::PROG_XDP, &self.lab)?;
                 let stats = bpf
                     .take_map(moat_abi::fw::MAP_STATS)
                     .ok_or_else(|| anyhow!("no fw_stats"))?;
-                keep.push(Box::new(bpf));
+                self.keep.push(Box::new(bpf));
                 let arr: aya::maps::PerCpuArray<_, moat_abi::count::CountValue> =
                     aya::maps::PerCpuArray::try_from(stats)?;
-                let arr = std::sync::Mutex::new(arr);
                 Ok(Box::new(move || {
-                    let arr = arr.lock().unwrap();
                     let v = moat::fw::instance::sum_percpu(&arr)?;
                     Ok(v[moat_abi::fw::STAT_DROP_DEFAULT as usize].packets
                         + v[moat_abi::fw::STAT_DROP_RULE as usize].packets)
                 }))
             }
-        }
-        Filter::IptablesLegacy => {
-            let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
-            for i in 0..n.saturating_sub(1) {
-                rules.push_str(&format!(
-                    "-A INPUT -s {}/32 -p udp --dport 9 -j DROP\n",
-                    other(i)
-                ));
+            Filter::XdpFilter => {
+                let xf = crate::xdpfilter::XdpFilter::load(&ns_b, &if_b)?;
+                xf.deny_dst_port(9, "udp")?;
+                let others: Vec<std::net::IpAddr> = (0..n - 1).map(|i| other(i).into()).collect();
+                xf.deny_sources(&others)?;
+                self.keep.push(Box::new(xf));
+                Ok(Box::new(move || crate::xdpfilter::drops_in(&ns_b)))
             }
-            rules.push_str("-A INPUT -p udp --dport 9 -j DROP\nCOMMIT\n");
-            run(&lab.ns_b, &["iptables-legacy-restore"], Some(&rules))?;
-            Ok(Box::new(move || {
-                let out = run(
-                    &ns_b,
-                    &["iptables-legacy", "-L", "INPUT", "-v", "-x", "-n"],
-                    None,
-                )?;
-                let last = out.lines().last().unwrap_or("");
-                Ok(last.split_whitespace().next().unwrap_or("0").parse()?)
-            }))
+            Filter::IptablesLegacy | Filter::IptablesNft => {
+                let (restore, list) = if self.filter == Filter::IptablesLegacy {
+                    ("iptables-legacy-restore", "iptables-legacy")
+                } else {
+                    ("iptables-nft-restore", "iptables-nft")
+                };
+                let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
+                for i in 0..n - 1 {
+                    rules.push_str(&format!(
+                        "-A INPUT -s {}/32 -p udp --dport 9 -j DROP\n",
+                        other(i)
+                    ));
+                }
+                rules.push_str("-A INPUT -p udp --dport 9 -j DROP\nCOMMIT\n");
+                nsrun(&ns_b, &[restore], Some(&rules))?;
+                Ok(Box::new(move || {
+                    // Only the last rule matches: read its counter.
+                    let out = nsrun(&ns_b, &[list, "-L", "INPUT", "-v", "-x", "-n"], None)?;
+                    let last = out.lines().last().unwrap_or("");
+                    Ok(last.split_whitespace().next().unwrap_or("0").parse()?)
+                }))
+            }
+            Filter::NftLinear | Filter::NftSet => {
+                let mut conf = String::from("table ip bench {\n");
+                if self.filter == Filter::NftSet {
+                    if n > 1 {
+                        let elems: Vec<String> = (0..n - 1).map(|i| other(i).to_string()).collect();
+                        conf.push_str(&format!(
+                            " set others {{ type ipv4_addr; elements = {{ {} }} }}\n",
+                            elems.join(", ")
+                        ));
+                    }
+                    conf.push_str(
+                        " chain input { type filter hook input priority 0; policy accept;\n",
+                    );
+                    if n > 1 {
+                        conf.push_str("  ip saddr @others udp dport 9 drop\n");
+                    }
+                } else {
+                    conf.push_str(
+                        " chain input { type filter hook input priority 0; policy accept;\n",
+                    );
+                    for i in 0..n - 1 {
+                        conf.push_str(&format!("  ip saddr {} udp dport 9 drop\n", other(i)));
+                    }
+                }
+                conf.push_str("  udp dport 9 counter drop\n }\n}\n");
+                nsrun(&ns_b, &["nft", "-f", "-"], Some(&conf))?;
+                Ok(Box::new(move || {
+                    let out = nsrun(
+                        &ns_b,
+                        &["nft", "list", "chain", "ip", "bench", "input"],
+                        None,
+                    )?;
+                    let line = out
+                        .lines()
+                        .find(|l| l.contains("counter packets"))
+                        .unwrap_or("");
+                    let w: Vec<&str> = line.split_whitespace().collect();
+                    let i = w
+                        .iter()
+                        .position(|x| *x == "packets")
+                        .ok_or_else(|| anyhow!("no counter in the nftables chain"))?;
+                    Ok(w[i + 1].parse()?)
+                }))
+            }
         }
-        Filter::NftSet => {
-            let elems: Vec<String> = (0..n.max(1)).map(|i| other(i).to_string()).collect();
-            let conf = format!(
-                "table ip bench {{\n set blk {{ type ipv4_addr; elements = {{ {} }} }}\n chain input {{ type filter hook input priority 0; policy accept;\n  ip saddr @blk drop\n  udp dport 9 counter drop\n }}\n}}\n",
-                elems.join(", ")
-            );
-            run(&lab.ns_b, &["nft", "-f", "-"], Some(&conf))?;
-            Ok(Box::new(move || {
-                let out = run(
-                    &ns_b,
-                    &["nft", "list", "chain", "ip", "bench", "input"],
-                    None,
-                )?;
-                let line = out
-                    .lines()
-                    .find(|l| l.contains("counter packets"))
-                    .unwrap_or("");
-                let w: Vec<&str> = line.split_whitespace().collect();
-                let i = w
-                    .iter()
-                    .position(|x| *x == "packets")
-                    .ok_or_else(|| anyhow!("no counter"))?;
-                Ok(w[i + 1].parse()?)
-            }))
+    }
+
+    /// Sends `packets` frames from a to b; returns the packets per second b
+    /// dropped while they were sent.
+    pub fn measure(&mut self, packets: u32) -> Result<f64> {
+        let before = (self.count)()?;
+        let prog: &mut Xdp = self.generator.program_mut("gen_xdp").unwrap().try_into()?;
+        let (a, b): (Ipv4Addr, Ipv4Addr) = (moat::netlab::A4.parse()?, moat::netlab::B4.parse()?);
+        let frame = ethernet(
+            self.lab.mac_b,
+            self.lab.mac_a,
+            &[],
+            ETH_P_IP,
+            &ipv4(a, b, IPPROTO_UDP, &udp(Ips::V4(a, b), 1024, 9, &[0u8; 18])),
+        );
+        let elapsed = {
+            let _g = NetnsGuard::enter(&self.lab.ns_a)?;
+            let ifindex = moat::traffic::ifindex(&self.lab.if_a)?;
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            let t = Instant::now();
+            prog.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: packets,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .context("live-frames BPF_PROG_TEST_RUN")?;
+            t.elapsed()
+        };
+        // Frames still queued on b when the generator returns are few (one
+        // ring) and are counted; the rate is over the generator's time.
+        std::thread::sleep(Duration::from_millis(20));
+        let dropped = (self.count)()?.saturating_sub(before);
+        Ok(dropped as f64 / elapsed.as_secs_f64())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.keep.clear();
+        if let Some(p) = &self.pins {
+            let _ = std::fs::remove_dir_all(p);
         }
     }
 }
 
-/// Sends `packets` frames from a to b; returns the wall time.
-fn generate(lab: &Lab, packets: u32) -> Result<Duration> {
-    let log = LogOpts::default();
-    let mut bpf = loader::open(moat_ebpf::testdata::GEN, &log)?;
-    loader::load_xdp(&mut bpf, "gen_xdp", &log)?;
-    let prog: &mut Xdp = bpf.program_mut("gen_xdp").unwrap().try_into()?;
-    let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.199.0.1".parse()?, "10.199.0.2".parse()?);
-    let frame = ethernet(
-        lab.mac_b,
-        lab.mac_a,
-        &[],
-        ETH_P_IP,
-        &ipv4(a, b, IPPROTO_UDP, &udp(Ips::V4(a, b), 1024, 9, &[0u8; 18])),
-    );
-    let _g = NetnsGuard::enter(&lab.ns_a)?;
-    let ifindex = moat::traffic::ifindex(&lab.if_a)?;
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    let t = Instant::now();
-    prog.test_run(TestRunOptions {
-        data_in: Some(&frame),
-        ctx_in: Some(&ctx),
-        repeat: packets,
-        attrs: TestRunAttrs::new().xdp_live_frames(64),
-        ..Default::default()
-    })
-    .context("live-frames BPF_PROG_TEST_RUN")?;
-    Ok(t.elapsed())
+fn attach(bpf: &mut aya::Ebpf, name: &str, lab: &Lab) -> Result<()> {
+    let _g = NetnsGuard::enter(&lab.ns_b)?;
+    let prog: &mut Xdp = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("no program {name}"))?
+        .try_into()?;
+    prog.attach(&lab.if_b, aya::programs::XdpMode::Driver)?;
+    Ok(())
 }
 
-/// One measurement: packets per second that b dropped while a sent.
-pub fn measure(filter: Filter, n: usize, packets: u32, tag: &str) -> Result<f64> {
-    let lab = Lab::create(
-        tag,
-        &LabConfig {
-            addresses: true,
-            ipv6: false,
-            gro: true,
-        },
-    )?;
-    let mut keep = Vec::new();
-    let count = install(&lab, filter, n, &mut keep)?;
-    std::thread::sleep(Duration::from_millis(200));
-    let before = count()?;
-    let elapsed = generate(&lab, packets)?;
-    std::thread::sleep(Duration::from_millis(300));
-    let dropped = count()? - before;
-    drop(keep);
-    let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/moat-live-{}", std::process::id()));
-    Ok(dropped as f64 / elapsed.as_secs_f64())
+/// One filter at one N over the rounds.
+#[derive(Clone, Debug)]
+pub struct LiveResult {
+    pub filter: Filter,
+    pub n: usize,
+    /// Packets per second dropped, one per round.
+    pub pps: Vec<f64>,
+    /// Ratio to the ceiling measured in the same round, one per round.
+    pub ratio: Vec<f64>,
+    pub install_secs: f64,
+}
+
+/// Options of the live benchmark.
+pub struct LiveOpts {
+    pub sizes: Vec<usize>,
+    pub packets: u32,
+    pub rounds: usize,
+    pub filters: Vec<Filter>,
+    /// A filter whose install takes longer than this is not tried at larger N.
+    pub max_install_secs: f64,
+}
+
+/// Runs every filter at every N: for each N, all configurations are
+/// installed side by side (one lab each) and measured in interleaved rounds
+/// (A B C … A B C …); the ceiling (XDP drop) is measured in every round.
+pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResult>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    let mut too_slow: Vec<Filter> = Vec::new();
+    // The ceiling first: every round's ratios are to its own ceiling.
+    let mut filters = o.filters.clone();
+    filters.retain(|f| *f != Filter::XdpDrop);
+    filters.insert(0, Filter::XdpDrop);
+    for (k, &n) in o.sizes.iter().enumerate() {
+        let mut rigs = Vec::new();
+        for (i, &f) in filters.iter().enumerate() {
+            if too_slow.contains(&f) {
+                skipped.push(format!(
+                    "{} at N={n}: its install took over {:.0} s at a smaller N",
+                    f.name(),
+                    o.max_install_secs
+                ));
+                continue;
+            }
+            if f == Filter::XdpFilter && n > crate::xdpfilter::MAX_ENTRIES + 1 {
+                skipped.push(format!(
+                    "{} at N={n}: its address maps hold at most {} entries",
+                    f.name(),
+                    crate::xdpfilter::MAX_ENTRIES
+                ));
+                continue;
+            }
+            let tag = format!("lv{}{k}{i}", std::process::id() % 100_000);
+            let rig = Rig::new(f, n, &tag)?;
+            say(&format!(
+                "N={n} {}: installed in {:.1} s",
+                f.name(),
+                rig.install_secs
+            ));
+            if rig.install_secs > o.max_install_secs {
+                too_slow.push(f);
+            }
+            rigs.push(rig);
+        }
+        let mut pps = vec![Vec::new(); rigs.len()];
+        let mut ratio = vec![Vec::new(); rigs.len()];
+        for r in 0..o.rounds {
+            let mut row = Vec::new();
+            for (i, rig) in rigs.iter_mut().enumerate() {
+                let v = rig
+                    .measure(o.packets)
+                    .with_context(|| format!("measuring {} at N={n}", rig.filter.name()))?;
+                say(&format!(
+                    "round {r} N={n} {}: {v:.0} pps",
+                    rig.filter.name()
+                ));
+                row.push(v);
+                pps[i].push(v);
+            }
+            let ceiling = row[0].max(1.0);
+            for (i, v) in row.iter().enumerate() {
+                ratio[i].push(v / ceiling);
+            }
+        }
+        for (i, rig) in rigs.iter().enumerate() {
+            out.push(LiveResult {
+                filter: rig.filter,
+                n,
+                pps: pps[i].clone(),
+                ratio: ratio[i].clone(),
+                install_secs: rig.install_secs,
+            });
+        }
+    }
+    Ok((out, skipped))
 }

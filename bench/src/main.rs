@@ -1,56 +1,100 @@
 //! `moat-bench`: run the benchmarks and write the report.
 //!
 //! ```sh
-//! cargo run --release -p moat-bench -- prog-cost      # writes docs/benchmarks.md + SVG
+//! cargo run --release -p moat-bench -- report     # everything: docs/benchmarks.md + SVGs
+//! cargo run --release -p moat-bench -- live       # one part, printed only
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use moat_bench::{
+    live::{Filter, LiveOpts},
+    report, updates,
+};
 
 #[derive(Parser)]
-#[command(name = "moat-bench", about = "moat's benchmarks")]
+#[command(
+    name = "moat-bench",
+    about = "moat's benchmarks, side by side with its peers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(Args, Clone)]
+struct CostArgs {
+    /// Rule counts / set sizes for the program-cost runs.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10,100,1000,10000,100000,1000000"
+    )]
+    cost_sizes: Vec<usize>,
+    /// Repetitions per BPF_PROG_TEST_RUN call.
+    #[arg(long, default_value = "1000000")]
+    repeat: u32,
+    /// Rounds per program-cost configuration.
+    #[arg(long, default_value = "5")]
+    cost_rounds: usize,
+}
+
+#[derive(Args, Clone)]
+struct LiveArgs {
+    /// Rule counts for the live runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000,100000")]
+    live_sizes: Vec<usize>,
+    /// Frames the generator sends per measurement.
+    #[arg(long, default_value = "1000000")]
+    packets: u32,
+    /// Interleaved rounds per N (median and spread reported).
+    #[arg(long, default_value = "5")]
+    live_rounds: usize,
+    /// A tool whose rules take longer than this to install is not tried at larger N.
+    #[arg(long, default_value = "120")]
+    max_install_secs: f64,
+}
+
+#[derive(Args, Clone)]
+struct UpdateArgs {
+    /// Blocklist sizes whose apply time is measured.
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    update_sizes: Vec<usize>,
+    /// Applies under traffic.
+    #[arg(long, default_value = "100")]
+    applies: usize,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// EXPERIMENTAL: live traffic through a veth pair, packets per second each
-    /// filter drops (moat, iptables-legacy, nftables set, no filter, XDP drop).
-    Live {
-        #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000")]
-        sizes: Vec<usize>,
-        /// Frames per run.
-        #[arg(long, default_value = "2000000")]
-        packets: u32,
-        /// Rounds (configurations interleaved; the median is reported).
-        #[arg(long, default_value = "3")]
-        rounds: usize,
-    },
-    /// Per-packet cost of the firewall programs against rule count (BPF_PROG_TEST_RUN).
-    ProgCost {
-        /// Rule counts / set sizes.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1,10,100,1000,10000,100000,1000000"
-        )]
-        sizes: Vec<usize>,
-        /// Repetitions per BPF_PROG_TEST_RUN call.
-        #[arg(long, default_value = "1000000")]
-        repeat: u32,
-        /// Rounds per configuration (the median is reported).
-        #[arg(long, default_value = "5")]
-        rounds: usize,
-        /// Markdown report to write.
+    /// Everything below, then writes the report (markdown + two SVG plots).
+    Report {
+        #[command(flatten)]
+        cost: CostArgs,
+        #[command(flatten)]
+        live: LiveArgs,
+        #[command(flatten)]
+        updates: UpdateArgs,
+        /// Markdown report to write (the SVGs go next to it).
         #[arg(long, default_value = "docs/benchmarks.md")]
-        report: PathBuf,
-        /// SVG plot to write.
-        #[arg(long, default_value = "docs/benchmarks-prog-cost.svg")]
-        svg: PathBuf,
+        out: PathBuf,
+    },
+    /// Per-packet cost of moat's program, xdp-filter's and XDP drop (BPF_PROG_TEST_RUN).
+    ProgCost {
+        #[command(flatten)]
+        cost: CostArgs,
+    },
+    /// Live traffic through a veth pair: packets per second each filter drops.
+    Live {
+        #[command(flatten)]
+        live: LiveArgs,
+    },
+    /// Policy apply times and packets lost while policies are swapped under traffic.
+    Updates {
+        #[command(flatten)]
+        updates: UpdateArgs,
     },
 }
 
@@ -88,94 +132,163 @@ fn machine() -> String {
     )
 }
 
+fn cost_opts(a: &CostArgs) -> Result<moat_bench::Opts> {
+    if a.cost_sizes.is_empty() || a.cost_rounds == 0 || a.repeat == 0 {
+        bail!("--cost-sizes, --cost-rounds and --repeat must not be empty or zero");
+    }
+    Ok(moat_bench::Opts {
+        sizes: a.cost_sizes.clone(),
+        repeat: a.repeat,
+        rounds: a.cost_rounds,
+        xdp_filter: true,
+    })
+}
+
+fn run_cost(o: &moat_bench::Opts) -> Result<Vec<moat_bench::Sample>> {
+    let pins = PathBuf::from(format!("/sys/fs/bpf/moat-bench-{}", std::process::id()));
+    let samples = moat_bench::prog_cost(o, &pins, |s| eprintln!("{s}"));
+    let _ = std::fs::remove_dir_all(&pins);
+    samples
+}
+
+fn live_opts(a: &LiveArgs) -> Result<LiveOpts> {
+    if a.live_sizes.is_empty() || a.live_rounds == 0 || a.packets == 0 {
+        bail!("--live-sizes, --live-rounds and --packets must not be empty or zero");
+    }
+    Ok(LiveOpts {
+        sizes: a.live_sizes.clone(),
+        packets: a.packets,
+        rounds: a.live_rounds,
+        filters: Filter::ALL.to_vec(),
+        max_install_secs: a.max_install_secs,
+    })
+}
+
+fn run_updates(a: &UpdateArgs) -> Result<(Vec<updates::ApplyTime>, updates::UnderTraffic)> {
+    let tag = format!("up{}", std::process::id() % 100_000);
+    let times = updates::apply_times(&a.update_sizes, &tag, |s| eprintln!("{s}"))?;
+    eprintln!("{} applies under traffic...", a.applies);
+    let traffic = updates::under_traffic(a.applies, 1000, &format!("{tag}t"))?;
+    Ok((times, traffic))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    moat::sys::require_privileges("moat-bench")?;
+    moat::sys::ensure_bpffs()?;
     match cli.cmd {
-        Cmd::Live {
-            sizes,
-            packets,
-            rounds,
-        } => {
-            use moat_bench::live::{Filter, measure};
-            moat::sys::require_privileges("moat-bench")?;
-            moat::sys::ensure_bpffs()?;
-            let filters = [
-                Filter::XdpDrop,
-                Filter::None,
-                Filter::Moat,
-                Filter::IptablesLegacy,
-                Filter::NftSet,
-            ];
-            println!("| filter | N | pps (median of {rounds}) | ratio to ceiling |");
-            println!("|---|---:|---:|---:|");
-            for &n in &sizes {
-                let mut results: Vec<Vec<f64>> = vec![Vec::new(); filters.len()];
-                for r in 0..rounds {
-                    for (i, f) in filters.iter().enumerate() {
-                        let tag = format!("lv{}{i}{r}", std::process::id() % 10000);
-                        let pps = measure(*f, n, packets, &tag)?;
-                        eprintln!("round {r} N={n} {}: {pps:.0} pps", f.name());
-                        results[i].push(pps);
-                    }
-                }
-                let med = |v: &mut Vec<f64>| {
-                    v.sort_by(|a, b| a.total_cmp(b));
-                    v[v.len() / 2]
-                };
-                let ceiling = med(&mut results[0].clone());
-                for (i, f) in filters.iter().enumerate() {
-                    let m = med(&mut results[i]);
-                    println!("| {} | {n} | {:.0} | {:.2} |", f.name(), m, m / ceiling);
-                }
+        Cmd::ProgCost { cost } => {
+            let o = cost_opts(&cost)?;
+            let samples = run_cost(&o)?;
+            println!("{}", moat_bench::markdown(&samples, &o.sizes, &o));
+        }
+        Cmd::Live { live } => {
+            let o = live_opts(&live)?;
+            let (res, skipped) = moat_bench::live::run_all(&o, |s| eprintln!("{s}"))?;
+            println!("{}", report::live_markdown(&res, &o.sizes));
+            for s in skipped {
+                println!("not run: {s}");
             }
         }
-        Cmd::ProgCost {
-            sizes,
-            repeat,
-            rounds,
-            report,
-            svg,
+        Cmd::Updates { updates } => {
+            let (times, traffic) = run_updates(&updates)?;
+            println!("{}", report::updates_markdown(&times, Some(&traffic)));
+        }
+        Cmd::Report {
+            cost,
+            live,
+            updates,
+            out,
         } => {
-            if sizes.is_empty() || rounds == 0 || repeat == 0 {
-                bail!("--sizes, --rounds and --repeat must not be empty or zero");
-            }
-            moat::sys::require_privileges("moat-bench")?;
-            moat::sys::ensure_bpffs()?;
-            let pins = PathBuf::from(format!("/sys/fs/bpf/moat-bench-{}", std::process::id()));
-            let o = moat_bench::Opts {
-                sizes: sizes.clone(),
-                repeat,
-                rounds,
-            };
-            let samples = moat_bench::prog_cost(&o, &pins, |s| eprintln!("{s}"));
-            let _ = std::fs::remove_dir_all(&pins);
-            let samples = samples?;
-            let table = moat_bench::markdown(&samples, &sizes, &o);
-            let svg_name = svg
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let md = format!(
-                "# Benchmarks\n\nGenerated by `cargo run --release -p moat-bench -- prog-cost` (do not edit by hand).\n\n\
-                 Machine: {}\n\n## Firewall program cost against rule count\n\n\
-                 Each configuration loads the real `fw_xdp` program with the compiled policy and runs one \
-                 frame through it with BPF_PROG_TEST_RUN (the kernel times the repetitions). \
-                 `rules`: N rules, each allowing one TCP port from one /32 (/128); the packet comes from one of \
-                 those addresses to a port its rule does not allow, so both lookups run and the default denies it; \
-                 `established`: to the allowed port (the first run opens the connection, the rest hit conntrack). \
-                 `blocklist`: one deny rule over a set of N addresses; the packet comes from a listed address. \
-                 The floor is an XDP program that only returns XDP_DROP.\n\n{table}\n![ns per packet against N]({svg_name})\n\n\
-                 Where the time goes (N=1, fastest of 15 rounds, measured by removing one piece at a time): \
-                 a conntrack miss about 40 ns, creating a conntrack entry 250-300 ns, each hash or trie probe of \
-                 the policy 30-40 ns, the counters under the noise. The live-traffic comparison with iptables, \
-                 nftables and xdp-filter (`moat-bench live`) is experimental and not part of this report yet.\n",
-                machine()
+            let (co, lo) = (cost_opts(&cost)?, live_opts(&live)?);
+            let t0 = std::time::Instant::now();
+            let samples = run_cost(&co)?;
+            let (res, skipped) = moat_bench::live::run_all(&lo, |s| eprintln!("{s}"))?;
+            let (times, traffic) = run_updates(&updates)?;
+            let dir = out.parent().map(PathBuf::from).unwrap_or_default();
+            let (cost_svg, live_svg) = ("benchmarks-prog-cost.svg", "benchmarks-live.svg");
+            std::fs::write(dir.join(cost_svg), moat_bench::svg(&samples, &co.sizes))?;
+            std::fs::write(dir.join(live_svg), report::live_svg(&res))?;
+            let bars = report::bars(&samples, &res, Some(&traffic));
+            let md = document(
+                &co,
+                &lo,
+                &samples,
+                &res,
+                &skipped,
+                &times,
+                &traffic,
+                &bars,
+                t0.elapsed(),
             );
-            std::fs::write(&report, md)?;
-            std::fs::write(&svg, moat_bench::svg(&samples, &sizes))?;
-            println!("{table}");
-            println!("wrote {} and {}", report.display(), svg.display());
+            std::fs::write(&out, md)?;
+            println!("{}", report::bars_markdown(&bars));
+            println!("wrote {}, {cost_svg} and {live_svg}", out.display());
         }
     }
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn document(
+    co: &moat_bench::Opts,
+    lo: &LiveOpts,
+    samples: &[moat_bench::Sample],
+    res: &[moat_bench::live::LiveResult],
+    skipped: &[String],
+    times: &[updates::ApplyTime],
+    traffic: &updates::UnderTraffic,
+    bars: &[report::Bar],
+    took: std::time::Duration,
+) -> String {
+    let mut md = format!(
+        "# Benchmarks\n\nGenerated by `cargo run --release -p moat-bench -- report` in {:.0} min \
+         (do not edit by hand; every number below comes from that one run).\n\n\
+         Machine: {}\n\n## The bars\n\n{}\n",
+        took.as_secs_f64() / 60.0,
+        machine(),
+        report::bars_markdown(bars)
+    );
+    md.push_str(&format!(
+        "## Program cost against rule count\n\n\
+         Each configuration loads the real program with its rules and runs one frame through it with \
+         BPF_PROG_TEST_RUN (the kernel times the repetitions). \
+         `rules`: N moat rules, each allowing one TCP port from one /32 (/128); the packet comes from one of \
+         those addresses to a port its rule does not allow, so every lookup runs and the default denies it; \
+         `established`: to the allowed port (the first run opens the connection, the rest hit conntrack). \
+         `blocklist`: one moat deny rule over a set of N addresses; the packet comes from a listed address. \
+         `xdp-filter`: xdp-tools' xdp-filter (stateless, default variant) with the same N addresses denied as \
+         sources, same packet. The floor is an XDP program that only returns XDP_DROP.\n\n{}\n\
+         ![ns per packet against N](benchmarks-prog-cost.svg)\n\n",
+        moat_bench::markdown(samples, &co.sizes, co)
+    ));
+    md.push_str(&format!(
+        "## Live traffic\n\n\
+         Two network namespaces joined by a veth pair. The generator (an XDP program run with \
+         BPF_PROG_TEST_RUN in live-frames mode) sends {} UDP frames per measurement out of a's end, each from a \
+         new source address (10.199.0.0/16) and port, to b's port 9; b runs one filter and we count what it \
+         dropped while the generator ran. With N rules, N - 1 rules that do not match the traffic (other \
+         source addresses) come before the one that does; moat gets the same N - 1 addresses in one deny \
+         rule plus the matching rule, nftables-set and xdp-filter get them as set/map entries. All \
+         configurations of one N are installed side by side and measured in {} interleaved rounds \
+         (A B C … A B C …). Cells: median packets per second (min–max over the rounds) and, in bold, the \
+         median ratio to the XDP-drop ceiling measured in the same round. Generator and receiver share the \
+         machine's CPUs, so the ceiling is the generator's own limit.\n\n{}\n",
+        lo.packets,
+        lo.rounds,
+        report::live_markdown(res, &lo.sizes)
+    ));
+    for s in skipped {
+        md.push_str(&format!("Not run: {s}.\n"));
+    }
+    md.push_str(&format!(
+        "\n![packets per second against N](benchmarks-live.svg)\n\nSeconds to install the rules:\n\n{}\n",
+        report::install_markdown(res, &lo.sizes)
+    ));
+    md.push_str(&format!(
+        "## Policy updates\n\n`moat fw apply` (parse, compile, load, fill the maps, swap the program \
+         atomically) of a policy with a blocklist of N addresses, on a veth in a lab namespace:\n\n{}\n",
+        report::updates_markdown(times, Some(traffic))
+    ));
+    md
 }

@@ -8,7 +8,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -206,4 +206,84 @@ pub fn ping(dst: IpAddr, seq: u16) -> Result<()> {
     sock.send_to(&msg, &SocketAddr::new(dst, 0).into())
         .with_context(|| format!("ping {dst}"))?;
     Ok(())
+}
+
+/// Allowed traffic that notices every loss: per destination, one long TCP
+/// connection and a UDP socket exchange numbered messages in lockstep with
+/// [`EchoServers`] (TCP on `port`, UDP on `port + 1`), 2 ms apart, each
+/// reply checked. Bounded: at most 200,000 exchanges per destination.
+pub struct Lockstep {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Lockstep {
+    /// Starts one client thread per destination, inside `netns`.
+    pub fn start(netns: &str, dsts: &[IpAddr], port: u16) -> Result<Lockstep> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, lost) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut threads = Vec::new();
+        for &dst in dsts {
+            let (ns, stop, sent, lost) =
+                (netns.to_string(), stop.clone(), sent.clone(), lost.clone());
+            threads.push(std::thread::spawn(move || -> Result<()> {
+                let _g = NetnsGuard::enter(&ns)?;
+                let mut tcp =
+                    TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(1))
+                        .with_context(|| format!("connecting to {dst}:{port}"))?;
+                tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let bind: SocketAddr = if dst.is_ipv6() {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let u = UdpSocket::bind(bind)?;
+                u.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut seq = 0u32;
+                while !stop.load(Ordering::Relaxed) && seq < 200_000 {
+                    seq += 1;
+                    let msg = seq.to_be_bytes();
+                    let mut b = [0u8; 4];
+                    let tcp_ok =
+                        tcp.write_all(&msg).is_ok() && tcp.read_exact(&mut b).is_ok() && b == msg;
+                    u.send_to(&msg, SocketAddr::new(dst, port + 1))?;
+                    let udp_ok = matches!(u.recv_from(&mut b), Ok((4, _))) && b == msg;
+                    sent.fetch_add(2, Ordering::Relaxed);
+                    lost.fetch_add(u64::from(!tcp_ok) + u64::from(!udp_ok), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(())
+            }));
+        }
+        Ok(Lockstep {
+            stop,
+            sent,
+            lost,
+            threads,
+        })
+    }
+
+    /// Stops the clients; returns (messages exchanged, messages lost).
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        }
+        Ok((
+            self.sent.load(Ordering::Relaxed),
+            self.lost.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+impl Drop for Lockstep {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }

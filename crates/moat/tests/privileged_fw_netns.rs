@@ -8,10 +8,6 @@ mod common;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -19,7 +15,7 @@ use common::{FwRoot, policy_file, prog_loaded};
 use moat::{
     netlab::{self, Lab, LabConfig},
     sys::NetnsGuard,
-    traffic::EchoServers,
+    traffic::{EchoServers, Lockstep},
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -491,65 +487,16 @@ fn hundred_applies_under_traffic_lose_no_allowed_packet() {
         ),
     );
     apply(&root, &lab, &p1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, lost) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for dst in [netlab::B4, netlab::B6] {
-        let (ns, stop, sent, lost) = (lab.ns_a.clone(), stop.clone(), sent.clone(), lost.clone());
-        clients.push(std::thread::spawn(move || {
-            let _g = NetnsGuard::enter(&ns).unwrap();
-            // One long TCP connection and UDP request/replies, in lockstep.
-            let mut tcp =
-                TcpStream::connect_timeout(&SocketAddr::new(ip(dst), 7000), Duration::from_secs(1))
-                    .unwrap();
-            tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let bind: SocketAddr = if dst.contains(':') {
-                "[::]:0".parse().unwrap()
-            } else {
-                "0.0.0.0:0".parse().unwrap()
-            };
-            let u = UdpSocket::bind(bind).unwrap();
-            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut seq = 0u32;
-            while !stop.load(Ordering::Relaxed) && seq < 200_000 {
-                seq += 1;
-                let msg = seq.to_be_bytes();
-                let mut b = [0u8; 4];
-                let tcp_ok =
-                    tcp.write_all(&msg).is_ok() && tcp.read_exact(&mut b).is_ok() && b == msg;
-                u.send_to(&msg, SocketAddr::new(ip(dst), 7001)).unwrap();
-                let udp_ok = matches!(u.recv_from(&mut b), Ok((4, _))) && b == msg;
-                sent.fetch_add(2, Ordering::Relaxed);
-                if !tcp_ok || !udp_ok {
-                    lost.fetch_add(u64::from(!tcp_ok) + u64::from(!udp_ok), Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }));
-    }
+    let traffic = Lockstep::start(&lab.ns_a, &[ip(netlab::B4), ip(netlab::B6)], 7000).unwrap();
     for i in 0..100 {
         apply(&root, &lab, if i % 2 == 0 { &p2 } else { &p1 });
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    let (sent, lost) = traffic.finish().unwrap();
     let s = root.status();
-    eprintln!(
-        "{} exchanges during 100 applies, {} lost",
-        sent.load(Ordering::Relaxed),
-        lost.load(Ordering::Relaxed)
-    );
+    eprintln!("{} exchanges during 100 applies, {} lost", sent, lost);
     assert_eq!(s["generation"], 101);
-    assert!(
-        sent.load(Ordering::Relaxed) > 400,
-        "traffic must run during the applies"
-    );
-    assert_eq!(
-        lost.load(Ordering::Relaxed),
-        0,
-        "no allowed packet may be lost: {s}"
-    );
+    assert!(sent > 400, "traffic must run during the applies");
+    assert_eq!(lost, 0, "no allowed packet may be lost: {s}");
     for r in [
         "drop_rule",
         "drop_revoked",

@@ -46,6 +46,14 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Pins under `pin_root`/fw, state under `state_root`/fw.
+    pub fn under(pin_root: &Path, state_root: &Path) -> Paths {
+        Paths {
+            pins: pin_root.join("fw"),
+            state_dir: state_root.join("fw"),
+        }
+    }
+
     /// Defaults, or `MOAT_PIN_ROOT` / `MOAT_STATE_ROOT` (used by the tests to
     /// keep parallel firewalls apart).
     pub fn from_env() -> Paths {
@@ -321,8 +329,13 @@ pub struct ApplyOpts {
 
 /// `moat fw apply`.
 pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
+    apply_at(&Paths::from_env(), o, log)
+}
+
+/// `moat fw apply` with pins and state under `paths` (benchmarks, tests).
+pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let t0 = Instant::now();
-    let paths = Paths::from_env();
+    let paths = paths.clone();
     let (p, c) = load_policy(&o.policy)?;
     sys::require_privileges("moat fw apply")?;
     sys::ensure_bpffs()?;
