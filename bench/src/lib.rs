@@ -55,6 +55,7 @@ fn rule(
         protos: vec![Proto::Tcp],
         ports,
         icmp_types: None,
+        log: false,
         line: 1,
     }
 }
@@ -68,6 +69,7 @@ fn policy(rules: Vec<Rule>) -> Policy {
         rules,
         sets: Default::default(),
         timeouts: Default::default(),
+        logging: Default::default(),
     }
 }
 

@@ -139,7 +139,53 @@ struct count_value {
  */
 #define FW_MAP_STATS "fw_stats"
 
+/*
+ * fw_flows: BPF_MAP_TYPE_LRU_HASH, pinned by name: denied flows (allowed
+ *   ones are the fw_ct entries). A new denied flow is recorded only while the
+ *   flow token bucket allows (fw_config.flow_rate); the others are counted
+ *   in fw_evstats[FW_EV_FLOWS_SKIPPED].
+ *   key: struct fw_ct_key; value: struct fw_flow_val
+ *   writer: fw programs; reader: moat flows / top / metrics
+ */
+#define FW_MAP_FLOWS "fw_flows"
+/*
+ * fw_events: BPF_MAP_TYPE_RINGBUF, pinned by name: struct fw_event records
+ *   (drops, and verdicts of rules with log: true), sampled and rate limited
+ *   in the kernel. writer: fw programs; reader: moat flows --follow, capture
+ */
+#define FW_MAP_EVENTS "fw_events"
+/*
+ * fw_evstate: BPF_MAP_TYPE_PERCPU_ARRAY, 1 entry, struct fw_evstate: the
+ *   per-CPU token buckets and sampling counter. writer/reader: fw programs
+ */
+#define FW_MAP_EVSTATE "fw_evstate"
+/*
+ * fw_evstats: BPF_MAP_TYPE_PERCPU_ARRAY, FW_EV_MAX entries of __u64, pinned:
+ *   what happened to packets that qualified for an event (seen = emitted +
+ *   sampled_out + rate_limited + lost). writer: fw programs; reader: moat
+ */
+#define FW_MAP_EVSTATS "fw_evstats"
+
 #define FW_PIN_DIR "/sys/fs/bpf/moat/fw"
+
+/* Index into fw_evstats. */
+#define FW_EV_SEEN          0 /* packets that qualified for an event */
+#define FW_EV_EMITTED       1 /* written to the ring buffer */
+#define FW_EV_SAMPLED_OUT   2 /* skipped by 1-in-N sampling */
+#define FW_EV_RATE_LIMITED  3 /* skipped: event token bucket empty */
+#define FW_EV_LOST          4 /* ring buffer full */
+#define FW_EV_FLOWS_SKIPPED 5 /* (not an event) new denied flow not recorded: flow bucket empty */
+#define FW_EV_MAX           6
+
+/* fw_event.kind */
+#define FW_EVENT_DROP 1 /* a dropped packet */
+#define FW_EVENT_LOG  2 /* first packet of a connection allowed by a rule with log: true */
+
+/* Bytes of the frame (from the Ethernet header) an event carries. */
+#define FW_EVENT_CAP 128
+
+/* fw_verdict.flags, fw_ct_val.flags */
+#define FW_FLAG_LOG 1 /* the deciding rule has log: true */
 
 /* Reasons a packet passed or was dropped (index into fw_stats). */
 #define FW_STAT_PASS_ESTABLISHED 0 /* tracked connection, current generation */
@@ -219,7 +265,8 @@ struct fw_port_key {
 struct fw_verdict {
 	__u32 rule;   /* deciding rule id (1-based; FW_RULE_DEFAULT never stored) */
 	__u8 action;  /* FW_ACTION_* */
-	__u8 pad[3];
+	__u8 flags;   /* FW_FLAG_* */
+	__u8 pad[2];
 };
 
 struct fw_config {
@@ -233,6 +280,16 @@ struct fw_config {
 	__u32 timeout_tcp;
 	__u32 timeout_udp;
 	__u32 timeout_other;
+	/* Events, per CPU: at most ev_rate per second with bursts of ev_burst
+	 * (0: none), one in ev_sample qualifying packets (0 or 1: all). */
+	__u32 ev_rate;
+	__u32 ev_burst;
+	__u32 ev_sample;
+	/* New denied flows recorded in fw_flows, per CPU per second / burst. */
+	__u32 flow_rate;
+	__u32 flow_burst;
+	__u8 log_drops;         /* 1: every drop qualifies for an event */
+	__u8 pad2[3];
 };
 
 /* One connection, as the host sees it (same key in both directions). */
@@ -255,7 +312,46 @@ struct fw_ct_val {
 	__u32 rule;        /* deciding rule id in that generation */
 	__be16 port0;      /* policy port of the first packet (see fw_verdict_key) */
 	__u8 dir0;         /* FW_DIR_* of the first packet */
-	__u8 pad[5];
+	__u8 flags;        /* FW_FLAG_* of the deciding rule */
+	__u32 ifindex;     /* interface of the first packet */
+};
+
+/* A denied flow (same key as fw_ct). */
+struct fw_flow_val {
+	__u64 first_seen_ns;  /* CLOCK_MONOTONIC_COARSE */
+	__u64 last_seen_ns;
+	__u64 packets;
+	__u64 bytes;
+	__u32 rule;        /* deciding rule id of the last drop */
+	__u32 ifindex;
+	__u8 reason;       /* FW_STAT_* of the last drop */
+	__u8 dir;          /* FW_DIR_* */
+	__u8 pad[6];
+};
+
+struct fw_bucket {
+	__u64 last_ns;     /* bpf_ktime_get_ns of the last refill */
+	__u64 credit_ns;   /* saved credit; one event costs 1e9 / rate ns */
+};
+
+struct fw_evstate {
+	struct fw_bucket ev;
+	struct fw_bucket flow;
+	__u64 seq;         /* qualifying packets seen (for 1-in-N sampling) */
+};
+
+/* One ring buffer record. */
+struct fw_event {
+	__u64 ts_ns;       /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u32 ifindex;
+	__u32 rule;        /* deciding rule id (0: default or no rule) */
+	__u32 pkt_len;     /* frame length on the wire (from Ethernet) */
+	__u16 cap_len;     /* bytes of the frame in data */
+	__u8 kind;         /* FW_EVENT_* */
+	__u8 reason;       /* FW_STAT_* */
+	__u8 dir;          /* FW_DIR_* */
+	__u8 pad[7];
+	__u8 data[FW_EVENT_CAP];
 };
 
 struct fw_frag_key {

@@ -106,6 +106,35 @@ struct {
 	__type(value, struct count_value);
 } fw_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, struct fw_ct_key);
+	__type(value, struct fw_flow_val);
+} fw_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, PIN_BY_NAME);
+} fw_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_evstate);
+} fw_evstate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_EV_MAX);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} fw_evstats SEC(".maps");
+
 #define FW_PASS 0
 #define FW_DROP 1
 
@@ -143,6 +172,7 @@ static __always_inline __u8 fw_proto_key(__u8 proto)
 /*
  * The compiled policy's verdict for a connection's first packet: remote
  * address, family and protocol from *k; dir and the policy port as given.
+ * Returns FW_ACTION_* | the rule's FW_FLAG_* << 8 (five arguments at most).
  * Global, so the verifier checks it once however often it is called.
  */
 __noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k, __u32 dir,
@@ -199,7 +229,7 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k,
 	}
 	if (v) {
 		*rule = v->rule;
-		return v->action;
+		return v->action | (__u32)v->flags << 8;
 	}
 	*rule = FW_RULE_DEFAULT;
 	return dir == FW_DIR_INGRESS ? cfg->default_ingress : cfg->default_egress;
@@ -332,49 +362,57 @@ static __always_inline void fw_pack(const struct moat_l3 *r, __u32 *offs, __u32 
 		(r->frag_later ? META_FRAG_LATER : 0) | (r->frag_more ? META_FRAG_MORE : 0);
 }
 
+/* What fw_judge found besides the reason. */
+struct fw_out {
+	__u32 rule;      /* deciding rule id */
+	__u8 has_rule;   /* count the packet for that rule */
+	__u8 log;        /* the deciding rule has log: true (and this packet is its verdict) */
+	__u8 keyed;      /* *k holds the packet's connection key */
+};
+
 /*
- * The decision for one parsed packet. Called from global functions (one per
- * context type), so the verifier checks it once with unknown offsets instead
- * of once per parser path.
+ * The decision for one parsed packet: returns the FW_STAT_* reason (whether
+ * it passes follows from it), fills *k and *o. Counting, flows and events
+ * are the caller's.
  */
-static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u32 offs,
-				     __u32 meta, __u32 frag_id, __u8 dir)
+static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u32 offs,
+				      __u32 meta, __u32 frag_id, __u8 dir, __u32 ifindex,
+				      const struct fw_config *cfg, struct fw_ct_key *kp,
+				      struct fw_out *o)
 {
 	__u64 len = data_end - data;
-	__u32 zero = 0;
-	struct fw_config *cfg = bpf_map_lookup_elem(&fw_config, &zero);
 	struct fw_ct_key k = {};
 	struct fw_frag_key fk = {};
 	struct fw_ct_val *ct;
 	__u16 eth_proto = meta & 0xFFFF;
-	__u8 family, proto, action;
+	__u8 family, proto;
+	__u32 action;
 	__u8 *src, *dst, *l4;
 	__be16 dport = 0, pport = 0;
 	__u32 rule = 0, off, reason;
+	__u8 flags = 0;
 	__u8 icmp_error = 0;
 	int local_is_src = dir == FW_DIR_EGRESS;
 
-	if (!cfg)
-		return FW_PASS;
 	if (eth_proto != ETH_P_IP && eth_proto != ETH_P_IPV6)
-		return fw_stat(FW_STAT_PASS_NON_IP, len);
+		return FW_STAT_PASS_NON_IP;
 	if (!(meta & META_L3_OK))
-		return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		return FW_STAT_DROP_MALFORMED;
 
 	off = offs & 0xFFFF;
 	if (off > FW_MAX_OFF)
-		return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		return FW_STAT_DROP_MALFORMED;
 	if (eth_proto == ETH_P_IP) {
 		__u8 *ip = data + off;
 		if ((void *)(ip + 20) > data_end)
-			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+			return FW_STAT_DROP_MALFORMED;
 		family = 4;
 		__builtin_memcpy(fk.src, ip + 12, 4);
 		__builtin_memcpy(fk.dst, ip + 16, 4);
 	} else {
 		__u8 *ip = data + off;
 		if ((void *)(ip + 40) > data_end)
-			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+			return FW_STAT_DROP_MALFORMED;
 		family = 6;
 		__builtin_memcpy(fk.src, ip + 8, 16);
 		__builtin_memcpy(fk.dst, ip + 24, 16);
@@ -388,8 +426,8 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 
 	if (meta & META_FRAG_LATER) {
 		if (bpf_map_lookup_elem(&fw_frag, &fk))
-			return fw_stat(FW_STAT_PASS_FRAGMENT, len);
-		return fw_stat(FW_STAT_DROP_FRAGMENT, len);
+			return FW_STAT_PASS_FRAGMENT;
+		return FW_STAT_DROP_FRAGMENT;
 	}
 
 	__builtin_memcpy(k.local, local_is_src ? src : dst, 16);
@@ -399,31 +437,31 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 
 	off = offs >> 16;
 	if (off > FW_MAX_OFF)
-		return fw_stat(FW_STAT_DROP_MALFORMED, len);
+		return FW_STAT_DROP_MALFORMED;
 	l4 = data + off;
 	if (proto == IPPROTO_TCP) {
 		if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
-			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+			return FW_STAT_DROP_MALFORMED;
 	} else if (proto == IPPROTO_UDP || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		if ((void *)(l4 + 8) > data_end)
-			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+			return FW_STAT_DROP_MALFORMED;
 	}
 
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
 		if ((void *)(l4 + 8) > data_end)
-			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+			return FW_STAT_DROP_MALFORMED;
 		fw_ct_ports(proto, l4, local_is_src, &k, &dport);
 		pport = dport;
 	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		if ((void *)(l4 + 8) > data_end)
-			return fw_stat(FW_STAT_DROP_MALFORMED, len);
+			return FW_STAT_DROP_MALFORMED;
 		if (proto == IPPROTO_ICMPV6 && family == 6 && icmp6_is_ndp(l4[0]))
-			return fw_stat(FW_STAT_PASS_NDP, len);
+			return FW_STAT_PASS_NDP;
 		icmp_error = icmp_is_error(proto, l4[0]);
 		if (icmp_error &&
 		    (dir == FW_DIR_INGRESS ? fw_related_xdp(ctx, off + 8, family)
 					   : fw_related_tc(ctx, off + 8, family)))
-			return fw_stat(FW_STAT_PASS_RELATED, len);
+			return FW_STAT_PASS_RELATED;
 		fw_ct_ports(proto, l4, local_is_src, &k, &dport);
 		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
 	}
@@ -448,13 +486,20 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 			rule = ct->rule;
 		} else {
 			action = fw_policy(cfg, &k, ct->dir0, ct->port0, &rule);
+			flags = action >> 8;
+			action &= 0xFF;
 			if (action != FW_ACTION_ALLOW) {
 				bpf_map_delete_elem(&fw_ct, &k);
-				fw_count(&fw_rule_stats, rule, len);
-				return fw_stat(FW_STAT_DROP_REVOKED, len);
+				o->rule = rule;
+				o->has_rule = 1;
+				o->log = flags & FW_FLAG_LOG;
+				*kp = k;
+				o->keyed = 1;
+				return FW_STAT_DROP_REVOKED;
 			}
 			ct->generation = cfg->generation;
 			ct->rule = rule;
+			ct->flags = flags;
 			reason = FW_STAT_PASS_RECHECKED;
 		}
 		ct->last_seen_ns = bpf_ktime_get_coarse_ns();
@@ -462,9 +507,15 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 		__sync_fetch_and_add(&ct->bytes, len);
 	} else {
 		action = fw_policy(cfg, &k, dir, pport, &rule);
+		flags = action >> 8;
+		action &= 0xFF;
+		o->rule = rule;
+		o->has_rule = 1;
+		o->log = flags & FW_FLAG_LOG;
 		if (action != FW_ACTION_ALLOW) {
-			fw_count(&fw_rule_stats, rule, len);
-			return fw_stat(rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT, len);
+			*kp = k;
+			o->keyed = 1;
+			return rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT;
 		}
 		reason = rule ? FW_STAT_PASS_RULE : FW_STAT_PASS_DEFAULT;
 		/* ICMP errors are judged alone, never tracked as connections. */
@@ -478,6 +529,8 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 			v.rule = rule;
 			v.port0 = pport;
 			v.dir0 = dir;
+			v.flags = flags;
+			v.ifindex = ifindex;
 			bpf_map_update_elem(&fw_ct, &k, &v, BPF_ANY);
 		}
 	}
@@ -485,8 +538,160 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 		__u32 one = 1;
 		bpf_map_update_elem(&fw_frag, &fk, &one, BPF_ANY);
 	}
-	fw_count(&fw_rule_stats, rule, len);
-	return fw_stat(reason, len);
+	o->rule = rule;
+	o->has_rule = 1;
+	return reason;
+}
+
+/*
+ * Takes one event's worth of credit from a token bucket refilled at rate per
+ * second up to burst events; 0 if empty (or rate is 0).
+ */
+static __always_inline int fw_take(struct fw_bucket *b, __u64 now, __u32 rate, __u32 burst)
+{
+	__u64 cost, cap, credit;
+
+	if (!rate)
+		return 0;
+	cost = 1000000000ULL / rate;
+	cap = cost * (burst ? burst : 1);
+	credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
+	if (credit > cap)
+		credit = cap;
+	b->last_ns = now;
+	if (credit < cost) {
+		b->credit_ns = credit;
+		return 0;
+	}
+	b->credit_ns = credit - cost;
+	return 1;
+}
+
+static __always_inline void fw_evcount(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&fw_evstats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* Records a dropped packet in its denied flow (new flows: if the flow bucket allows). */
+static __always_inline void fw_flow_denied(const struct fw_config *cfg, const struct fw_ct_key *k,
+					   __u32 reason, __u32 rule, __u8 dir, __u32 ifindex,
+					   __u64 len)
+{
+	struct fw_flow_val *f = bpf_map_lookup_elem(&fw_flows, k);
+	struct fw_evstate *st;
+	__u32 zero = 0;
+
+	if (f) {
+		f->last_seen_ns = bpf_ktime_get_coarse_ns();
+		f->reason = reason;
+		f->rule = rule;
+		__sync_fetch_and_add(&f->packets, 1);
+		__sync_fetch_and_add(&f->bytes, len);
+		return;
+	}
+	st = bpf_map_lookup_elem(&fw_evstate, &zero);
+	if (!st || !fw_take(&st->flow, bpf_ktime_get_ns(), cfg->flow_rate, cfg->flow_burst)) {
+		fw_evcount(FW_EV_FLOWS_SKIPPED);
+		return;
+	}
+	{
+		struct fw_flow_val v = {};
+		v.first_seen_ns = bpf_ktime_get_coarse_ns();
+		v.last_seen_ns = v.first_seen_ns;
+		v.packets = 1;
+		v.bytes = len;
+		v.rule = rule;
+		v.ifindex = ifindex;
+		v.reason = reason;
+		v.dir = dir;
+		bpf_map_update_elem(&fw_flows, k, &v, BPF_ANY);
+	}
+}
+
+/*
+ * One packet qualified for an event: sample, rate limit, then copy the
+ * frame's first bytes into the ring buffer. Every outcome is counted.
+ */
+static __always_inline void fw_event(void *ctx, const struct fw_config *cfg, __u8 dir,
+				     __u32 ifindex, __u8 kind, __u32 reason, __u32 rule, __u64 len)
+{
+	struct fw_evstate *st;
+	struct fw_event *e;
+	__u32 zero = 0, cap;
+
+	fw_evcount(FW_EV_SEEN);
+	st = bpf_map_lookup_elem(&fw_evstate, &zero);
+	if (!st)
+		return;
+	if (cfg->ev_sample > 1 && (st->seq++ % cfg->ev_sample) != 0) {
+		fw_evcount(FW_EV_SAMPLED_OUT);
+		return;
+	}
+	if (!fw_take(&st->ev, bpf_ktime_get_ns(), cfg->ev_rate, cfg->ev_burst)) {
+		fw_evcount(FW_EV_RATE_LIMITED);
+		return;
+	}
+	e = bpf_ringbuf_reserve(&fw_events, sizeof(*e), 0);
+	if (!e) {
+		fw_evcount(FW_EV_LOST);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ifindex = ifindex;
+	e->rule = rule;
+	e->pkt_len = len;
+	e->kind = kind;
+	e->reason = reason;
+	e->dir = dir;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	cap = len < FW_EVENT_CAP ? len : FW_EVENT_CAP;
+	if (cap < 1)
+		cap = 1;
+	if (dir == FW_DIR_INGRESS) {
+		if (bpf_xdp_load_bytes(ctx, 0, e->data, cap))
+			cap = 0;
+	} else {
+		if (bpf_skb_load_bytes(ctx, 0, e->data, cap))
+			cap = 0;
+	}
+	e->cap_len = cap;
+	bpf_ringbuf_submit(e, 0);
+	fw_evcount(FW_EV_EMITTED);
+}
+
+/*
+ * The decision for one parsed packet, counted, recorded and reported.
+ * Called from global functions (one per context type), so the verifier
+ * checks it once with unknown offsets instead of once per parser path.
+ */
+static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u32 offs,
+				     __u32 meta, __u32 frag_id, __u8 dir, __u32 ifindex)
+{
+	__u64 len = data_end - data;
+	__u32 zero = 0, reason;
+	struct fw_config *cfg = bpf_map_lookup_elem(&fw_config, &zero);
+	struct fw_ct_key k = {};
+	struct fw_out o = {};
+	int verdict;
+
+	if (!cfg)
+		return FW_PASS;
+	reason = fw_judge(ctx, data, data_end, offs, meta, frag_id, dir, ifindex, cfg, &k, &o);
+	if (o.has_rule)
+		fw_count(&fw_rule_stats, o.rule, len);
+	verdict = fw_stat(reason, len);
+	if (verdict == FW_DROP) {
+		if (o.keyed)
+			fw_flow_denied(cfg, &k, reason, o.rule, dir, ifindex, len);
+		if (cfg->log_drops || o.log)
+			fw_event(ctx, cfg, dir, ifindex, FW_EVENT_DROP, reason, o.rule, len);
+	} else if (o.log) {
+		fw_event(ctx, cfg, dir, ifindex, FW_EVENT_LOG, reason, o.rule, len);
+	}
+	return verdict;
 }
 
 /* Global (not inlined, verified once each): the core per context type. */
@@ -495,7 +700,8 @@ __noinline int fw_core_xdp(struct xdp_md *ctx, __u32 offs, __u32 meta, __u32 fra
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	return fw_decide(ctx, data, data_end, offs, meta, frag_id, FW_DIR_INGRESS);
+	return fw_decide(ctx, data, data_end, offs, meta, frag_id, FW_DIR_INGRESS,
+			 ctx->ingress_ifindex);
 }
 
 __noinline int fw_core_tc(struct __sk_buff *skb, __u32 offs, __u32 meta, __u32 frag_id)
@@ -503,7 +709,7 @@ __noinline int fw_core_tc(struct __sk_buff *skb, __u32 offs, __u32 meta, __u32 f
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
-	return fw_decide(skb, data, data_end, offs, meta, frag_id, FW_DIR_EGRESS);
+	return fw_decide(skb, data, data_end, offs, meta, frag_id, FW_DIR_EGRESS, skb->ifindex);
 }
 
 SEC("xdp")

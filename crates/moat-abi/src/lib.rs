@@ -69,6 +69,10 @@ pub mod fw {
     pub const MAP_FRAG: &str = "fw_frag";
     pub const MAP_RULE_STATS: &str = "fw_rule_stats";
     pub const MAP_STATS: &str = "fw_stats";
+    pub const MAP_FLOWS: &str = "fw_flows";
+    pub const MAP_EVENTS: &str = "fw_events";
+    pub const MAP_EVSTATE: &str = "fw_evstate";
+    pub const MAP_EVSTATS: &str = "fw_evstats";
     pub const PIN_DIR: &str = "/sys/fs/bpf/moat/fw";
 
     pub const STAT_PASS_ESTABLISHED: u32 = 0;
@@ -104,6 +108,29 @@ pub mod fw {
         "drop_fragment",
         "ct_expired",
     ];
+
+    /// Index into `fw_evstats`.
+    pub const EV_SEEN: u32 = 0;
+    pub const EV_EMITTED: u32 = 1;
+    pub const EV_SAMPLED_OUT: u32 = 2;
+    pub const EV_RATE_LIMITED: u32 = 3;
+    pub const EV_LOST: u32 = 4;
+    /// Not an event: new denied flows not recorded (flow bucket empty).
+    pub const EV_FLOWS_SKIPPED: u32 = 5;
+    pub const EV_MAX: u32 = 6;
+    /// Names of `fw_evstats` entries, indexed by `EV_*`.
+    pub const EV_NAMES: [&str; EV_MAX as usize] = [
+        "seen",
+        "emitted",
+        "sampled_out",
+        "rate_limited",
+        "lost",
+        "flows_skipped",
+    ];
+    pub const EVENT_DROP: u8 = 1;
+    pub const EVENT_LOG: u8 = 2;
+    pub const EVENT_CAP: usize = 128;
+    pub const FLAG_LOG: u8 = 1;
 
     pub const DIR_INGRESS: u8 = 0;
     pub const DIR_EGRESS: u8 = 1;
@@ -169,7 +196,9 @@ pub mod fw {
     pub struct FwVerdict {
         pub rule: u32,
         pub action: u8,
-        pub pad: [u8; 3],
+        /// `FLAG_*`
+        pub flags: u8,
+        pub pad: [u8; 2],
     }
 
     #[repr(C)]
@@ -184,6 +213,16 @@ pub mod fw {
         pub timeout_tcp: u32,
         pub timeout_udp: u32,
         pub timeout_other: u32,
+        /// Events per second per CPU (0: none), burst, 1-in-N sampling.
+        pub ev_rate: u32,
+        pub ev_burst: u32,
+        pub ev_sample: u32,
+        /// New denied flows recorded per second per CPU, burst.
+        pub flow_rate: u32,
+        pub flow_burst: u32,
+        /// 1: every drop qualifies for an event.
+        pub log_drops: u8,
+        pub pad2: [u8; 3],
     }
 
     #[repr(C)]
@@ -209,7 +248,72 @@ pub mod fw {
         pub rule: u32,
         pub port0: u16,
         pub dir0: u8,
-        pub pad: [u8; 5],
+        /// `FLAG_*` of the deciding rule.
+        pub flags: u8,
+        pub ifindex: u32,
+    }
+
+    /// A denied flow (key: `FwCtKey`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwFlowVal {
+        pub first_seen_ns: u64,
+        pub last_seen_ns: u64,
+        pub packets: u64,
+        pub bytes: u64,
+        pub rule: u32,
+        pub ifindex: u32,
+        /// `STAT_*` of the last drop.
+        pub reason: u8,
+        pub dir: u8,
+        pub pad: [u8; 6],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwBucket {
+        pub last_ns: u64,
+        pub credit_ns: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FwEvstate {
+        pub ev: FwBucket,
+        pub flow: FwBucket,
+        pub seq: u64,
+    }
+
+    /// One ring buffer record.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct FwEvent {
+        pub ts_ns: u64,
+        pub ifindex: u32,
+        pub rule: u32,
+        pub pkt_len: u32,
+        pub cap_len: u16,
+        pub kind: u8,
+        pub reason: u8,
+        pub dir: u8,
+        pub pad: [u8; 7],
+        pub data: [u8; EVENT_CAP],
+    }
+
+    impl FwEvent {
+        /// Reads a record as the ring buffer hands it over (None if short).
+        pub fn from_bytes(b: &[u8]) -> Option<FwEvent> {
+            if b.len() < core::mem::size_of::<FwEvent>() {
+                return None;
+            }
+            // SAFETY: length checked; every bit pattern is a valid FwEvent;
+            // read_unaligned copes with any alignment.
+            Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<FwEvent>()) })
+        }
+        /// The captured bytes of the frame.
+        pub fn frame(&self) -> &[u8] {
+            &self.data[..usize::from(self.cap_len).min(EVENT_CAP)]
+        }
     }
 
     #[repr(C)]
@@ -255,6 +359,10 @@ pub const MAPS: &[MapAbi] = &[
     map::<fw::FwFragKey, u32>("fw", fw::MAP_FRAG),
     map::<u32, count::CountValue>("fw", fw::MAP_RULE_STATS),
     map::<u32, count::CountValue>("fw", fw::MAP_STATS),
+    map::<fw::FwCtKey, fw::FwFlowVal>("fw", fw::MAP_FLOWS),
+    map::<(), ()>("fw", fw::MAP_EVENTS),
+    map::<u32, fw::FwEvstate>("fw", fw::MAP_EVSTATE),
+    map::<u32, u64>("fw", fw::MAP_EVSTATS),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
@@ -290,6 +398,8 @@ mod pod {
     unsafe impl aya::Pod for FwCtKey {}
     unsafe impl aya::Pod for FwCtVal {}
     unsafe impl aya::Pod for FwFragKey {}
+    unsafe impl aya::Pod for FwFlowVal {}
+    unsafe impl aya::Pod for FwEvstate {}
 }
 
 #[cfg(test)]
@@ -314,7 +424,13 @@ mod tests {
         assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
         assert_eq!(size_of::<fw::FwVerdict>(), 8);
         assert_eq!(size_of::<fw::FwPortKey>(), 12);
-        assert_eq!(size_of::<fw::FwConfig>(), 20);
+        assert_eq!(size_of::<fw::FwConfig>(), 44);
+        assert_eq!(size_of::<fw::FwFlowVal>(), 48);
+        assert_eq!(size_of::<fw::FwEvstate>(), 40);
+        assert_eq!(size_of::<fw::FwEvent>(), 32 + fw::EVENT_CAP);
+        assert_eq!(core::mem::offset_of!(fw::FwEvent, data), 32);
+        assert_eq!(core::mem::offset_of!(fw::FwCtVal, ifindex), 44);
+        assert_eq!(fw::EV_NAMES.len(), fw::EV_MAX as usize);
         assert_eq!(size_of::<fw::FwCtKey>(), 40);
         assert_eq!(size_of::<fw::FwCtVal>(), 48);
         assert_eq!(size_of::<fw::FwFragKey>(), 40);

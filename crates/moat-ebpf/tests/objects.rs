@@ -109,6 +109,15 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_MAP_FRAG", fw::MAP_FRAG.into()),
         ("FW_MAP_RULE_STATS", fw::MAP_RULE_STATS.into()),
         ("FW_MAP_STATS", fw::MAP_STATS.into()),
+        ("FW_MAP_FLOWS", fw::MAP_FLOWS.into()),
+        ("FW_MAP_EVENTS", fw::MAP_EVENTS.into()),
+        ("FW_MAP_EVSTATE", fw::MAP_EVSTATE.into()),
+        ("FW_MAP_EVSTATS", fw::MAP_EVSTATS.into()),
+        ("FW_EV_MAX", fw::EV_MAX.to_string()),
+        ("FW_EVENT_DROP", fw::EVENT_DROP.to_string()),
+        ("FW_EVENT_LOG", fw::EVENT_LOG.to_string()),
+        ("FW_EVENT_CAP", fw::EVENT_CAP.to_string()),
+        ("FW_FLAG_LOG", fw::FLAG_LOG.to_string()),
         ("FW_PIN_DIR", fw::PIN_DIR.into()),
         ("FW_STAT_MAX", fw::STAT_MAX.to_string()),
         ("FW_DIR_INGRESS", fw::DIR_INGRESS.to_string()),
@@ -125,6 +134,12 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_HAS_PORT_ANY", fw::HAS_PORT_ANY.to_string()),
         ("FW_HAS_VERDICT", fw::HAS_VERDICT.to_string()),
     ]);
+    for (i, n) in fw::EV_NAMES.iter().enumerate() {
+        rust.push((
+            Box::leak(format!("FW_EV_{}", n.to_uppercase()).into_boxed_str()),
+            i.to_string(),
+        ));
+    }
     for (i, n) in fw::STAT_NAMES.iter().enumerate() {
         rust.push((
             Box::leak(format!("FW_STAT_{}", n.to_uppercase()).into_boxed_str()),

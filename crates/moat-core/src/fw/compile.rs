@@ -439,6 +439,7 @@ mod tests {
             protos: protos.to_vec(),
             ports,
             icmp_types: None,
+            log: false,
             line: 1,
         }
     }
@@ -452,6 +453,7 @@ mod tests {
             rules,
             sets: Default::default(),
             timeouts: Default::default(),
+            logging: Default::default(),
         }
     }
 

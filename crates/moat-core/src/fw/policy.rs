@@ -134,6 +134,9 @@ pub struct Rule {
     pub ports: Option<Vec<(u16, u16)>>,
     /// ICMP types (icmp/icmpv6 only); `None`: all types.
     pub icmp_types: Option<Vec<IcmpType>>,
+    /// `log: true`: the rule's verdicts emit events (allow: the first packet
+    /// of each connection; deny: every dropped packet).
+    pub log: bool,
     /// Line of the rule in the policy file.
     pub line: usize,
 }
@@ -181,6 +184,32 @@ impl Default for Timeouts {
     }
 }
 
+/// `log:` — which packets become events, and how many at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logging {
+    /// Every dropped packet qualifies for an event (not only `log: true` rules).
+    pub drops: bool,
+    /// Events per second at most (whole host), and the burst above it.
+    pub rate: u32,
+    pub burst: u32,
+    /// One event per `sample` qualifying packets.
+    pub sample: u32,
+    /// New denied flows recorded per second at most (whole host).
+    pub flow_rate: u32,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            drops: true,
+            rate: 1000,
+            burst: 1000,
+            sample: 1,
+            flow_rate: 10_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// The file it came from (for messages).
@@ -192,6 +221,7 @@ pub struct Policy {
     /// Set name -> number of entries (for `fw check`).
     pub sets: BTreeMap<String, usize>,
     pub timeouts: Timeouts,
+    pub logging: Logging,
 }
 
 impl Policy {
@@ -327,6 +357,7 @@ impl Parser {
         let mut rules_node = None;
         let mut sets_node = None;
         let mut timeouts = Timeouts::default();
+        let mut logging = Logging::default();
         for (k, v) in map.iter() {
             match k.as_str() {
                 "interfaces" => {
@@ -365,9 +396,10 @@ impl Parser {
                 "rules" => rules_node = Some(v),
                 "sets" => sets_node = Some(v),
                 "conntrack" => timeouts = self.timeouts(v),
+                "log" => logging = self.logging(v),
                 other => self.err(
                     pos(k.span()),
-                    format!("unknown key {other:?} (expected interfaces, default, rules, sets, conntrack)"),
+                    format!("unknown key {other:?} (expected interfaces, default, rules, sets, conntrack, log)"),
                 ),
             }
         }
@@ -399,7 +431,60 @@ impl Parser {
             rules,
             sets: set_sizes,
             timeouts,
+            logging,
         })
+    }
+
+    /// `log: { drops: true, rate: 1000, burst: 1000, sample: 1, flow_rate: 10000 }`
+    fn logging(&mut self, n: &Node) -> Logging {
+        let mut l = Logging::default();
+        let Some(m) = n.as_mapping() else {
+            self.err(
+                node_pos(n),
+                "log must be a mapping (drops, rate, burst, sample, flow_rate)",
+            );
+            return l;
+        };
+        for (k, v) in m.iter() {
+            let slot = match k.as_str() {
+                "drops" => {
+                    if let Some(b) = self.boolean(v) {
+                        l.drops = b;
+                    }
+                    continue;
+                }
+                "rate" => &mut l.rate,
+                "burst" => &mut l.burst,
+                "sample" => &mut l.sample,
+                "flow_rate" => &mut l.flow_rate,
+                other => {
+                    self.err(pos(k.span()), format!("unknown key {other:?} in log (expected drops, rate, burst, sample, flow_rate)"));
+                    continue;
+                }
+            };
+            let Some(s) = self.scalar(v, "a whole number") else {
+                continue;
+            };
+            match s.parse::<u32>() {
+                Ok(x) if (1..=100_000_000).contains(&x) => *slot = x,
+                _ => self.err(
+                    node_pos(v),
+                    format!("{s:?} is not a whole number between 1 and 100000000"),
+                ),
+            }
+        }
+        l
+    }
+
+    fn boolean(&mut self, n: &Node) -> Option<bool> {
+        match self.scalar(n, "true or false")? {
+            "true" => Some(true),
+            "false" => Some(false),
+            o => {
+                self.err(node_pos(n), format!("{o:?} is not true or false"));
+                None
+            }
+        }
     }
 
     /// `conntrack: { tcp_timeout: 5d, udp_timeout: 120s, other_timeout: 60 }`
@@ -626,6 +711,7 @@ impl Parser {
         let mut protos = vec![Proto::Any];
         let mut ports_node = None;
         let mut types_node = None;
+        let mut log = false;
         for (k, v) in m.iter() {
             match k.as_str() {
                 "name" => {
@@ -674,9 +760,10 @@ impl Parser {
                 }
                 "ports" => ports_node = Some(v),
                 "icmp_types" => types_node = Some(v),
+                "log" => log = self.boolean(v).unwrap_or(false),
                 other => self.err(
                     pos(k.span()),
-                    format!("unknown key {other:?} in rule (expected name, direction, action, remote, except, proto, ports, icmp_types)"),
+                    format!("unknown key {other:?} in rule (expected name, direction, action, remote, except, proto, ports, icmp_types, log)"),
                 ),
             }
         }
@@ -755,6 +842,7 @@ impl Parser {
             protos,
             ports,
             icmp_types,
+            log,
             line: at.0,
         })
     }

@@ -250,7 +250,12 @@ impl FwInstance {
             let val = FwVerdict {
                 rule: v.rule as u32 + 1,
                 action: action_byte(v.action),
-                pad: [0; 3],
+                flags: if policy.rules[v.rule].log {
+                    abi::FLAG_LOG
+                } else {
+                    0
+                },
+                pad: [0; 2],
             };
             if in_ports_map(v.plen) {
                 let mut h: BpfHashMap<_, FwPortKey, FwVerdict> =
@@ -287,6 +292,13 @@ impl FwInstance {
             timeout_tcp: policy.timeouts.tcp,
             timeout_udp: policy.timeouts.udp,
             timeout_other: policy.timeouts.other,
+            ev_rate: per_cpu(policy.logging.rate),
+            ev_burst: per_cpu(policy.logging.burst),
+            ev_sample: policy.logging.sample,
+            flow_rate: per_cpu(policy.logging.flow_rate),
+            flow_burst: per_cpu(policy.logging.flow_rate),
+            log_drops: u8::from(policy.logging.drops),
+            pad2: [0; 3],
         };
         let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
         a.set(0, cfg, 0)?;
@@ -461,4 +473,10 @@ pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(
 /// Number of possible CPUs (for per-CPU writes).
 pub fn cpus() -> Result<usize> {
     nr_cpus().map_err(|(_, e)| anyhow!("reading possible CPUs: {e}"))
+}
+
+/// A whole-host rate as the per-CPU rate the token buckets use (at least 1).
+pub fn per_cpu(rate: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1) as u32;
+    rate.div_ceil(cpus).max(1)
 }
