@@ -4,7 +4,11 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use moat::{count, demo, fw::cmd, loader::LogOpts};
+use moat::{
+    count, demo,
+    fw::{cmd, observe},
+    loader::LogOpts,
+};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +53,57 @@ enum Cmd {
     /// The stateful L3/L4 firewall: XDP ingress + TC egress, policy in YAML.
     #[command(subcommand)]
     Fw(FwCmd),
+    /// The firewall's flows (allowed connections and denied flows), one line each.
+    Flows {
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keep going: print drop/log events and new flows as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only flows whose remote address is in CIDR.
+        #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+        remote: Option<moat_core::fw::Cidr>,
+        /// Only flows with this port on either side.
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+        /// Only allowed or only denied flows.
+        #[arg(long, value_parser = ["allow", "deny"])]
+        verdict: Option<String>,
+        /// Only flows decided by this rule ("(default)" for the defaults).
+        #[arg(long, value_name = "NAME")]
+        rule: Option<String>,
+        /// Only flows on this interface.
+        #[arg(long, value_name = "IF")]
+        iface: Option<String>,
+        /// With --follow: stop after this long (e.g. 10s).
+        #[arg(long, value_parser = parse_secs)]
+        duration: Option<Duration>,
+    },
+    /// Serve Prometheus metrics (text exposition) over HTTP at /metrics.
+    Metrics {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9466")]
+        listen: String,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_secs)]
+        duration: Option<Duration>,
+    },
+    /// Write the frames of drop/log events (first 128 bytes) to a pcap file.
+    Capture {
+        /// Only dropped (deny) or only logged allowed (allow) packets.
+        #[arg(long, value_parser = ["allow", "deny"])]
+        verdict: Option<String>,
+        /// Stop after N packets.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// The pcap file to write.
+        #[arg(short = 'w', value_name = "FILE.pcap")]
+        file: PathBuf,
+        /// Stop after this long (default: until Ctrl-C or --count).
+        #[arg(long, value_parser = parse_secs)]
+        duration: Option<Duration>,
+    },
     /// A guided first run: two namespaces, a veth pair, real traffic, live counts; cleans up.
     Demo {
         /// Seconds of traffic.
@@ -113,8 +168,10 @@ enum FwCmd {
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
+        .strip_suffix('s')
+        .unwrap_or(s)
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 5 or 2.5s)"))?;
     if !v.is_finite() || v <= 0.0 || v > 1e7 {
         return Err(format!("{s:?}: seconds must be > 0"));
     }
@@ -149,6 +206,39 @@ fn main() -> ExitCode {
             },
             &log,
         ),
+        Cmd::Flows {
+            json,
+            follow,
+            remote,
+            port,
+            verdict,
+            rule,
+            iface,
+            duration,
+        } => observe::flows_cmd(&observe::FlowsOpts {
+            json,
+            follow,
+            duration,
+            filter: observe::FlowFilter {
+                remote,
+                port,
+                verdict,
+                rule,
+                iface,
+            },
+        }),
+        Cmd::Metrics { listen, duration } => observe::metrics_cmd(&listen, duration),
+        Cmd::Capture {
+            verdict,
+            count,
+            file,
+            duration,
+        } => observe::capture_cmd(&observe::CaptureOpts {
+            verdict,
+            count,
+            file,
+            duration,
+        }),
         Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
         Cmd::Fw(f) => match f {
             FwCmd::Check { policy, json } => cmd::check(&policy, json),
@@ -193,4 +283,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_cidr(s: &str) -> Result<moat_core::fw::Cidr, String> {
+    moat_core::fw::Cidr::parse(s)
 }

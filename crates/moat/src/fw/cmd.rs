@@ -114,7 +114,7 @@ pub struct State {
     pub memory_bytes: usize,
 }
 
-fn read_state(p: &Paths) -> Result<Option<State>> {
+pub(crate) fn read_state(p: &Paths) -> Result<Option<State>> {
     match std::fs::read_to_string(p.state_file()) {
         Ok(s) => {
             Ok(Some(serde_json::from_str(&s).with_context(|| {
@@ -681,7 +681,7 @@ pub fn detach(interfaces: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn pinned_map(path: &Path) -> Result<Map> {
+pub(crate) fn pinned_map(path: &Path) -> Result<Map> {
     let data = MapData::from_pin(path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
     Map::from_map_data(data).map_err(|e| anyhow!("{}: {e}", path.display()))
 }

@@ -367,10 +367,21 @@ impl FwInstance {
         read_percpu(self.map(abi::MAP_STATS)?)
     }
 
-    /// Removes every conntrack and fragment entry (private instances only).
+    /// Removes every conntrack, fragment and denied-flow entry (private
+    /// instances only).
     pub fn clear_state(&mut self) -> Result<()> {
         clear_hash::<FwCtKey, FwCtVal>(self.map_mut(abi::MAP_CT)?)?;
+        clear_hash::<FwCtKey, moat_abi::fw::FwFlowVal>(self.map_mut(abi::MAP_FLOWS)?)?;
         clear_hash::<FwFragKey, u32>(self.map_mut(abi::MAP_FRAG)?)
+    }
+
+    /// The event counters (`fw_evstats`, summed over CPUs), indexed by `EV_*`.
+    pub fn event_stats(&self) -> Result<Vec<u64>> {
+        let a: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(self.map(abi::MAP_EVSTATS)?)?;
+        (0..abi::EV_MAX)
+            .map(|i| Ok(a.get(&i, 0)?.iter().sum()))
+            .collect()
     }
 
     /// Number of conntrack entries.

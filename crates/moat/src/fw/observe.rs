@@ -1,0 +1,885 @@
+//! Seeing what the firewall does: the flow table (allowed connections from
+//! fw_ct, denied flows from fw_flows), drop/log events from the ring buffer,
+//! Prometheus metrics and pcap capture. Everything reads the pinned maps of
+//! the running firewall; nothing here changes it.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
+use moat_abi::{
+    count::CountValue,
+    fw::{self as abi, FwCtKey, FwCtVal, FwEvent, FwFlowVal},
+};
+use moat_core::fw::Cidr;
+use serde::Serialize;
+
+use super::cmd::{Paths, State, pinned_map, read_state};
+use super::instance::sum_percpu;
+use crate::sys;
+
+/// One flow: an allowed connection (conntrack) or a denied flow.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Flow {
+    pub verdict: &'static str,
+    /// Direction of the flow's first packet.
+    pub direction: &'static str,
+    pub interface: String,
+    pub proto: String,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Seconds since the first and the last packet.
+    pub first_seen_secs_ago: f64,
+    pub last_seen_secs_ago: f64,
+    pub rule: String,
+    /// Denied flows: why the last packet was dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// `moat flows` filters.
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    pub remote: Option<Cidr>,
+    pub port: Option<u16>,
+    pub verdict: Option<String>,
+    pub rule: Option<String>,
+    pub iface: Option<String>,
+}
+
+impl FlowFilter {
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.remote.is_none_or(|c| c.contains(f.remote))
+            && self
+                .port
+                .is_none_or(|p| f.local_port == p || f.remote_port == p)
+            && self.verdict.as_deref().is_none_or(|v| v == f.verdict)
+            && self.rule.as_deref().is_none_or(|r| r == f.rule)
+            && self.iface.as_deref().is_none_or(|i| i == f.interface)
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+fn addr(family: u8, b: &[u8; 16]) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+fn dir_name(d: u8) -> &'static str {
+    if d == abi::DIR_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+fn now_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Interface names of the firewall's interfaces by ifindex (looked up in
+/// each interface's namespace).
+pub fn iface_names(state: &State) -> HashMap<u32, String> {
+    let mut m = HashMap::new();
+    for i in &state.interfaces {
+        let idx = match &i.netns {
+            Some(ns) => crate::sys::NetnsGuard::enter(ns)
+                .ok()
+                .and_then(|_g| crate::traffic::ifindex(&i.name).ok()),
+            None => crate::traffic::ifindex(&i.name).ok(),
+        };
+        if let Some(idx) = idx {
+            m.insert(idx, i.name.clone());
+        }
+    }
+    m
+}
+
+fn rule_name(state: &State, id: u32) -> String {
+    if id == abi::RULE_DEFAULT {
+        "(default)".into()
+    } else {
+        state
+            .rules
+            .get(id as usize - 1)
+            .map_or_else(|| format!("#{id}"), |r| r.name.clone())
+    }
+}
+
+fn open_hash<V: aya::Pod>(path: &Path) -> Result<(BpfHashMap<MapData, FwCtKey, V>, u32)> {
+    let data = MapData::from_pin(path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
+    let max = data.info().map(|i| i.max_entries()).unwrap_or(0);
+    let map = Map::from_map_data(data)?;
+    Ok((BpfHashMap::try_from(map)?, max))
+}
+
+fn running(paths: &Paths) -> Result<State> {
+    read_state(paths)?
+        .ok_or_else(|| anyhow!("the firewall is not attached (moat fw apply -f POLICY -i IFACE)"))
+}
+
+/// Every flow the firewall tracks right now.
+pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
+    let state = running(paths)?;
+    let names = iface_names(&state);
+    let now = now_coarse_ns();
+    let ago = |t: u64| now.saturating_sub(t) as f64 / 1e9;
+    let iface = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    let mut out = Vec::new();
+    let (ct, _) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
+    for e in ct.iter() {
+        let Ok((k, v)) = e else { continue };
+        out.push(Flow {
+            verdict: "allow",
+            direction: dir_name(v.dir0),
+            interface: iface(v.ifindex),
+            proto: proto_name(k.proto),
+            local: addr(k.family, &k.local),
+            local_port: u16::from_be(k.lport),
+            remote: addr(k.family, &k.remote),
+            remote_port: u16::from_be(k.rport),
+            packets: v.packets,
+            bytes: v.bytes,
+            first_seen_secs_ago: ago(v.first_seen_ns),
+            last_seen_secs_ago: ago(v.last_seen_ns),
+            rule: rule_name(&state, v.rule),
+            reason: None,
+        });
+    }
+    let (fl, _) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
+    for e in fl.iter() {
+        let Ok((k, v)) = e else { continue };
+        out.push(Flow {
+            verdict: "deny",
+            direction: dir_name(v.dir),
+            interface: iface(v.ifindex),
+            proto: proto_name(k.proto),
+            local: addr(k.family, &k.local),
+            local_port: u16::from_be(k.lport),
+            remote: addr(k.family, &k.remote),
+            remote_port: u16::from_be(k.rport),
+            packets: v.packets,
+            bytes: v.bytes,
+            first_seen_secs_ago: ago(v.first_seen_ns),
+            last_seen_secs_ago: ago(v.last_seen_ns),
+            rule: rule_name(&state, v.rule),
+            reason: abi::STAT_NAMES.get(v.reason as usize).copied(),
+        });
+    }
+    out.sort_by(|a, b| {
+        a.first_seen_secs_ago
+            .total_cmp(&b.first_seen_secs_ago)
+            .reverse()
+    });
+    Ok(out)
+}
+
+fn endpoint(a: IpAddr, p: u16) -> String {
+    match a {
+        IpAddr::V4(_) => format!("{a}:{p}"),
+        IpAddr::V6(_) => format!("[{a}]:{p}"),
+    }
+}
+
+fn flow_line(f: &Flow) -> String {
+    format!(
+        "{:<5} {:<7} {:<10} {:<6} {:>22} <- {:<30} {:>8} pkts {:>10} B  {:>7.1}s ago  {}{}",
+        f.verdict,
+        f.direction,
+        f.interface,
+        f.proto,
+        endpoint(f.local, f.local_port),
+        endpoint(f.remote, f.remote_port),
+        f.packets,
+        f.bytes,
+        f.last_seen_secs_ago,
+        f.rule,
+        f.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+    )
+}
+
+/// `moat flows`.
+pub struct FlowsOpts {
+    pub json: bool,
+    pub follow: bool,
+    pub filter: FlowFilter,
+    /// --follow: stop after this long (None: until Ctrl-C).
+    pub duration: Option<Duration>,
+}
+
+pub fn flows_cmd(o: &FlowsOpts) -> Result<()> {
+    sys::require_privileges("moat flows")?;
+    let paths = Paths::from_env();
+    let list: Vec<Flow> = flows(&paths)?
+        .into_iter()
+        .filter(|f| o.filter.matches(f))
+        .collect();
+    for f in &list {
+        if o.json {
+            println!("{}", serde_json::to_string(f)?);
+        } else {
+            println!("{}", flow_line(f));
+        }
+    }
+    if !o.follow {
+        if !o.json {
+            println!("{} flows", list.len());
+        }
+        return Ok(());
+    }
+    // Follow: drop/log events as they come, and flows as they appear.
+    let stop = sys::stop_flag()?;
+    let state = running(&paths)?;
+    let names = iface_names(&state);
+    let mut seen: std::collections::HashSet<String> = list.iter().map(flow_id).collect();
+    let mut events = Events::open(&paths)?;
+    let t0 = Instant::now();
+    let mut last_scan = Instant::now();
+    while !stop.load(Ordering::Relaxed) && o.duration.is_none_or(|d| t0.elapsed() < d) {
+        events.wait(Duration::from_millis(200))?;
+        while let Some(e) = events.next() {
+            let ev = DecodedEvent::new(&e, &state, &names);
+            if !ev.matches(&o.filter) {
+                continue;
+            }
+            if o.json {
+                println!("{}", serde_json::to_string(&ev)?);
+            } else {
+                println!("{}", ev.line());
+            }
+        }
+        if last_scan.elapsed() >= Duration::from_secs(1) {
+            last_scan = Instant::now();
+            for f in flows(&paths)? {
+                if o.filter.matches(&f) && seen.insert(flow_id(&f)) {
+                    if o.json {
+                        println!("{}", serde_json::to_string(&f)?);
+                    } else {
+                        println!("{}", flow_line(&f));
+                    }
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+fn flow_id(f: &Flow) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        f.verdict, f.proto, f.local, f.local_port, f.remote, f.remote_port
+    )
+}
+
+/// The firewall's event ring buffer.
+pub struct Events {
+    rb: RingBuf<MapData>,
+}
+
+impl Events {
+    pub fn open(paths: &Paths) -> Result<Events> {
+        let p = paths.pins.join(abi::MAP_EVENTS);
+        let data = MapData::from_pin(&p).map_err(|e| anyhow!("opening {}: {e}", p.display()))?;
+        Ok(Events {
+            rb: RingBuf::try_from(Map::RingBuf(data))?,
+        })
+    }
+
+    /// Waits until events are ready or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.rb.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The next event, if one is ready.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<FwEvent> {
+        let item = self.rb.next()?;
+        FwEvent::from_bytes(&item)
+    }
+}
+
+/// An event with names and the packet's addresses, for printing.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodedEvent {
+    pub event: &'static str,
+    pub direction: &'static str,
+    pub interface: String,
+    pub reason: &'static str,
+    pub rule: String,
+    pub packet_len: u32,
+    #[serde(flatten)]
+    pub tuple: Option<Tuple>,
+    /// Wall-clock time of the event (Unix seconds).
+    pub time_unix: f64,
+}
+
+/// Addresses and ports read from a captured frame.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Tuple {
+    pub proto: String,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+}
+
+/// Parses Ethernet (up to two VLAN tags), IPv4/IPv6 and TCP/UDP ports.
+pub fn tuple(frame: &[u8]) -> Option<Tuple> {
+    let mut off = 12;
+    let mut et = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    off += 2;
+    for _ in 0..2 {
+        if et == 0x8100 || et == 0x88a8 {
+            et = u16::from_be_bytes([*frame.get(off + 2)?, *frame.get(off + 3)?]);
+            off += 4;
+        }
+    }
+    let (proto, src, dst, l4) = match et {
+        0x0800 => {
+            let ip = frame.get(off..off + 20)?;
+            let ihl = usize::from(ip[0] & 0xF) * 4;
+            (
+                ip[9],
+                IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])),
+                IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
+                off + ihl,
+            )
+        }
+        0x86DD => {
+            let ip = frame.get(off..off + 40)?;
+            let s: [u8; 16] = ip[8..24].try_into().ok()?;
+            let d: [u8; 16] = ip[24..40].try_into().ok()?;
+            (ip[6], IpAddr::V6(s.into()), IpAddr::V6(d.into()), off + 40)
+        }
+        _ => return None,
+    };
+    let (sp, dp) = if proto == 6 || proto == 17 {
+        let p = frame.get(l4..l4 + 4);
+        p.map_or((0, 0), |p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        })
+    } else {
+        (0, 0)
+    };
+    Some(Tuple {
+        proto: proto_name(proto),
+        src,
+        src_port: sp,
+        dst,
+        dst_port: dp,
+    })
+}
+
+/// Converts a CLOCK_MONOTONIC timestamp to Unix time (ns).
+pub fn mono_to_unix_ns(ts: u64) -> u64 {
+    let (real, mono) = (
+        clock_ns(libc::CLOCK_REALTIME),
+        clock_ns(libc::CLOCK_MONOTONIC),
+    );
+    (real - mono).wrapping_add(ts)
+}
+
+impl DecodedEvent {
+    pub fn new(e: &FwEvent, state: &State, names: &HashMap<u32, String>) -> DecodedEvent {
+        DecodedEvent {
+            event: if e.kind == abi::EVENT_LOG {
+                "log"
+            } else {
+                "drop"
+            },
+            direction: dir_name(e.dir),
+            interface: names
+                .get(&e.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", e.ifindex)),
+            reason: abi::STAT_NAMES
+                .get(e.reason as usize)
+                .copied()
+                .unwrap_or("?"),
+            rule: rule_name(state, e.rule),
+            packet_len: e.pkt_len,
+            tuple: tuple(e.frame()),
+            time_unix: mono_to_unix_ns(e.ts_ns) as f64 / 1e9,
+        }
+    }
+
+    fn matches(&self, f: &FlowFilter) -> bool {
+        let verdict = if self.event == "drop" {
+            "deny"
+        } else {
+            "allow"
+        };
+        f.verdict.as_deref().is_none_or(|v| v == verdict)
+            && f.rule.as_deref().is_none_or(|r| r == self.rule)
+            && f.iface.as_deref().is_none_or(|i| i == self.interface)
+            && match &self.tuple {
+                Some(t) => {
+                    let remote = if self.direction == "ingress" {
+                        t.src
+                    } else {
+                        t.dst
+                    };
+                    f.remote.is_none_or(|c| c.contains(remote))
+                        && f.port.is_none_or(|p| t.src_port == p || t.dst_port == p)
+                }
+                None => f.remote.is_none() && f.port.is_none(),
+            }
+    }
+
+    fn line(&self) -> String {
+        let t = self.tuple.as_ref().map_or_else(String::new, |t| {
+            format!(
+                "{} {} -> {}",
+                t.proto,
+                endpoint(t.src, t.src_port),
+                endpoint(t.dst, t.dst_port)
+            )
+        });
+        format!(
+            "EVENT {:<4} {:<7} {:<10} {t}  {} B  {} ({})",
+            self.event, self.direction, self.interface, self.packet_len, self.rule, self.reason
+        )
+    }
+}
+
+/// The firewall's counters, as metrics and `moat top` read them.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub generation: u32,
+    /// Per `STAT_*` reason.
+    pub reasons: Vec<CountValue>,
+    /// (rule name, direction, action, hits), id 0 = the defaults.
+    pub rules: Vec<(String, String, String, CountValue)>,
+    /// Per `EV_*`.
+    pub events: Vec<u64>,
+    /// (map, entries, capacity).
+    pub maps: Vec<(&'static str, u64, u64)>,
+}
+
+/// Reads every counter of the running firewall.
+pub fn counters(paths: &Paths) -> Result<Counters> {
+    let state = running(paths)?;
+    let stats_map = pinned_map(&paths.pins.join(abi::MAP_STATS))?;
+    let reasons = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&stats_map)?)?;
+    let rules_map = pinned_map(&paths.pins.join("rule_stats"))?;
+    let hits = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&rules_map)?)?;
+    let rules = std::iter::once(("(default)".to_string(), String::new(), String::new()))
+        .chain(
+            state
+                .rules
+                .iter()
+                .map(|r| (r.name.clone(), r.direction.clone(), r.action.clone())),
+        )
+        .enumerate()
+        .map(|(i, (n, d, a))| (n, d, a, hits.get(i).copied().unwrap_or_default()))
+        .collect();
+    let ev_map = pinned_map(&paths.pins.join(abi::MAP_EVSTATS))?;
+    let ev_arr = PerCpuArray::<_, u64>::try_from(&ev_map)?;
+    let mut events = vec![0u64; abi::EV_MAX as usize];
+    for (i, slot) in events.iter_mut().enumerate() {
+        if let Ok(v) = ev_arr.get(&(i as u32), 0) {
+            *slot = v.iter().sum();
+        }
+    }
+    let (ct, ct_max) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
+    let (fl, fl_max) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
+    let maps = vec![
+        (
+            abi::MAP_CT,
+            ct.keys().filter(Result::is_ok).count() as u64,
+            u64::from(ct_max),
+        ),
+        (
+            abi::MAP_FLOWS,
+            fl.keys().filter(Result::is_ok).count() as u64,
+            u64::from(fl_max),
+        ),
+        (
+            abi::MAP_ADDR4,
+            state.addr4_entries as u64,
+            state.addr4_entries.max(1) as u64,
+        ),
+        (
+            abi::MAP_ADDR6,
+            state.addr6_entries as u64,
+            state.addr6_entries.max(1) as u64,
+        ),
+        (
+            abi::MAP_VERDICT,
+            state.verdict_entries as u64,
+            state.verdict_entries.max(1) as u64,
+        ),
+    ];
+    Ok(Counters {
+        generation: state.generation,
+        reasons,
+        rules,
+        events,
+        maps,
+    })
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition (format 0.0.4) of the counters.
+pub fn metrics_text(c: &Counters) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let family = |s: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut s,
+        "moat_packets_total",
+        "counter",
+        "Packets the firewall decided, by verdict and reason.",
+    );
+    for (i, v) in c.reasons.iter().enumerate() {
+        let name = abi::STAT_NAMES.get(i).copied().unwrap_or("?");
+        if let Some((verdict, reason)) = name.split_once('_')
+            && (verdict == "pass" || verdict == "drop")
+        {
+            let _ = writeln!(
+                s,
+                "moat_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
+                v.packets
+            );
+        }
+    }
+    family(
+        &mut s,
+        "moat_bytes_total",
+        "counter",
+        "Bytes (whole frames) the firewall decided, by verdict and reason.",
+    );
+    for (i, v) in c.reasons.iter().enumerate() {
+        let name = abi::STAT_NAMES.get(i).copied().unwrap_or("?");
+        if let Some((verdict, reason)) = name.split_once('_')
+            && (verdict == "pass" || verdict == "drop")
+        {
+            let _ = writeln!(
+                s,
+                "moat_bytes_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
+                v.bytes
+            );
+        }
+    }
+    family(
+        &mut s,
+        "moat_conntrack_expired_total",
+        "counter",
+        "Tracked connections forgotten after their idle timeout.",
+    );
+    let _ = writeln!(
+        s,
+        "moat_conntrack_expired_total {}",
+        c.reasons
+            .get(abi::STAT_CT_EXPIRED as usize)
+            .map_or(0, |v| v.packets)
+    );
+    family(
+        &mut s,
+        "moat_rule_packets_total",
+        "counter",
+        "Packets decided by each rule (id 0: the defaults).",
+    );
+    for (n, d, a, v) in &c.rules {
+        let _ = writeln!(
+            s,
+            "moat_rule_packets_total{{rule=\"{}\",direction=\"{}\",action=\"{}\"}} {}",
+            label(n),
+            d,
+            a,
+            v.packets
+        );
+    }
+    family(
+        &mut s,
+        "moat_rule_bytes_total",
+        "counter",
+        "Bytes decided by each rule.",
+    );
+    for (n, d, a, v) in &c.rules {
+        let _ = writeln!(
+            s,
+            "moat_rule_bytes_total{{rule=\"{}\",direction=\"{}\",action=\"{}\"}} {}",
+            label(n),
+            d,
+            a,
+            v.bytes
+        );
+    }
+    family(
+        &mut s,
+        "moat_events_total",
+        "counter",
+        "Packets that qualified for an event, by outcome (emitted, sampled_out, rate_limited, lost).",
+    );
+    for i in [
+        abi::EV_EMITTED,
+        abi::EV_SAMPLED_OUT,
+        abi::EV_RATE_LIMITED,
+        abi::EV_LOST,
+    ] {
+        let _ = writeln!(
+            s,
+            "moat_events_total{{outcome=\"{}\"}} {}",
+            abi::EV_NAMES[i as usize],
+            c.events.get(i as usize).unwrap_or(&0)
+        );
+    }
+    family(
+        &mut s,
+        "moat_events_lost_total",
+        "counter",
+        "Events lost because the ring buffer was full.",
+    );
+    let _ = writeln!(
+        s,
+        "moat_events_lost_total {}",
+        c.events.get(abi::EV_LOST as usize).unwrap_or(&0)
+    );
+    family(
+        &mut s,
+        "moat_denied_flows_skipped_total",
+        "counter",
+        "New denied flows not recorded (flow rate limit).",
+    );
+    let _ = writeln!(
+        s,
+        "moat_denied_flows_skipped_total {}",
+        c.events.get(abi::EV_FLOWS_SKIPPED as usize).unwrap_or(&0)
+    );
+    family(
+        &mut s,
+        "moat_conntrack_entries",
+        "gauge",
+        "Tracked (allowed) connections.",
+    );
+    let ct = c
+        .maps
+        .iter()
+        .find(|m| m.0 == abi::MAP_CT)
+        .map_or(0, |m| m.1);
+    let _ = writeln!(s, "moat_conntrack_entries {ct}");
+    family(
+        &mut s,
+        "moat_map_entries",
+        "gauge",
+        "Entries in each BPF map.",
+    );
+    for (m, n, _) in &c.maps {
+        let _ = writeln!(s, "moat_map_entries{{map=\"{m}\"}} {n}");
+    }
+    family(
+        &mut s,
+        "moat_map_capacity",
+        "gauge",
+        "Capacity (max_entries) of each BPF map.",
+    );
+    for (m, _, max) in &c.maps {
+        let _ = writeln!(s, "moat_map_capacity{{map=\"{m}\"}} {max}");
+    }
+    family(
+        &mut s,
+        "moat_map_pressure_ratio",
+        "gauge",
+        "Fill ratio of each BPF map (entries / capacity).",
+    );
+    for (m, n, max) in &c.maps {
+        let _ = writeln!(
+            s,
+            "moat_map_pressure_ratio{{map=\"{m}\"}} {}",
+            *n as f64 / (*max).max(1) as f64
+        );
+    }
+    family(
+        &mut s,
+        "moat_policy_generation",
+        "gauge",
+        "Generation of the running policy.",
+    );
+    let _ = writeln!(s, "moat_policy_generation {}", c.generation);
+    s
+}
+
+/// `moat metrics --listen ADDR`: serves /metrics until Ctrl-C (or `duration`).
+pub fn metrics_cmd(listen: &str, duration: Option<Duration>) -> Result<()> {
+    sys::require_privileges("moat metrics")?;
+    let paths = Paths::from_env();
+    running(&paths)?;
+    let l = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    l.set_nonblocking(true)?;
+    eprintln!(
+        "serving Prometheus metrics on http://{}/metrics",
+        l.local_addr()?
+    );
+    let stop = sys::stop_flag()?;
+    let t0 = Instant::now();
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| t0.elapsed() < d) {
+        let (mut c, _) = match l.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        c.set_nonblocking(false)?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut line = String::new();
+        let mut r = BufReader::new(c.try_clone()?);
+        if r.read_line(&mut line).is_err() {
+            continue;
+        }
+        // Skip the headers.
+        let mut h = String::new();
+        while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+            h.clear();
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("");
+        let (status, ctype, body) = if path == "/metrics" {
+            match counters(&paths) {
+                Ok(cn) => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics_text(&cn),
+                ),
+                Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
+            }
+        } else {
+            ("404 Not Found", "text/plain", "try /metrics\n".into())
+        };
+        let _ = write!(
+            c,
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    Ok(())
+}
+
+/// `moat capture`: writes (sampled) events' frames to a pcap file.
+pub struct CaptureOpts {
+    pub verdict: Option<String>,
+    pub count: Option<u64>,
+    pub file: PathBuf,
+    pub duration: Option<Duration>,
+}
+
+pub fn capture_cmd(o: &CaptureOpts) -> Result<()> {
+    sys::require_privileges("moat capture")?;
+    if let Some(v) = &o.verdict
+        && v != "allow"
+        && v != "deny"
+    {
+        bail!("--verdict must be allow or deny, not {v:?}");
+    }
+    let paths = Paths::from_env();
+    running(&paths)?;
+    let mut events = Events::open(&paths)?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&o.file).with_context(|| format!("creating {}", o.file.display()))?,
+    );
+    // pcap global header: magic, v2.4, tz 0, sigfigs 0, snaplen, LINKTYPE_ETHERNET.
+    out.write_all(&0xa1b2c3d4u32.to_le_bytes())?;
+    out.write_all(&2u16.to_le_bytes())?;
+    out.write_all(&4u16.to_le_bytes())?;
+    out.write_all(&[0u8; 8])?;
+    out.write_all(&(abi::EVENT_CAP as u32).to_le_bytes())?;
+    out.write_all(&1u32.to_le_bytes())?;
+    out.flush()?;
+    let stop = sys::stop_flag()?;
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    eprintln!("capturing to {} (Ctrl-C to stop)", o.file.display());
+    'outer: while !stop.load(Ordering::Relaxed) && o.duration.is_none_or(|d| t0.elapsed() < d) {
+        events.wait(Duration::from_millis(200))?;
+        while let Some(e) = events.next() {
+            let verdict = if e.kind == abi::EVENT_DROP {
+                "deny"
+            } else {
+                "allow"
+            };
+            if o.verdict.as_deref().is_some_and(|v| v != verdict) {
+                continue;
+            }
+            let ts = mono_to_unix_ns(e.ts_ns);
+            let frame = e.frame();
+            out.write_all(&((ts / 1_000_000_000) as u32).to_le_bytes())?;
+            out.write_all(&(((ts % 1_000_000_000) / 1000) as u32).to_le_bytes())?;
+            out.write_all(&(frame.len() as u32).to_le_bytes())?;
+            out.write_all(&e.pkt_len.to_le_bytes())?;
+            out.write_all(frame)?;
+            n += 1;
+            if o.count.is_some_and(|c| n >= c) {
+                break 'outer;
+            }
+        }
+        out.flush()?;
+    }
+    out.flush()?;
+    eprintln!("{n} packets written to {}", o.file.display());
+    Ok(())
+}
