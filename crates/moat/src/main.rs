@@ -80,6 +80,12 @@ enum Cmd {
         #[arg(long, value_parser = parse_secs)]
         duration: Option<Duration>,
     },
+    /// A live terminal view: verdict rates, rule hits, top talkers, top denied sources.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value = "1", value_parser = parse_secs)]
+        interval: Duration,
+    },
     /// Serve Prometheus metrics (text exposition) over HTTP at /metrics.
     Metrics {
         /// Address to listen on.
@@ -227,6 +233,7 @@ fn main() -> ExitCode {
                 iface,
             },
         }),
+        Cmd::Top { interval } => moat::fw::top::top_cmd(interval),
         Cmd::Metrics { listen, duration } => observe::metrics_cmd(&listen, duration),
         Cmd::Capture {
             verdict,

@@ -3,3 +3,4 @@
 pub mod cmd;
 pub mod instance;
 pub mod observe;
+pub mod top;
