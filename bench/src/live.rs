@@ -12,6 +12,7 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -302,9 +303,10 @@ impl Rig {
         }
     }
 
-    /// Sends `packets` frames from a to b; returns the packets per second b
-    /// dropped while they were sent.
-    pub fn measure(&mut self, packets: u32) -> Result<f64> {
+    /// Sends up to `packets` frames from a to b, for at most `max` (a slow
+    /// filter slows the generator down: both run on the same CPU); returns the
+    /// packets per second b dropped while they were sent.
+    pub fn measure(&mut self, packets: u32, max: Duration, stop: &AtomicBool) -> Result<f64> {
         let before = (self.count)()?;
         let prog: &mut Xdp = self.generator.program_mut("gen_xdp").unwrap().try_into()?;
         let (a, b): (Ipv4Addr, Ipv4Addr) = (moat::netlab::A4.parse()?, moat::netlab::B4.parse()?);
@@ -323,14 +325,29 @@ impl Rig {
             ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
             ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
             let t = Instant::now();
-            prog.test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: packets,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..Default::default()
-            })
-            .context("live-frames BPF_PROG_TEST_RUN")?;
+            // Chunks of about a quarter second each (every test run call sets
+            // up its frame pool, so chunks must not be small), sized from the
+            // rate the previous chunk achieved.
+            let mut sent = 0u32;
+            let mut chunk = 65_536u32;
+            while sent < packets && t.elapsed() < max {
+                if stop.load(Ordering::Relaxed) {
+                    bail!("interrupted");
+                }
+                let n = (packets - sent).min(chunk);
+                let c = Instant::now();
+                prog.test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&ctx),
+                    repeat: n,
+                    attrs: TestRunAttrs::new().xdp_live_frames(64),
+                    ..Default::default()
+                })
+                .context("live-frames BPF_PROG_TEST_RUN")?;
+                sent += n;
+                let rate = f64::from(n) / c.elapsed().as_secs_f64().max(1e-6);
+                chunk = ((rate * 0.25) as u32).clamp(4096, 4_000_000);
+            }
             t.elapsed()
         };
         // Frames still queued on b when the generator returns are few (one
@@ -380,6 +397,10 @@ pub struct LiveOpts {
     pub filters: Vec<Filter>,
     /// A filter whose install takes longer than this is not tried at larger N.
     pub max_install_secs: f64,
+    /// Longest generator run per measurement.
+    pub max_secs: f64,
+    /// Set by Ctrl-C: stop between chunks (labs and pins are removed).
+    pub stop: std::sync::Arc<AtomicBool>,
 }
 
 /// Runs every filter at every N: for each N, all configurations are
@@ -412,6 +433,9 @@ pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResul
                 ));
                 continue;
             }
+            if o.stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
             let tag = format!("lv{}{k}{i}", std::process::id() % 100_000);
             let rig = Rig::new(f, n, &tag)?;
             say(&format!(
@@ -430,7 +454,7 @@ pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResul
             let mut row = Vec::new();
             for (i, rig) in rigs.iter_mut().enumerate() {
                 let v = rig
-                    .measure(o.packets)
+                    .measure(o.packets, Duration::from_secs_f64(o.max_secs), &o.stop)
                     .with_context(|| format!("measuring {} at N={n}", rig.filter.name()))?;
                 say(&format!(
                     "round {r} N={n} {}: {v:.0} pps",

@@ -55,6 +55,9 @@ struct LiveArgs {
     /// A tool whose rules take longer than this to install is not tried at larger N.
     #[arg(long, default_value = "120")]
     max_install_secs: f64,
+    /// Longest generator run per measurement, seconds (slow filters slow the generator).
+    #[arg(long, default_value = "2")]
+    max_secs: f64,
 }
 
 #[derive(Args, Clone)]
@@ -161,6 +164,8 @@ fn live_opts(a: &LiveArgs) -> Result<LiveOpts> {
         rounds: a.live_rounds,
         filters: Filter::ALL.to_vec(),
         max_install_secs: a.max_install_secs,
+        max_secs: a.max_secs,
+        stop: moat::sys::stop_flag()?,
     })
 }
 
@@ -265,7 +270,8 @@ fn document(
     md.push_str(&format!(
         "## Live traffic\n\n\
          Two network namespaces joined by a veth pair. The generator (an XDP program run with \
-         BPF_PROG_TEST_RUN in live-frames mode) sends {} UDP frames per measurement out of a's end, each from a \
+         BPF_PROG_TEST_RUN in live-frames mode) sends {} UDP frames per measurement (for at most {} s: generator \
+         and receiver share the CPUs, so a slow filter slows the generator) out of a's end, each from a \
          new source address (10.199.0.0/16) and port, to b's port 9; b runs one filter and we count what it \
          dropped while the generator ran. With N rules, N - 1 rules that do not match the traffic (other \
          source addresses) come before the one that does; moat gets the same N - 1 addresses in one deny \
@@ -275,6 +281,7 @@ fn document(
          median ratio to the XDP-drop ceiling measured in the same round. Generator and receiver share the \
          machine's CPUs, so the ceiling is the generator's own limit.\n\n{}\n",
         lo.packets,
+        lo.max_secs,
         lo.rounds,
         report::live_markdown(res, &lo.sizes)
     ));

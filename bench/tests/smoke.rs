@@ -52,6 +52,8 @@ fn live_smoke() {
         rounds: 2,
         filters: Filter::ALL.to_vec(),
         max_install_secs: 60.0,
+        max_secs: 2.0,
+        stop: Default::default(),
     };
     let (res, skipped) = run_all(&o, |_| {}).unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");

@@ -140,9 +140,9 @@ struct count_value {
 #define FW_MAP_STATS "fw_stats"
 
 /*
- * fw_flows: BPF_MAP_TYPE_LRU_HASH, pinned by name: denied flows (allowed
- *   ones are the fw_ct entries). A new denied flow is recorded only while the
- *   flow token bucket allows (fw_config.flow_rate); the others are counted
+ * fw_flows: BPF_MAP_TYPE_LRU_HASH, 16384, pinned by name: denied flows
+ *   (allowed ones are the fw_ct entries). A new denied flow is recorded only
+ *   while the flow token bucket allows (fw_config.flow_cost_ns); the others are counted
  *   in fw_evstats[FW_EV_FLOWS_SKIPPED].
  *   key: struct fw_ct_key; value: struct fw_flow_val
  *   writer: fw programs; reader: moat flows / top / metrics
@@ -280,16 +280,17 @@ struct fw_config {
 	__u32 timeout_tcp;
 	__u32 timeout_udp;
 	__u32 timeout_other;
-	/* Events, per CPU: at most ev_rate per second with bursts of ev_burst
-	 * (0: none), one in ev_sample qualifying packets (0 or 1: all). */
-	__u32 ev_rate;
-	__u32 ev_burst;
+	/* One event per ev_sample qualifying packets (0 or 1: all). */
 	__u32 ev_sample;
-	/* New denied flows recorded in fw_flows, per CPU per second / burst. */
-	__u32 flow_rate;
-	__u32 flow_burst;
+	/* Events, per CPU token bucket: one event costs ev_cost_ns of credit,
+	 * credit is capped at ev_cap_ns (the burst); ev_cost_ns 0: no events. */
+	__u64 ev_cost_ns;
+	__u64 ev_cap_ns;
+	/* New denied flows recorded in fw_flows: the same kind of bucket. */
+	__u64 flow_cost_ns;
+	__u64 flow_cap_ns;
 	__u8 log_drops;         /* 1: every drop qualifies for an event */
-	__u8 pad2[3];
+	__u8 pad2[7];
 };
 
 /* One connection, as the host sees it (same key in both directions). */
@@ -330,8 +331,8 @@ struct fw_flow_val {
 };
 
 struct fw_bucket {
-	__u64 last_ns;     /* bpf_ktime_get_ns of the last refill */
-	__u64 credit_ns;   /* saved credit; one event costs 1e9 / rate ns */
+	__u64 last_ns;     /* bpf_ktime_get_coarse_ns of the last refill */
+	__u64 credit_ns;   /* saved credit (see fw_config.ev_cost_ns) */
 };
 
 struct fw_evstate {

@@ -108,7 +108,8 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	/* Small enough for its buckets to stay in cache under a flood of new flows. */
+	__uint(max_entries, 16384);
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, struct fw_ct_key);
 	__type(value, struct fw_flow_val);
@@ -544,17 +545,16 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 }
 
 /*
- * Takes one event's worth of credit from a token bucket refilled at rate per
- * second up to burst events; 0 if empty (or rate is 0).
+ * Takes one event's worth of credit (cost ns) from a token bucket whose
+ * credit grows with time up to cap; 0 if empty (or cost is 0: none allowed).
+ * Costs are precomputed by the loader: no division here.
  */
-static __always_inline int fw_take(struct fw_bucket *b, __u64 now, __u32 rate, __u32 burst)
+static __always_inline int fw_take(struct fw_bucket *b, __u64 now, __u64 cost, __u64 cap)
 {
-	__u64 cost, cap, credit;
+	__u64 credit;
 
-	if (!rate)
+	if (!cost)
 		return 0;
-	cost = 1000000000ULL / rate;
-	cap = cost * (burst ? burst : 1);
 	credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
 	if (credit > cap)
 		credit = cap;
@@ -576,31 +576,28 @@ static __always_inline void fw_evcount(__u32 idx)
 }
 
 /* Records a dropped packet in its denied flow (new flows: if the flow bucket allows). */
-static __always_inline void fw_flow_denied(const struct fw_config *cfg, const struct fw_ct_key *k,
-					   __u32 reason, __u32 rule, __u8 dir, __u32 ifindex,
-					   __u64 len)
+static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct fw_evstate *st,
+					   __u64 now, const struct fw_ct_key *k, __u32 reason,
+					   __u32 rule, __u8 dir, __u32 ifindex, __u64 len)
 {
 	struct fw_flow_val *f = bpf_map_lookup_elem(&fw_flows, k);
-	struct fw_evstate *st;
-	__u32 zero = 0;
 
 	if (f) {
-		f->last_seen_ns = bpf_ktime_get_coarse_ns();
+		f->last_seen_ns = now;
 		f->reason = reason;
 		f->rule = rule;
 		__sync_fetch_and_add(&f->packets, 1);
 		__sync_fetch_and_add(&f->bytes, len);
 		return;
 	}
-	st = bpf_map_lookup_elem(&fw_evstate, &zero);
-	if (!st || !fw_take(&st->flow, bpf_ktime_get_ns(), cfg->flow_rate, cfg->flow_burst)) {
+	if (!fw_take(&st->flow, now, cfg->flow_cost_ns, cfg->flow_cap_ns)) {
 		fw_evcount(FW_EV_FLOWS_SKIPPED);
 		return;
 	}
 	{
 		struct fw_flow_val v = {};
-		v.first_seen_ns = bpf_ktime_get_coarse_ns();
-		v.last_seen_ns = v.first_seen_ns;
+		v.first_seen_ns = now;
+		v.last_seen_ns = now;
 		v.packets = 1;
 		v.bytes = len;
 		v.rule = rule;
@@ -615,22 +612,19 @@ static __always_inline void fw_flow_denied(const struct fw_config *cfg, const st
  * One packet qualified for an event: sample, rate limit, then copy the
  * frame's first bytes into the ring buffer. Every outcome is counted.
  */
-static __always_inline void fw_event(void *ctx, const struct fw_config *cfg, __u8 dir,
-				     __u32 ifindex, __u8 kind, __u32 reason, __u32 rule, __u64 len)
+static __always_inline void fw_event(void *ctx, const struct fw_config *cfg,
+				     struct fw_evstate *st, __u64 now, __u8 dir, __u32 ifindex,
+				     __u8 kind, __u32 reason, __u32 rule, __u64 len)
 {
-	struct fw_evstate *st;
 	struct fw_event *e;
-	__u32 zero = 0, cap;
+	__u32 cap;
 
 	fw_evcount(FW_EV_SEEN);
-	st = bpf_map_lookup_elem(&fw_evstate, &zero);
-	if (!st)
-		return;
 	if (cfg->ev_sample > 1 && (st->seq++ % cfg->ev_sample) != 0) {
 		fw_evcount(FW_EV_SAMPLED_OUT);
 		return;
 	}
-	if (!fw_take(&st->ev, bpf_ktime_get_ns(), cfg->ev_rate, cfg->ev_burst)) {
+	if (!fw_take(&st->ev, now, cfg->ev_cost_ns, cfg->ev_cap_ns)) {
 		fw_evcount(FW_EV_RATE_LIMITED);
 		return;
 	}
@@ -683,13 +677,23 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 	if (o.has_rule)
 		fw_count(&fw_rule_stats, o.rule, len);
 	verdict = fw_stat(reason, len);
-	if (verdict == FW_DROP) {
+	if (verdict == FW_DROP && (o.keyed || cfg->log_drops || o.log)) {
+		/* One clock read and one state lookup for flows and events. */
+		__u64 now = bpf_ktime_get_coarse_ns();
+		struct fw_evstate *st = bpf_map_lookup_elem(&fw_evstate, &zero);
+
+		if (!st)
+			return verdict;
 		if (o.keyed)
-			fw_flow_denied(cfg, &k, reason, o.rule, dir, ifindex, len);
+			fw_flow_denied(cfg, st, now, &k, reason, o.rule, dir, ifindex, len);
 		if (cfg->log_drops || o.log)
-			fw_event(ctx, cfg, dir, ifindex, FW_EVENT_DROP, reason, o.rule, len);
+			fw_event(ctx, cfg, st, now, dir, ifindex, FW_EVENT_DROP, reason, o.rule, len);
 	} else if (o.log) {
-		fw_event(ctx, cfg, dir, ifindex, FW_EVENT_LOG, reason, o.rule, len);
+		struct fw_evstate *st = bpf_map_lookup_elem(&fw_evstate, &zero);
+
+		if (st)
+			fw_event(ctx, cfg, st, bpf_ktime_get_coarse_ns(), dir, ifindex,
+				 FW_EVENT_LOG, reason, o.rule, len);
 	}
 	return verdict;
 }

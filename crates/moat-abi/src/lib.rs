@@ -213,16 +213,17 @@ pub mod fw {
         pub timeout_tcp: u32,
         pub timeout_udp: u32,
         pub timeout_other: u32,
-        /// Events per second per CPU (0: none), burst, 1-in-N sampling.
-        pub ev_rate: u32,
-        pub ev_burst: u32,
+        /// One event per `ev_sample` qualifying packets.
         pub ev_sample: u32,
-        /// New denied flows recorded per second per CPU, burst.
-        pub flow_rate: u32,
-        pub flow_burst: u32,
+        /// Per-CPU token buckets: ns of credit one event / new denied flow
+        /// costs (0: none), and the credit cap (the burst).
+        pub ev_cost_ns: u64,
+        pub ev_cap_ns: u64,
+        pub flow_cost_ns: u64,
+        pub flow_cap_ns: u64,
         /// 1: every drop qualifies for an event.
         pub log_drops: u8,
-        pub pad2: [u8; 3],
+        pub pad2: [u8; 7],
     }
 
     #[repr(C)]
@@ -424,7 +425,8 @@ mod tests {
         assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
         assert_eq!(size_of::<fw::FwVerdict>(), 8);
         assert_eq!(size_of::<fw::FwPortKey>(), 12);
-        assert_eq!(size_of::<fw::FwConfig>(), 44);
+        assert_eq!(size_of::<fw::FwConfig>(), 64);
+        assert_eq!(core::mem::offset_of!(fw::FwConfig, ev_cost_ns), 24);
         assert_eq!(size_of::<fw::FwFlowVal>(), 48);
         assert_eq!(size_of::<fw::FwEvstate>(), 40);
         assert_eq!(size_of::<fw::FwEvent>(), 32 + fw::EVENT_CAP);

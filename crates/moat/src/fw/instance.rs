@@ -292,13 +292,14 @@ impl FwInstance {
             timeout_tcp: policy.timeouts.tcp,
             timeout_udp: policy.timeouts.udp,
             timeout_other: policy.timeouts.other,
-            ev_rate: per_cpu(policy.logging.rate),
-            ev_burst: per_cpu(policy.logging.burst),
             ev_sample: policy.logging.sample,
-            flow_rate: per_cpu(policy.logging.flow_rate),
-            flow_burst: per_cpu(policy.logging.flow_rate),
+            ev_cost_ns: cost_ns(policy.logging.rate),
+            ev_cap_ns: cost_ns(policy.logging.rate) * u64::from(per_cpu(policy.logging.burst)),
+            flow_cost_ns: cost_ns(policy.logging.flow_rate),
+            flow_cap_ns: cost_ns(policy.logging.flow_rate)
+                * u64::from(per_cpu(policy.logging.flow_rate)),
             log_drops: u8::from(policy.logging.drops),
-            pad2: [0; 3],
+            pad2: [0; 7],
         };
         let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
         a.set(0, cfg, 0)?;
@@ -484,6 +485,12 @@ pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(
 /// Number of possible CPUs (for per-CPU writes).
 pub fn cpus() -> Result<usize> {
     nr_cpus().map_err(|(_, e)| anyhow!("reading possible CPUs: {e}"))
+}
+
+/// Credit one token costs in a per-CPU bucket refilled at the whole-host
+/// `rate` per second shared by the CPUs.
+pub fn cost_ns(rate: u32) -> u64 {
+    1_000_000_000 / u64::from(per_cpu(rate))
 }
 
 /// A whole-host rate as the per-CPU rate the token buckets use (at least 1).
