@@ -71,6 +71,21 @@ impl Filter {
         }
     }
 
+    /// From its command-line name.
+    pub fn parse(s: &str) -> Result<Filter> {
+        Ok(match s {
+            "none" => Filter::None,
+            "xdp-drop" => Filter::XdpDrop,
+            "moat" => Filter::Moat,
+            "xdp-filter" => Filter::XdpFilter,
+            "iptables-legacy" => Filter::IptablesLegacy,
+            "iptables-nft" => Filter::IptablesNft,
+            "nft-linear" => Filter::NftLinear,
+            "nft-set" => Filter::NftSet,
+            o => bail!("unknown filter {o:?} (none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set)"),
+        })
+    }
+
     /// Does the filter's cost depend on N at all (configurations with N
     /// entries are installed only for those that take entries)?
     pub fn takes_rules(self) -> bool {

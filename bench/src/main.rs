@@ -55,6 +55,10 @@ struct LiveArgs {
     /// A tool whose rules take longer than this to install is not tried at larger N.
     #[arg(long, default_value = "120")]
     max_install_secs: f64,
+    /// Filters to compare (the XDP-drop ceiling is always measured): any of
+    /// none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set.
+    #[arg(long, value_delimiter = ',', default_value = "none,moat,xdp-filter,iptables-legacy,iptables-nft,nft-linear,nft-set")]
+    filters: Vec<String>,
     /// Longest generator run per measurement, seconds (slow filters slow the generator).
     #[arg(long, default_value = "2")]
     max_secs: f64,
@@ -162,7 +166,11 @@ fn live_opts(a: &LiveArgs) -> Result<LiveOpts> {
         sizes: a.live_sizes.clone(),
         packets: a.packets,
         rounds: a.live_rounds,
-        filters: Filter::ALL.to_vec(),
+        filters: a
+            .filters
+            .iter()
+            .map(|f| Filter::parse(f))
+            .collect::<Result<Vec<_>>>()?,
         max_install_secs: a.max_install_secs,
         max_secs: a.max_secs,
         stop: moat::sys::stop_flag()?,

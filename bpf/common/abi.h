@@ -140,7 +140,7 @@ struct count_value {
 #define FW_MAP_STATS "fw_stats"
 
 /*
- * fw_flows: BPF_MAP_TYPE_LRU_HASH, 16384, pinned by name: denied flows
+ * fw_flows: BPF_MAP_TYPE_LRU_HASH, 4096, pinned by name: denied flows
  *   (allowed ones are the fw_ct entries). A new denied flow is recorded only
  *   while the flow token bucket allows (fw_config.flow_cost_ns); the others are counted
  *   in fw_evstats[FW_EV_FLOWS_SKIPPED].

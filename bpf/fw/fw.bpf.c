@@ -109,7 +109,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	/* Small enough for its buckets to stay in cache under a flood of new flows. */
-	__uint(max_entries, 16384);
+	__uint(max_entries, 4096);
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, struct fw_ct_key);
 	__type(value, struct fw_flow_val);
