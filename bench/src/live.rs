@@ -82,7 +82,9 @@ impl Filter {
             "iptables-nft" => Filter::IptablesNft,
             "nft-linear" => Filter::NftLinear,
             "nft-set" => Filter::NftSet,
-            o => bail!("unknown filter {o:?} (none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set)"),
+            o => bail!(
+                "unknown filter {o:?} (none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set)"
+            ),
         })
     }
 

@@ -57,7 +57,11 @@ struct LiveArgs {
     max_install_secs: f64,
     /// Filters to compare (the XDP-drop ceiling is always measured): any of
     /// none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set.
-    #[arg(long, value_delimiter = ',', default_value = "none,moat,xdp-filter,iptables-legacy,iptables-nft,nft-linear,nft-set")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,moat,xdp-filter,iptables-legacy,iptables-nft,nft-linear,nft-set"
+    )]
     filters: Vec<String>,
     /// Longest generator run per measurement, seconds (slow filters slow the generator).
     #[arg(long, default_value = "2")]

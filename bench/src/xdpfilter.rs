@@ -167,5 +167,7 @@ impl Drop for XdpFilter {
         }
         let _ = nsrun(&self.ns, &["xdp-filter", "unload", &self.iface], None);
         let _ = std::fs::remove_dir(PIN_DIR);
+        // libxdp's own directory, if it left it empty.
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
     }
 }

@@ -166,6 +166,16 @@ struct count_value {
  */
 #define FW_MAP_EVSTATS "fw_evstats"
 
+/*
+ * fw_ifstats: BPF_MAP_TYPE_PERCPU_ARRAY, FW_IF_SLOTS * 4 entries, pinned by
+ *   name: packets and bytes per interface, direction and verdict, at index
+ *   (ifindex % FW_IF_SLOTS) << 2 | dir << 1 | dropped (interfaces share a
+ *   slot only if their ifindexes are equal modulo FW_IF_SLOTS).
+ *   value: struct count_value. writer: fw programs; reader: moat metrics/top
+ */
+#define FW_MAP_IFSTATS "fw_ifstats"
+#define FW_IF_SLOTS 256
+
 #define FW_PIN_DIR "/sys/fs/bpf/moat/fw"
 
 /* Index into fw_evstats. */

@@ -136,6 +136,14 @@ struct {
 	__type(value, __u64);
 } fw_evstats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_IF_SLOTS * 4);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct count_value);
+} fw_ifstats SEC(".maps");
+
 #define FW_PASS 0
 #define FW_DROP 1
 
@@ -677,6 +685,8 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 	if (o.has_rule)
 		fw_count(&fw_rule_stats, o.rule, len);
 	verdict = fw_stat(reason, len);
+	fw_count(&fw_ifstats, (ifindex & (FW_IF_SLOTS - 1)) << 2 | (__u32)dir << 1 | (verdict == FW_DROP),
+		 len);
 	if (verdict == FW_DROP && (o.keyed || cfg->log_drops || o.log)) {
 		/* One clock read and one state lookup for flows and events. */
 		__u64 now = bpf_ktime_get_coarse_ns();

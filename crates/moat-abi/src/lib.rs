@@ -73,6 +73,15 @@ pub mod fw {
     pub const MAP_EVENTS: &str = "fw_events";
     pub const MAP_EVSTATE: &str = "fw_evstate";
     pub const MAP_EVSTATS: &str = "fw_evstats";
+    pub const MAP_IFSTATS: &str = "fw_ifstats";
+    /// Interface slots of `fw_ifstats` (index: see [`ifstat_idx`]).
+    pub const IF_SLOTS: u32 = 256;
+
+    /// `FW_IFSTAT_IDX`: the `fw_ifstats` entry of an interface, direction
+    /// (`DIR_*`) and verdict.
+    pub const fn ifstat_idx(ifindex: u32, dir: u8, dropped: bool) -> u32 {
+        ((ifindex & (IF_SLOTS - 1)) << 2) | ((dir as u32) << 1) | dropped as u32
+    }
     pub const PIN_DIR: &str = "/sys/fs/bpf/moat/fw";
 
     pub const STAT_PASS_ESTABLISHED: u32 = 0;
@@ -364,6 +373,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<(), ()>("fw", fw::MAP_EVENTS),
     map::<u32, fw::FwEvstate>("fw", fw::MAP_EVSTATE),
     map::<u32, u64>("fw", fw::MAP_EVSTATS),
+    map::<u32, count::CountValue>("fw", fw::MAP_IFSTATS),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {

@@ -101,7 +101,12 @@ fn prometheus_parse(text: &str) -> Vec<(String, serde_json::Value, f64)> {
 fn sample(s: &[(String, serde_json::Value, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
     s.iter()
         .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no sample {name} {labels:?} in {:?}",
+                s.iter().filter(|x| x.0 == name).collect::<Vec<_>>()
+            )
+        })
         .2
 }
 
@@ -230,6 +235,29 @@ fn flows_metrics_and_capture_match_the_traffic_sent() {
         ),
         9.0
     );
+    let iface = |dir: &str, verdict: &str, what: &str| {
+        sample(
+            &s,
+            what,
+            &[
+                ("interface", lab.if_b.as_str()),
+                ("direction", dir),
+                ("verdict", verdict),
+            ],
+        )
+    };
+    assert_eq!(
+        iface("ingress", "drop", "moat_interface_packets_total"),
+        3.0
+    );
+    assert_eq!(
+        iface("ingress", "drop", "moat_interface_bytes_total"),
+        (3 * udp4_frame(50)) as f64
+    );
+    // Passed: the 5 requests in and 5 echoes out, plus ARP and neighbour discovery.
+    assert!(iface("ingress", "pass", "moat_interface_packets_total") >= 5.0);
+    assert!(iface("egress", "pass", "moat_interface_packets_total") >= 5.0);
+    assert_eq!(iface("egress", "drop", "moat_interface_packets_total"), 0.0);
     assert_eq!(sample(&s, "moat_conntrack_entries", &[]), 1.0);
     assert_eq!(
         sample(&s, "moat_map_entries", &[("map", abi::MAP_FLOWS)]),

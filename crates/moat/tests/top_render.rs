@@ -55,6 +55,27 @@ fn counters(scale: u64) -> Counters {
         ],
         events: vec![50, 12, 3, 30, 5, 0],
         maps: vec![(abi::MAP_CT, 17, 262_144)],
+        ifaces: vec![
+            (
+                "eth0".into(),
+                "ingress",
+                "pass",
+                cv(600 * scale, 900_000 * scale),
+            ),
+            (
+                "eth0".into(),
+                "ingress",
+                "drop",
+                cv(40 * scale, 2400 * scale),
+            ),
+            (
+                "eth0".into(),
+                "egress",
+                "pass",
+                cv(400 * scale, 600_000 * scale),
+            ),
+            ("eth0".into(), "egress", "drop", cv(0, 0)),
+        ],
     }
 }
 
@@ -126,10 +147,25 @@ fn top_shows_rates_rules_talkers_and_denied_sources() {
     // Footer: conntrack fill and event outcomes.
     let foot = &s[23];
     assert!(
-        foot.contains("ct 17/262144") && foot.contains("ev 12 smp 3 lim 30 lost 5"),
+        foot.contains("ct 17/262144")
+            && foot.contains("events: 12 sent, 3 sampled out, 30 limited, 5 lost"),
         "{foot}"
     );
-    assert!(foot.contains("eth0 1890p/1.3M"), "{foot}");
+    // Interfaces: eth0 in pass (1800 - 600) / 2 = 600 pps, (2.7M - 0.9M) B / 2 s * 8 = 7.2 Mb/s.
+    let inp = row(&s, "eth0 in pass");
+    assert!(
+        inp.contains("600") && inp.contains("7.2M") && inp.contains("1800"),
+        "{inp}"
+    );
+    let indrop = row(&s, "eth0 in drop");
+    assert!(
+        indrop.contains(" 40 ") && indrop.contains("120"),
+        "{indrop}"
+    );
+    assert!(
+        !s.iter().any(|l| l.contains("eth0 out drop")),
+        "idle rows are hidden"
+    );
 }
 
 #[test]

@@ -1102,12 +1102,26 @@ rules:
             parse("rules: []\n", Path::new("p.yaml")).unwrap().logging,
             Logging::default()
         );
-        let e = errs("rules:\n  - { name: a, direction: ingress, action: deny, log: yes }\nlog:\n  rate: 0\n  drops: maybe\n  sampel: 3\n");
+        let e = errs(
+            "rules:\n  - { name: a, direction: ingress, action: deny, log: yes }\nlog:\n  rate: 0\n  drops: maybe\n  sampel: 3\n",
+        );
         assert_eq!(e.len(), 4, "{e:?}");
-        assert!(e[0].starts_with("p.yaml:2:55: \"yes\" is not true or false"), "{e:?}");
-        assert!(e[1].starts_with("p.yaml:4:9: \"0\" is not a whole number"), "{e:?}");
-        assert!(e[2].starts_with("p.yaml:5:10: \"maybe\" is not true or false"), "{e:?}");
-        assert!(e[3].starts_with("p.yaml:6:3: unknown key \"sampel\" in log"), "{e:?}");
+        assert!(
+            e[0].starts_with("p.yaml:2:55: \"yes\" is not true or false"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("p.yaml:4:9: \"0\" is not a whole number"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("p.yaml:5:10: \"maybe\" is not true or false"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("p.yaml:6:3: unknown key \"sampel\" in log"),
+            "{e:?}"
+        );
         assert!(errs("log: 5\n")[0].starts_with("p.yaml:1:6: log must be a mapping"));
     }
 

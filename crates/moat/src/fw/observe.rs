@@ -511,6 +511,8 @@ pub struct Counters {
     pub events: Vec<u64>,
     /// (map, entries, capacity).
     pub maps: Vec<(&'static str, u64, u64)>,
+    /// (interface, direction, verdict "pass"/"drop", packets and bytes).
+    pub ifaces: Vec<(String, &'static str, &'static str, CountValue)>,
 }
 
 /// Reads every counter of the running firewall.
@@ -567,12 +569,47 @@ pub fn counters(paths: &Paths) -> Result<Counters> {
             state.verdict_entries.max(1) as u64,
         ),
     ];
+    // Per interface: one slot per ifindex modulo IF_SLOTS; interfaces that
+    // share a slot are named together.
+    let if_map = pinned_map(&paths.pins.join(abi::MAP_IFSTATS))?;
+    let if_arr = PerCpuArray::<_, CountValue>::try_from(&if_map)?;
+    let mut slots: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for (idx, name) in iface_names(&state) {
+        slots.entry(idx % abi::IF_SLOTS).or_default().push(name);
+    }
+    let mut ifaces = Vec::new();
+    for (slot, mut names) in slots {
+        names.sort();
+        let name = names.join("+");
+        for dir in [abi::DIR_INGRESS, abi::DIR_EGRESS] {
+            for dropped in [false, true] {
+                let v = if_arr
+                    .get(&abi::ifstat_idx(slot, dir, dropped), 0)
+                    .map(|per_cpu| {
+                        per_cpu
+                            .iter()
+                            .fold(CountValue::default(), |a, b| CountValue {
+                                packets: a.packets + b.packets,
+                                bytes: a.bytes + b.bytes,
+                            })
+                    })
+                    .unwrap_or_default();
+                ifaces.push((
+                    name.clone(),
+                    dir_name(dir),
+                    if dropped { "drop" } else { "pass" },
+                    v,
+                ));
+            }
+        }
+    }
     Ok(Counters {
         generation: state.generation,
         reasons,
         rules,
         events,
         maps,
+        ifaces,
     })
 }
 
@@ -624,6 +661,34 @@ pub fn metrics_text(c: &Counters) -> String {
                 v.bytes
             );
         }
+    }
+    family(
+        &mut s,
+        "moat_interface_packets_total",
+        "counter",
+        "Packets by interface, direction and verdict.",
+    );
+    for (i, d, v, c) in &c.ifaces {
+        let _ = writeln!(
+            s,
+            "moat_interface_packets_total{{interface=\"{}\",direction=\"{d}\",verdict=\"{v}\"}} {}",
+            label(i),
+            c.packets
+        );
+    }
+    family(
+        &mut s,
+        "moat_interface_bytes_total",
+        "counter",
+        "Bytes (whole frames) by interface, direction and verdict.",
+    );
+    for (i, d, v, c) in &c.ifaces {
+        let _ = writeln!(
+            s,
+            "moat_interface_bytes_total{{interface=\"{}\",direction=\"{d}\",verdict=\"{v}\"}} {}",
+            label(i),
+            c.bytes
+        );
     }
     family(
         &mut s,

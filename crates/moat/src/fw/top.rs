@@ -54,8 +54,8 @@ pub struct TopModel {
     pub reasons: Vec<(String, f64, f64, u64)>,
     /// (rule, action, packets/s, total packets).
     pub rules: Vec<(String, String, f64, u64)>,
-    /// (interface, packets, bytes) summed over its current flows.
-    pub ifaces: Vec<(String, u64, u64)>,
+    /// (interface, direction, verdict, packets/s, bytes/s, total packets).
+    pub ifaces: Vec<(String, &'static str, &'static str, f64, f64, u64)>,
     /// (remote, verdict, packets, bytes).
     pub talkers: Vec<(IpAddr, &'static str, u64, u64)>,
     /// (remote, packets dropped).
@@ -108,13 +108,30 @@ pub fn model(
             )
         })
         .collect();
-    let mut ifaces: HashMap<String, (u64, u64)> = HashMap::new();
+    let ifaces = cur
+        .ifaces
+        .iter()
+        .filter(|(_, _, _, v)| v.packets > 0)
+        .map(|(i, d, verdict, v)| {
+            let p = prev
+                .ifaces
+                .iter()
+                .find(|x| x.0 == *i && x.1 == *d && x.2 == *verdict)
+                .map(|x| x.3)
+                .unwrap_or_default();
+            (
+                i.clone(),
+                *d,
+                *verdict,
+                rate(p.packets, v.packets),
+                rate(p.bytes, v.bytes),
+                v.packets,
+            )
+        })
+        .collect();
     let mut talk: HashMap<(IpAddr, &'static str), (u64, u64)> = HashMap::new();
     let mut denied: HashMap<IpAddr, u64> = HashMap::new();
     for f in flows {
-        let e = ifaces.entry(f.interface.clone()).or_default();
-        e.0 += f.packets;
-        e.1 += f.bytes;
         if show == Show::All
             || (show == Show::Allowed && f.verdict == "allow")
             || (show == Show::Denied && f.verdict == "deny")
@@ -127,9 +144,6 @@ pub fn model(
             *denied.entry(f.remote).or_default() += f.packets;
         }
     }
-    let mut ifaces: Vec<(String, u64, u64)> =
-        ifaces.into_iter().map(|(k, (p, b))| (k, p, b)).collect();
-    ifaces.sort();
     let mut talkers: Vec<(IpAddr, &'static str, u64, u64)> = talk
         .into_iter()
         .map(|((a, v), (p, b))| (a, v, p, b))
@@ -208,10 +222,20 @@ pub fn render(f: &mut Frame, m: &TopModel) {
     let [bl, br] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom);
     let bold = Style::default().add_modifier(Modifier::BOLD);
+    // Interfaces (by direction and verdict) first, then the reasons.
+    let if_rows = m.ifaces.iter().map(|(i, d, v, pps, bps, tot)| {
+        let dir = if *d == "ingress" { "in" } else { "out" };
+        Row::new(vec![
+            format!("{i} {dir} {v}"),
+            si(*pps),
+            si(*bps * 8.0),
+            tot.to_string(),
+        ])
+    });
     let reasons = Table::new(
-        m.reasons.iter().map(|(n, pps, bps, tot)| {
+        if_rows.chain(m.reasons.iter().map(|(n, pps, bps, tot)| {
             Row::new(vec![n.clone(), si(*pps), si(*bps * 8.0), tot.to_string()])
-        }),
+        })),
         [
             Constraint::Length(16),
             Constraint::Length(6),
@@ -219,8 +243,8 @@ pub fn render(f: &mut Frame, m: &TopModel) {
             Constraint::Min(6),
         ],
     )
-    .header(Row::new(vec!["verdict/reason", "pps", "bps", "total"]).style(bold))
-    .block(Block::default().borders(Borders::ALL).title("verdicts"));
+    .header(Row::new(vec!["interface/reason", "pps", "bps", "total"]).style(bold))
+    .block(Block::default().borders(Borders::ALL).title("traffic"));
     f.render_widget(reasons, tl);
     let rules = Table::new(
         m.rules.iter().map(|(n, a, pps, tot)| {
@@ -268,22 +292,16 @@ pub fn render(f: &mut Frame, m: &TopModel) {
             .title("top denied sources"),
     );
     f.render_widget(denied, br);
-    let ifs: Vec<String> = m
-        .ifaces
-        .iter()
-        .map(|(i, p, b)| format!("{i} {p}p/{}B", si(*b as f64)))
-        .collect();
     let e = |k: u32| m.events.get(k as usize).copied().unwrap_or(0);
     f.render_widget(
         Paragraph::new(format!(
-            "ct {}/{}  ev {} smp {} lim {} lost {}  {}",
+            "ct {}/{}  events: {} sent, {} sampled out, {} limited, {} lost",
             m.ct.0,
             m.ct.1,
             e(abi::EV_EMITTED),
             e(abi::EV_SAMPLED_OUT),
             e(abi::EV_RATE_LIMITED),
             e(abi::EV_LOST),
-            ifs.join(" ")
         )),
         foot,
     );
