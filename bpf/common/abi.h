@@ -140,6 +140,18 @@ struct count_value {
 #define FW_MAP_STATS "fw_stats"
 
 /*
+ * fw_ctseen: BPF_MAP_TYPE_ARRAY, FW_CTSEEN_SLOTS entries of __u32, pinned by
+ *   name with fw_ct: a counting presence filter in front of conntrack. Slot
+ *   fw_ct_hash(key) % FW_CTSEEN_SLOTS counts the fw_ct entries inserted with
+ *   that hash (incremented before an insert, decremented after a delete that
+ *   succeeded; LRU evictions leave it high). 0 means "certainly not tracked",
+ *   so a flood of new flows skips the conntrack lookup; never a false "absent".
+ *   writer/reader: fw programs (moat clears it with fw_ct)
+ */
+#define FW_MAP_CTSEEN "fw_ctseen"
+#define FW_CTSEEN_SLOTS 65536
+
+/*
  * fw_flows: BPF_MAP_TYPE_LRU_HASH, 4096, pinned by name: denied flows
  *   (allowed ones are the fw_ct entries). A new denied flow is recorded only
  *   while the flow token bucket allows (fw_config.flow_cost_ns); the others are counted

@@ -84,6 +84,14 @@ struct {
 } fw_ct SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_CTSEEN_SLOTS);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_ctseen SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__uint(pinning, PIN_BY_NAME);
@@ -164,6 +172,18 @@ static __always_inline int fw_stat(__u32 reason, __u64 len)
 {
 	fw_count(&fw_stats, reason, len);
 	return reason >= FW_STAT_DROP_RULE && reason <= FW_STAT_DROP_FRAGMENT ? FW_DROP : FW_PASS;
+}
+
+/* FNV-1a over the key's 32-bit words: the fw_ctseen slot of a connection. */
+static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = 0x811c9dc5;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*k) / 4); i++)
+		h = (h ^ w[i]) * 0x01000193;
+	return (h ^ (h >> 16)) & (FW_CTSEEN_SLOTS - 1);
 }
 
 static __always_inline __u8 fw_proto_key(__u8 proto)
@@ -398,7 +418,8 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	__u32 action;
 	__u8 *src, *dst, *l4;
 	__be16 dport = 0, pport = 0;
-	__u32 rule = 0, off, reason;
+	__u32 rule = 0, off, reason, seen_slot;
+	__u32 *seen;
 	__u8 flags = 0;
 	__u8 icmp_error = 0;
 	int local_is_src = dir == FW_DIR_EGRESS;
@@ -475,7 +496,10 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
 	}
 
-	ct = bpf_map_lookup_elem(&fw_ct, &k);
+	/* The presence filter first: a zero slot means no entry has this hash. */
+	seen_slot = fw_ct_hash(&k);
+	seen = bpf_map_lookup_elem(&fw_ctseen, &seen_slot);
+	ct = seen && *seen == 0 ? NULL : bpf_map_lookup_elem(&fw_ct, &k);
 	if (ct) {
 		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
 		__u32 timeout = proto == IPPROTO_TCP ? cfg->timeout_tcp :
@@ -484,7 +508,8 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		/* (another CPU may have stamped the entry after we read the clock) */
 		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
 			/* Idle too long: forget it; this packet is a first packet. */
-			bpf_map_delete_elem(&fw_ct, &k);
+			if (bpf_map_delete_elem(&fw_ct, &k) == 0 && seen)
+				__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 			fw_count(&fw_stats, FW_STAT_CT_EXPIRED, len);
 			ct = NULL;
 		}
@@ -498,7 +523,8 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 			flags = action >> 8;
 			action &= 0xFF;
 			if (action != FW_ACTION_ALLOW) {
-				bpf_map_delete_elem(&fw_ct, &k);
+				if (bpf_map_delete_elem(&fw_ct, &k) == 0 && seen)
+					__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 				o->rule = rule;
 				o->has_rule = 1;
 				o->log = flags & FW_FLAG_LOG;
@@ -540,7 +566,12 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 			v.dir0 = dir;
 			v.flags = flags;
 			v.ifindex = ifindex;
-			bpf_map_update_elem(&fw_ct, &k, &v, BPF_ANY);
+			/* Count before inserting: a reader never sees the entry
+			 * with its slot at zero. */
+			if (seen)
+				__sync_fetch_and_add(seen, 1);
+			if (bpf_map_update_elem(&fw_ct, &k, &v, BPF_ANY) && seen)
+				__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 		}
 	}
 	if (meta & META_FRAG_MORE) {

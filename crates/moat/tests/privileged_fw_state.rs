@@ -73,6 +73,12 @@ fn idle_connections_expire_and_replies_are_judged_again() {
             r.passed && reason(r) == "pass_established",
             "the reply of a tracked connection passes"
         );
+        // The presence filter counts the entry in the slot Rust computes for
+        // its key, and in no other (the reply did not count it again).
+        let seen = inst.ct_keys_seen().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].1, 1, "fw_ctseen slot of the tracked connection");
+        assert_eq!(inst.ctseen_nonzero().unwrap(), 1);
         // Idle for a bit less than the timeout: still tracked.
         assert_eq!(age_conntrack(&mut inst, timeout - 10), 1);
         let r = inst.run(Dir::Ingress, &reply).unwrap();
@@ -93,6 +99,11 @@ fn idle_connections_expire_and_replies_are_judged_again() {
             expired_before + 1
         );
         assert_eq!(age_conntrack(&mut inst, 0), 0, "the expired entry is gone");
+        assert_eq!(
+            inst.ctseen_nonzero().unwrap(),
+            0,
+            "deleting the entry brought its presence slot back to 0"
+        );
         inst.clear_state().unwrap();
     }
 }

@@ -371,7 +371,18 @@ impl FwInstance {
     /// Removes every conntrack, fragment and denied-flow entry (private
     /// instances only).
     pub fn clear_state(&mut self) -> Result<()> {
+        // The presence filter's slots of the entries removed go back to 0.
+        let keys: Vec<FwCtKey> = {
+            let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
+            ct.keys().filter_map(Result::ok).collect()
+        };
         clear_hash::<FwCtKey, FwCtVal>(self.map_mut(abi::MAP_CT)?)?;
+        {
+            let mut seen: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_CTSEEN)?)?;
+            for k in &keys {
+                seen.set(ct_hash(k), 0, 0)?;
+            }
+        }
         clear_hash::<FwCtKey, moat_abi::fw::FwFlowVal>(self.map_mut(abi::MAP_FLOWS)?)?;
         clear_hash::<FwFragKey, u32>(self.map_mut(abi::MAP_FRAG)?)
     }
@@ -383,6 +394,25 @@ impl FwInstance {
         (0..abi::EV_MAX)
             .map(|i| Ok(a.get(&i, 0)?.iter().sum()))
             .collect()
+    }
+
+    /// The conntrack keys, and the presence-filter counter of each key's slot.
+    pub fn ct_keys_seen(&self) -> Result<Vec<(FwCtKey, u32)>> {
+        let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
+        let seen: Array<_, u32> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
+        ct.keys()
+            .filter_map(Result::ok)
+            .map(|k| Ok((k, seen.get(&ct_hash(&k), 0)?)))
+            .collect()
+    }
+
+    /// Slots of the presence filter that are not zero.
+    pub fn ctseen_nonzero(&self) -> Result<usize> {
+        let seen: Array<_, u32> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
+        Ok(seen
+            .iter()
+            .filter(|v| matches!(v, Ok(x) if *x != 0))
+            .count())
     }
 
     /// Number of conntrack entries.
@@ -441,6 +471,24 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> 
         t.remove(&k)?;
     }
     Ok(())
+}
+
+/// `fw_ct_hash` of fw.bpf.c: the fw_ctseen slot of a connection (FNV-1a
+/// over the key's native-endian 32-bit words).
+pub fn ct_hash(k: &FwCtKey) -> u32 {
+    // SAFETY: FwCtKey is #[repr(C)], 40 bytes of integers and byte arrays,
+    // no padding; reading it as bytes is sound.
+    let bytes: &[u8] = unsafe {
+        std::slice::from_raw_parts(
+            (k as *const FwCtKey).cast::<u8>(),
+            std::mem::size_of::<FwCtKey>(),
+        )
+    };
+    let mut h: u32 = 0x811c_9dc5;
+    for w in bytes.chunks_exact(4) {
+        h = (h ^ u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).wrapping_mul(0x0100_0193);
+    }
+    (h ^ (h >> 16)) & (abi::CTSEEN_SLOTS - 1)
 }
 
 fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
