@@ -581,3 +581,54 @@ fn a_bad_policy_changes_nothing_and_detach_leaves_nothing() {
     );
     assert!(tcp_ok(&lab.ns_a, ip(netlab::B4), 7000));
 }
+
+/// A firewall whose conntrack predates the presence filter (its fw_ctseen
+/// pin is missing): the next apply teaches the new filter every tracked
+/// connection, so replies keep passing under default deny.
+#[test]
+fn tracked_connections_survive_an_apply_over_conntrack_without_presence_filter() {
+    if !common::privileged(
+        "tracked_connections_survive_an_apply_over_conntrack_without_presence_filter",
+    ) {
+        return;
+    }
+    let t = common::tag("seed");
+    let lab = lab("seed");
+    let root = FwRoot::new(&t);
+    let p = policy_file(&t, "default: { ingress: deny, egress: allow }\nrules: []\n");
+    apply(&root, &lab, &p);
+    // A UDP flow b -> a; afterwards a talks first on it (ingress first).
+    let peer = in_ns(&lab.ns_a, || {
+        let u = UdpSocket::bind(SocketAddr::new(ip(netlab::A4), 7200)).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        u
+    });
+    let mine = in_ns(&lab.ns_b, || {
+        let u = UdpSocket::bind(SocketAddr::new(ip(netlab::B4), 0)).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        u
+    });
+    let mut buf = [0u8; 16];
+    mine.send_to(b"hi", SocketAddr::new(ip(netlab::A4), 7200))
+        .unwrap();
+    let (_, b_addr) = peer.recv_from(&mut buf).unwrap();
+    let mut a_talks_first = || {
+        peer.send_to(b"push", b_addr).unwrap();
+        matches!(mine.recv_from(&mut buf), Ok((4, _)))
+    };
+    assert!(a_talks_first(), "a's packet on the tracked flow passes");
+    // As if the running firewall had been made without the filter.
+    let pin = std::path::Path::new(&root.pin_root)
+        .join("fw")
+        .join(moat_abi::fw::MAP_CTSEEN);
+    std::fs::remove_file(&pin).unwrap();
+    apply(&root, &lab, &p);
+    assert!(pin.exists(), "the new filter is pinned");
+    assert!(
+        a_talks_first(),
+        "after the apply, a's packet on the tracked flow still passes (filter seeded from conntrack)"
+    );
+    assert_eq!(root.reason("drop_default"), 0);
+}

@@ -384,7 +384,15 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         .as_ref()
         .map_or(1, |s| s.generation.wrapping_add(1).max(1));
     let mut progress = progress_printer(o.quiet);
+    // Conntrack kept from a firewall without the presence filter (an older
+    // moat): the new filter must learn its entries, before and after the
+    // swap (the old program may add entries in between).
+    let seed_filter =
+        paths.pins.join(abi::MAP_CT).exists() && !paths.pins.join(abi::MAP_CTSEEN).exists();
     let mut inst = FwInstance::load(&p, &c, generation, &paths.pins, log, &mut progress)?;
+    if seed_filter {
+        inst.seed_ctseen()?;
+    }
     carry_rule_counters(&paths, old.as_ref(), &p, &mut inst)?;
     let t_fill = t0.elapsed();
 
@@ -408,6 +416,9 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
                 )));
             }
         }
+    }
+    if seed_filter {
+        inst.seed_ctseen()?;
     }
     // Per-rule counters of the instance now in force, for `fw status`.
     let tmp = paths.pins.join("rule_stats_new");

@@ -406,6 +406,27 @@ impl FwInstance {
             .collect()
     }
 
+    /// Marks every conntrack entry in the presence filter whose slot is 0
+    /// (entries made by a program without the filter); returns how many.
+    /// The mark is a count no run of deletes brings back to 0, so racing
+    /// the running program's own +1/-1 can only leave a slot too high.
+    pub fn seed_ctseen(&mut self) -> Result<usize> {
+        let keys: Vec<FwCtKey> = {
+            let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
+            ct.keys().filter_map(Result::ok).collect()
+        };
+        let mut seen: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_CTSEEN)?)?;
+        let mut n = 0;
+        for k in &keys {
+            let slot = ct_hash(k);
+            if seen.get(&slot, 0)? == 0 {
+                seen.set(slot, 1 << 30, 0)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Slots of the presence filter that are not zero.
     pub fn ctseen_nonzero(&self) -> Result<usize> {
         let seen: Array<_, u32> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
