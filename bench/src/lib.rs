@@ -161,6 +161,26 @@ fn measure(prog: &Xdp, frame: &[u8], o: &Opts) -> Result<(f64, (f64, f64), u32)>
     Ok((stat, spread, ret))
 }
 
+/// One measured configuration, also said as a progress line.
+fn sample(
+    scenario: &'static str,
+    n: usize,
+    (ns, spread, ret): (f64, (f64, f64), u32),
+    say: &mut impl FnMut(&str),
+) -> Sample {
+    say(&format!(
+        "{scenario:<34} N={n:<8} {ns:>7.1} ns/packet ({})",
+        verdict(ret)
+    ));
+    Sample {
+        scenario,
+        n,
+        ns,
+        spread,
+        verdict: verdict(ret),
+    }
+}
+
 fn verdict(ret: u32) -> &'static str {
     match ret {
         1 => "drop",
@@ -222,17 +242,7 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
                 } else {
                     "xdp-filter v4: listed, denied"
                 };
-                say(&format!(
-                    "{scenario:<34} N={n:<8} {ns:>7.1} ns/packet ({})",
-                    verdict(ret)
-                ));
-                out.push(Sample {
-                    scenario,
-                    n,
-                    ns,
-                    spread,
-                    verdict: verdict(ret),
-                });
+                out.push(sample(scenario, n, (ns, spread, ret), &mut say));
             }
         }
     }
@@ -282,17 +292,7 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
                 };
                 for (scenario, frame) in cases {
                     let (ns, spread, ret) = measure(inst.xdp()?, &frame, o)?;
-                    say(&format!(
-                        "{scenario:<34} N={n:<8} {ns:>7.1} ns/packet ({})",
-                        verdict(ret)
-                    ));
-                    out.push(Sample {
-                        scenario,
-                        n,
-                        ns,
-                        spread,
-                        verdict: verdict(ret),
-                    });
+                    out.push(sample(scenario, n, (ns, spread, ret), &mut say));
                 }
                 drop_instance(inst, pins)?;
             }

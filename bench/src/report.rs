@@ -178,9 +178,14 @@ fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
-/// Live results: one row per filter, one column per N: median pps
-/// (min–max) and median ratio to the same round's ceiling.
-pub fn live_markdown(res: &[LiveResult], sizes: &[usize]) -> String {
+/// A table with one row per filter (in the order first seen), one column
+/// per N, `cell` filling the measured cells.
+fn filter_table(
+    res: &[LiveResult],
+    sizes: &[usize],
+    rows: impl Fn(Filter) -> bool,
+    cell: impl Fn(&LiveResult) -> String,
+) -> String {
     let mut md = String::from("| filter |");
     for n in sizes {
         let _ = write!(md, " N={n} |");
@@ -191,7 +196,7 @@ pub fn live_markdown(res: &[LiveResult], sizes: &[usize]) -> String {
     }
     md.push('\n');
     let mut filters: Vec<Filter> = Vec::new();
-    for r in res {
+    for r in res.iter().filter(|r| rows(r.filter)) {
         if !filters.contains(&r.filter) {
             filters.push(r.filter);
         }
@@ -201,14 +206,7 @@ pub fn live_markdown(res: &[LiveResult], sizes: &[usize]) -> String {
         for &n in sizes {
             match res.iter().find(|r| r.filter == f && r.n == n) {
                 Some(r) => {
-                    let _ = write!(
-                        md,
-                        " {} ({}–{}) **{:.2}x** |",
-                        human(median(&r.pps)),
-                        human(min(&r.pps)),
-                        human(max(&r.pps)),
-                        median(&r.ratio)
-                    );
+                    let _ = write!(md, " {} |", cell(r));
                 }
                 None => md.push_str(" not run |"),
             }
@@ -218,36 +216,30 @@ pub fn live_markdown(res: &[LiveResult], sizes: &[usize]) -> String {
     md
 }
 
+/// Live results: one row per filter, one column per N: median pps
+/// (min–max) and median ratio to the same round's ceiling.
+pub fn live_markdown(res: &[LiveResult], sizes: &[usize]) -> String {
+    filter_table(
+        res,
+        sizes,
+        |_| true,
+        |r| {
+            format!(
+                "{} ({}–{}) **{:.2}x**",
+                human(median(&r.pps)),
+                human(min(&r.pps)),
+                human(max(&r.pps)),
+                median(&r.ratio)
+            )
+        },
+    )
+}
+
 /// Install times of the live configurations, seconds.
 pub fn install_markdown(res: &[LiveResult], sizes: &[usize]) -> String {
-    let mut md = String::from("| filter |");
-    for n in sizes {
-        let _ = write!(md, " N={n} |");
-    }
-    md.push_str("\n|---|");
-    for _ in sizes {
-        md.push_str("---:|");
-    }
-    md.push('\n');
-    let mut filters: Vec<Filter> = Vec::new();
-    for r in res.iter().filter(|r| r.filter.takes_rules()) {
-        if !filters.contains(&r.filter) {
-            filters.push(r.filter);
-        }
-    }
-    for f in filters {
-        let _ = write!(md, "| {} |", f.name());
-        for &n in sizes {
-            match res.iter().find(|r| r.filter == f && r.n == n) {
-                Some(r) => {
-                    let _ = write!(md, " {:.2} s |", r.install_secs);
-                }
-                None => md.push_str(" not run |"),
-            }
-        }
-        md.push('\n');
-    }
-    md
+    filter_table(res, sizes, Filter::takes_rules, |r| {
+        format!("{:.2} s", r.install_secs)
+    })
 }
 
 /// Live plot: median pps against N, log-log, one line per filter.

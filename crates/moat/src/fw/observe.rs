@@ -165,46 +165,50 @@ pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
     let now = now_coarse_ns();
     let ago = |t: u64| now.saturating_sub(t) as f64 / 1e9;
     let iface = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+    // The parts both tables share: key, direction, interface, counters, times.
+    let flow =
+        |k: &FwCtKey, verdict, dir, ifindex, (packets, bytes), (first, last), rule, reason| Flow {
+            verdict,
+            direction: dir_name(dir),
+            interface: iface(ifindex),
+            proto: proto_name(k.proto),
+            local: addr(k.family, &k.local),
+            local_port: u16::from_be(k.lport),
+            remote: addr(k.family, &k.remote),
+            remote_port: u16::from_be(k.rport),
+            packets,
+            bytes,
+            first_seen_secs_ago: ago(first),
+            last_seen_secs_ago: ago(last),
+            rule: rule_name(&state, rule),
+            reason,
+        };
     let mut out = Vec::new();
     let (ct, _) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
-    for e in ct.iter() {
-        let Ok((k, v)) = e else { continue };
-        out.push(Flow {
-            verdict: "allow",
-            direction: dir_name(v.dir0),
-            interface: iface(v.ifindex),
-            proto: proto_name(k.proto),
-            local: addr(k.family, &k.local),
-            local_port: u16::from_be(k.lport),
-            remote: addr(k.family, &k.remote),
-            remote_port: u16::from_be(k.rport),
-            packets: v.packets,
-            bytes: v.bytes,
-            first_seen_secs_ago: ago(v.first_seen_ns),
-            last_seen_secs_ago: ago(v.last_seen_ns),
-            rule: rule_name(&state, v.rule),
-            reason: None,
-        });
+    for (k, v) in ct.iter().filter_map(Result::ok) {
+        out.push(flow(
+            &k,
+            "allow",
+            v.dir0,
+            v.ifindex,
+            (v.packets, v.bytes),
+            (v.first_seen_ns, v.last_seen_ns),
+            v.rule,
+            None,
+        ));
     }
     let (fl, _) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
-    for e in fl.iter() {
-        let Ok((k, v)) = e else { continue };
-        out.push(Flow {
-            verdict: "deny",
-            direction: dir_name(v.dir),
-            interface: iface(v.ifindex),
-            proto: proto_name(k.proto),
-            local: addr(k.family, &k.local),
-            local_port: u16::from_be(k.lport),
-            remote: addr(k.family, &k.remote),
-            remote_port: u16::from_be(k.rport),
-            packets: v.packets,
-            bytes: v.bytes,
-            first_seen_secs_ago: ago(v.first_seen_ns),
-            last_seen_secs_ago: ago(v.last_seen_ns),
-            rule: rule_name(&state, v.rule),
-            reason: abi::STAT_NAMES.get(v.reason as usize).copied(),
-        });
+    for (k, v) in fl.iter().filter_map(Result::ok) {
+        out.push(flow(
+            &k,
+            "deny",
+            v.dir,
+            v.ifindex,
+            (v.packets, v.bytes),
+            (v.first_seen_ns, v.last_seen_ns),
+            v.rule,
+            abi::STAT_NAMES.get(v.reason as usize).copied(),
+        ));
     }
     out.sort_by(|a, b| {
         a.first_seen_secs_ago
@@ -626,70 +630,63 @@ pub fn metrics_text(c: &Counters) -> String {
     let family = |s: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(
-        &mut s,
-        "moat_packets_total",
-        "counter",
-        "Packets the firewall decided, by verdict and reason.",
-    );
-    for (i, v) in c.reasons.iter().enumerate() {
-        let name = abi::STAT_NAMES.get(i).copied().unwrap_or("?");
-        if let Some((verdict, reason)) = name.split_once('_')
-            && (verdict == "pass" || verdict == "drop")
-        {
-            let _ = writeln!(
+    // Packets and bytes of one labelled breakdown, as two counter families.
+    let pair = |s: &mut String, prefix: &str, by: &str, rows: Vec<(String, CountValue)>| {
+        for (unit, bytes) in [("packets", false), ("bytes", true)] {
+            let name = format!("{prefix}_{unit}_total");
+            family(
                 s,
-                "moat_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
-                v.packets
+                &name,
+                "counter",
+                &format!(
+                    "{} {by}.",
+                    if bytes {
+                        "Bytes (whole frames)"
+                    } else {
+                        "Packets"
+                    }
+                ),
             );
+            for (labels, v) in &rows {
+                let _ = writeln!(
+                    s,
+                    "{name}{{{labels}}} {}",
+                    if bytes { v.bytes } else { v.packets }
+                );
+            }
         }
-    }
-    family(
+    };
+    pair(
         &mut s,
-        "moat_bytes_total",
-        "counter",
-        "Bytes (whole frames) the firewall decided, by verdict and reason.",
+        "moat",
+        "the firewall decided, by verdict and reason",
+        c.reasons
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let (verdict, reason) = abi::STAT_NAMES.get(i)?.split_once('_')?;
+                (verdict == "pass" || verdict == "drop")
+                    .then(|| (format!("verdict=\"{verdict}\",reason=\"{reason}\""), *v))
+            })
+            .collect(),
     );
-    for (i, v) in c.reasons.iter().enumerate() {
-        let name = abi::STAT_NAMES.get(i).copied().unwrap_or("?");
-        if let Some((verdict, reason)) = name.split_once('_')
-            && (verdict == "pass" || verdict == "drop")
-        {
-            let _ = writeln!(
-                s,
-                "moat_bytes_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {}",
-                v.bytes
-            );
-        }
-    }
-    family(
+    pair(
         &mut s,
-        "moat_interface_packets_total",
-        "counter",
-        "Packets by interface, direction and verdict.",
+        "moat_interface",
+        "by interface, direction and verdict",
+        c.ifaces
+            .iter()
+            .map(|(i, d, v, c)| {
+                (
+                    format!(
+                        "interface=\"{}\",direction=\"{d}\",verdict=\"{v}\"",
+                        label(i)
+                    ),
+                    *c,
+                )
+            })
+            .collect(),
     );
-    for (i, d, v, c) in &c.ifaces {
-        let _ = writeln!(
-            s,
-            "moat_interface_packets_total{{interface=\"{}\",direction=\"{d}\",verdict=\"{v}\"}} {}",
-            label(i),
-            c.packets
-        );
-    }
-    family(
-        &mut s,
-        "moat_interface_bytes_total",
-        "counter",
-        "Bytes (whole frames) by interface, direction and verdict.",
-    );
-    for (i, d, v, c) in &c.ifaces {
-        let _ = writeln!(
-            s,
-            "moat_interface_bytes_total{{interface=\"{}\",direction=\"{d}\",verdict=\"{v}\"}} {}",
-            label(i),
-            c.bytes
-        );
-    }
     family(
         &mut s,
         "moat_conntrack_expired_total",
@@ -703,38 +700,20 @@ pub fn metrics_text(c: &Counters) -> String {
             .get(abi::STAT_CT_EXPIRED as usize)
             .map_or(0, |v| v.packets)
     );
-    family(
+    pair(
         &mut s,
-        "moat_rule_packets_total",
-        "counter",
-        "Packets decided by each rule (id 0: the defaults).",
+        "moat_rule",
+        "decided by each rule (rule \"(default)\": the defaults)",
+        c.rules
+            .iter()
+            .map(|(n, d, a, v)| {
+                (
+                    format!("rule=\"{}\",direction=\"{d}\",action=\"{a}\"", label(n)),
+                    *v,
+                )
+            })
+            .collect(),
     );
-    for (n, d, a, v) in &c.rules {
-        let _ = writeln!(
-            s,
-            "moat_rule_packets_total{{rule=\"{}\",direction=\"{}\",action=\"{}\"}} {}",
-            label(n),
-            d,
-            a,
-            v.packets
-        );
-    }
-    family(
-        &mut s,
-        "moat_rule_bytes_total",
-        "counter",
-        "Bytes decided by each rule.",
-    );
-    for (n, d, a, v) in &c.rules {
-        let _ = writeln!(
-            s,
-            "moat_rule_bytes_total{{rule=\"{}\",direction=\"{}\",action=\"{}\"}} {}",
-            label(n),
-            d,
-            a,
-            v.bytes
-        );
-    }
     family(
         &mut s,
         "moat_events_total",
