@@ -134,31 +134,45 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Kernel-measured ns/packet of an XDP program on one frame.
+/// Kernel-measured ns/packet of one BPF_PROG_TEST_RUN call, and the verdict.
+fn run_once(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.duration.as_nanos() as f64, r.return_value))
+}
+
+/// Fastest and slowest round.
+fn min_max(runs: &[f64]) -> (f64, f64) {
+    (
+        runs.iter().copied().fold(f64::MAX, f64::min),
+        runs.iter().copied().fold(0.0, f64::max),
+    )
+}
+
+/// The median round, or with MOAT_BENCH_STAT=min the fastest.
+fn stat(runs: &[f64]) -> f64 {
+    if std::env::var("MOAT_BENCH_STAT").as_deref() == Ok("min") {
+        min_max(runs).0
+    } else {
+        median(runs.to_vec())
+    }
+}
+
+/// Kernel-measured ns/packet of an XDP program on one frame over the rounds.
 fn measure(prog: &Xdp, frame: &[u8], o: &Opts) -> Result<(f64, (f64, f64), u32)> {
     let mut runs = Vec::new();
     let mut ret = 0;
     for _ in 0..o.rounds {
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat: o.repeat,
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        ret = r.return_value;
-        runs.push(r.duration.as_nanos() as f64);
+        let (ns, r) = run_once(prog, frame, o.repeat)?;
+        runs.push(ns);
+        ret = r;
     }
-    let spread = (
-        runs.iter().copied().fold(f64::MAX, f64::min),
-        runs.iter().copied().fold(0.0, f64::max),
-    );
-    // MOAT_BENCH_STAT=min reports the fastest round (steadier on a noisy VM).
-    let stat = if std::env::var("MOAT_BENCH_STAT").as_deref() == Ok("min") {
-        spread.0
-    } else {
-        median(runs)
-    };
-    Ok((stat, spread, ret))
+    Ok((stat(&runs), min_max(&runs), ret))
 }
 
 /// One measured configuration, also said as a progress line.
@@ -247,24 +261,30 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
         }
     }
 
+    // moat: for one rule family and address family, every size is loaded
+    // side by side (each with its own conntrack) and the sizes are measured
+    // in interleaved rounds (1, 10, ..., 1M, 1, 10, ...), so drift on the
+    // machine spreads over all of them instead of favouring some.
     type Build = fn(usize, bool) -> Policy;
     let families: [(&str, Build); 2] = [("rules", rules_policy), ("blocklist", blocklist_policy)];
-    for &n in &o.sizes {
-        for (family, build) in families {
-            for six in [false, true] {
+    for (family, build) in families {
+        for six in [false, true] {
+            let src = |i: usize| {
+                if six {
+                    IpAddr::V6(v6(i))
+                } else {
+                    IpAddr::V4(v4(i))
+                }
+            };
+            let fam = if six { "v6" } else { "v4" };
+            let mut loaded = Vec::new();
+            for &n in &o.sizes {
                 let p = build(n, six);
                 let c = compile(&p);
-                let mut inst = FwInstance::load(&p, &c, 1, pins, &log, &mut |_, _, _| {})
+                let dir = pins.join(format!("{family}-{fam}-{n}"));
+                let mut inst = FwInstance::load(&p, &c, 1, &dir, &log, &mut |_, _, _| {})
                     .map_err(|e| anyhow!("loading {family} N={n}: {e:#}"))?;
                 inst.clear_state()?;
-                let src = |i: usize| {
-                    if six {
-                        IpAddr::V6(v6(i))
-                    } else {
-                        IpAddr::V4(v4(i))
-                    }
-                };
-                let fam = if six { "v6" } else { "v4" };
                 // (scenario, packet): every packet goes through both lookups.
                 let cases: Vec<(&'static str, Vec<u8>)> = match family {
                     "rules" => vec![
@@ -290,22 +310,39 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
                         frame_between(src(n / 2), local(six), 6, 40000, 443),
                     )],
                 };
-                for (scenario, frame) in cases {
-                    let (ns, spread, ret) = measure(inst.xdp()?, &frame, o)?;
-                    out.push(sample(scenario, n, (ns, spread, ret), &mut say));
-                }
-                drop_instance(inst, pins)?;
+                loaded.push((n, inst, cases));
             }
+            // runs[size][case]: one duration per round.
+            let mut runs: Vec<Vec<Vec<f64>>> = loaded
+                .iter()
+                .map(|(_, _, cases)| vec![Vec::new(); cases.len()])
+                .collect();
+            let mut rets: Vec<Vec<u32>> = loaded.iter().map(|(_, _, c)| vec![0; c.len()]).collect();
+            for _ in 0..o.rounds {
+                for (k, (_, inst, cases)) in loaded.iter_mut().enumerate() {
+                    for (j, (_, frame)) in cases.iter().enumerate() {
+                        let (ns, ret) = run_once(inst.xdp()?, frame, o.repeat)?;
+                        runs[k][j].push(ns);
+                        rets[k][j] = ret;
+                    }
+                }
+            }
+            for (k, (n, inst, cases)) in loaded.into_iter().enumerate() {
+                for (j, (scenario, _)) in cases.iter().enumerate() {
+                    let r = std::mem::take(&mut runs[k][j]);
+                    out.push(sample(
+                        scenario,
+                        n,
+                        (stat(&r), min_max(&r), rets[k][j]),
+                        &mut say,
+                    ));
+                }
+                drop(inst);
+            }
+            let _ = std::fs::remove_dir_all(pins);
         }
     }
     Ok(out)
-}
-
-fn drop_instance(inst: FwInstance, pins: &Path) -> Result<()> {
-    drop(inst);
-    // Fresh conntrack for the next configuration.
-    let _ = std::fs::remove_dir_all(pins);
-    Ok(())
 }
 
 fn leak(s: String) -> &'static str {
@@ -323,8 +360,9 @@ pub fn markdown(samples: &[Sample], sizes: &[usize], o: &Opts) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "Kernel-measured time per packet (BPF_PROG_TEST_RUN, repeat {}, {} rounds), in ns, as median (fastest). \
-         The last column compares the fastest rounds: on a shared VM the median moves by ±25% between runs, \
-         the fastest round much less.\n\n| scenario | verdict |",
+         moat's sizes are loaded side by side and measured in interleaved rounds, so the last column, \
+         the ratio of the medians, compares them under the same conditions (between whole runs this \
+         shared VM moves by ±25%).\n\n| scenario | verdict |",
         o.repeat, o.rounds
     ));
     for n in sizes {
@@ -353,7 +391,7 @@ pub fn markdown(samples: &[Sample], sizes: &[usize], o: &Opts) -> String {
             }
         }
         let ratio = match (row.first(), row.last()) {
-            (Some(Some(a)), Some(Some(b))) if a.spread.0 > 0.0 => b.spread.0 / a.spread.0,
+            (Some(Some(a)), Some(Some(b))) if a.ns > 0.0 => b.ns / a.ns,
             _ => f64::NAN,
         };
         if ratio.is_nan() {

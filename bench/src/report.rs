@@ -299,7 +299,7 @@ pub struct Bar {
 /// Evaluates the bars on the results at hand.
 pub fn bars(cost: &[Sample], live: &[LiveResult], traffic: Option<&UnderTraffic>) -> Vec<Bar> {
     let mut out = Vec::new();
-    // 1. per-packet cost at 1M within 1.3x of 1 rule (fastest rounds).
+    // 1. per-packet cost at 1M within 1.3x of 1 rule (medians of interleaved rounds).
     let moat_sc: Vec<&str> = {
         let mut v: Vec<&str> = Vec::new();
         for s in cost {
@@ -316,7 +316,7 @@ pub fn bars(cost: &[Sample], live: &[LiveResult], traffic: Option<&UnderTraffic>
         let one = cost.iter().find(|s| s.scenario == *sc && s.n == 1);
         let big = cost.iter().find(|s| s.scenario == *sc && s.n == 1_000_000);
         if let (Some(a), Some(b)) = (one, big) {
-            let r = b.spread.0 / a.spread.0;
+            let r = b.ns / a.ns;
             if worst.is_none_or(|(w, _)| r > w) {
                 worst = Some((r, sc));
             }
