@@ -396,21 +396,21 @@ struct fw_out {
 	__u32 rule;      /* deciding rule id */
 	__u8 has_rule;   /* count the packet for that rule */
 	__u8 log;        /* the deciding rule has log: true (and this packet is its verdict) */
-	__u8 keyed;      /* *k holds the packet's connection key */
+	__u8 keyed;      /* dropped with its connection key complete in *k */
 };
 
 /*
  * The decision for one parsed packet: returns the FW_STAT_* reason (whether
- * it passes follows from it), fills *k and *o. Counting, flows and events
+ * it passes follows from it), builds the connection key in *k (zeroed by the
+ * caller) and fills *o. Counting, flows and events
  * are the caller's.
  */
 static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u32 offs,
 				      __u32 meta, __u32 frag_id, __u8 dir, __u32 ifindex,
-				      const struct fw_config *cfg, struct fw_ct_key *kp,
+				      const struct fw_config *cfg, struct fw_ct_key *k,
 				      struct fw_out *o)
 {
 	__u64 len = data_end - data;
-	struct fw_ct_key k = {};
 	struct fw_frag_key fk = {};
 	struct fw_ct_val *ct;
 	__u16 eth_proto = meta & 0xFFFF;
@@ -460,10 +460,10 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		return FW_STAT_DROP_FRAGMENT;
 	}
 
-	__builtin_memcpy(k.local, local_is_src ? src : dst, 16);
-	__builtin_memcpy(k.remote, local_is_src ? dst : src, 16);
-	k.proto = proto;
-	k.family = family;
+	__builtin_memcpy(k->local, local_is_src ? src : dst, 16);
+	__builtin_memcpy(k->remote, local_is_src ? dst : src, 16);
+	k->proto = proto;
+	k->family = family;
 
 	off = offs >> 16;
 	if (off > FW_MAX_OFF)
@@ -480,7 +480,7 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
 		if ((void *)(l4 + 8) > data_end)
 			return FW_STAT_DROP_MALFORMED;
-		fw_ct_ports(proto, l4, local_is_src, &k, &dport);
+		fw_ct_ports(proto, l4, local_is_src, k, &dport);
 		pport = dport;
 	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		if ((void *)(l4 + 8) > data_end)
@@ -492,14 +492,14 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		    (dir == FW_DIR_INGRESS ? fw_related_xdp(ctx, off + 8, family)
 					   : fw_related_tc(ctx, off + 8, family)))
 			return FW_STAT_PASS_RELATED;
-		fw_ct_ports(proto, l4, local_is_src, &k, &dport);
+		fw_ct_ports(proto, l4, local_is_src, k, &dport);
 		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
 	}
 
 	/* The presence filter first: a zero slot means no entry has this hash. */
-	seen_slot = fw_ct_hash(&k);
+	seen_slot = fw_ct_hash(k);
 	seen = bpf_map_lookup_elem(&fw_ctseen, &seen_slot);
-	ct = seen && *seen == 0 ? NULL : bpf_map_lookup_elem(&fw_ct, &k);
+	ct = seen && *seen == 0 ? NULL : bpf_map_lookup_elem(&fw_ct, k);
 	if (ct) {
 		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
 		__u32 timeout = proto == IPPROTO_TCP ? cfg->timeout_tcp :
@@ -508,7 +508,7 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		/* (another CPU may have stamped the entry after we read the clock) */
 		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
 			/* Idle too long: forget it; this packet is a first packet. */
-			if (bpf_map_delete_elem(&fw_ct, &k) == 0 && seen)
+			if (bpf_map_delete_elem(&fw_ct, k) == 0 && seen)
 				__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 			fw_count(&fw_stats, FW_STAT_CT_EXPIRED, len);
 			ct = NULL;
@@ -519,16 +519,15 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 			reason = FW_STAT_PASS_ESTABLISHED;
 			rule = ct->rule;
 		} else {
-			action = fw_policy(cfg, &k, ct->dir0, ct->port0, &rule);
+			action = fw_policy(cfg, k, ct->dir0, ct->port0, &rule);
 			flags = action >> 8;
 			action &= 0xFF;
 			if (action != FW_ACTION_ALLOW) {
-				if (bpf_map_delete_elem(&fw_ct, &k) == 0 && seen)
+				if (bpf_map_delete_elem(&fw_ct, k) == 0 && seen)
 					__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 				o->rule = rule;
 				o->has_rule = 1;
 				o->log = flags & FW_FLAG_LOG;
-				*kp = k;
 				o->keyed = 1;
 				return FW_STAT_DROP_REVOKED;
 			}
@@ -541,14 +540,13 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		__sync_fetch_and_add(&ct->packets, 1);
 		__sync_fetch_and_add(&ct->bytes, len);
 	} else {
-		action = fw_policy(cfg, &k, dir, pport, &rule);
+		action = fw_policy(cfg, k, dir, pport, &rule);
 		flags = action >> 8;
 		action &= 0xFF;
 		o->rule = rule;
 		o->has_rule = 1;
 		o->log = flags & FW_FLAG_LOG;
 		if (action != FW_ACTION_ALLOW) {
-			*kp = k;
 			o->keyed = 1;
 			return rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT;
 		}
@@ -570,7 +568,7 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 			 * with its slot at zero. */
 			if (seen)
 				__sync_fetch_and_add(seen, 1);
-			if (bpf_map_update_elem(&fw_ct, &k, &v, BPF_ANY) && seen)
+			if (bpf_map_update_elem(&fw_ct, k, &v, BPF_ANY) && seen)
 				__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 		}
 	}

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{
         SchedClassifier, Xdp,
         links::{FdLink, PinnedLink},
@@ -24,10 +24,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use moat_abi::{
-    count::CountValue,
-    fw::{self as abi, FwCtKey, FwCtVal},
-};
+use moat_abi::{count::CountValue, fw as abi};
 use moat_core::{
     counters::human,
     fw::{Action, Dir, Flow, Policy, compile, policy, reference},
@@ -78,7 +75,7 @@ impl Paths {
             iface.name
         ))
     }
-    fn rule_stats(&self) -> PathBuf {
+    pub(crate) fn rule_stats(&self) -> PathBuf {
         self.pins.join("rule_stats")
     }
 }
@@ -709,16 +706,13 @@ pub fn status(json_out: bool) -> Result<()> {
         }
         return Ok(());
     };
-    let stats_map = pinned_map(&paths.pins.join(abi::MAP_STATS))?;
-    let stats = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&stats_map)?)?;
-    let rules_map = pinned_map(&paths.rule_stats())?;
-    let rules = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&rules_map)?)?;
-    let ct_data = MapData::from_pin(paths.pins.join(abi::MAP_CT))
-        .map_err(|e| anyhow!("opening conntrack: {e}"))?;
-    let ct_max = ct_data.info().map(|i| i.max_entries()).unwrap_or(0);
-    let ct_map = Map::from_map_data(ct_data)?;
-    let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(&ct_map)?;
-    let ct_entries = ct.keys().filter(Result::is_ok).count();
+    let counters = super::observe::counters(&paths)?;
+    let stats = &counters.reasons;
+    let (ct_entries, ct_max) = counters
+        .maps
+        .iter()
+        .find(|m| m.0 == abi::MAP_CT)
+        .map_or((0, 0), |m| (m.1 as usize, m.2));
     let links_ok: Vec<(Iface, bool)> = state
         .interfaces
         .iter()
@@ -733,13 +727,13 @@ pub fn status(json_out: bool) -> Result<()> {
         .chain(state.rules.iter().map(|r| (r.name.clone(), r.direction.clone(), r.action.clone(), r.line)))
         .enumerate()
         .map(|(i, (name, dir, action, line))| {
-            let v = rules.get(i).copied().unwrap_or_default();
+            let v = counters.rules.get(i).map(|r| r.3).unwrap_or_default();
             json!({ "id": i, "rule": name, "direction": dir, "action": action, "line": line, "packets": v.packets, "bytes": v.bytes })
         })
         .collect();
     let reasons: serde_json::Map<String, serde_json::Value> = abi::STAT_NAMES
         .iter()
-        .zip(&stats)
+        .zip(stats)
         .map(|(n, v)| {
             (
                 (*n).to_string(),
@@ -805,7 +799,7 @@ pub fn status(json_out: bool) -> Result<()> {
         );
     }
     println!("\n  {:<18} {:>12} {:>12}", "reason", "packets", "bytes");
-    for (n, v) in abi::STAT_NAMES.iter().zip(&stats) {
+    for (n, v) in abi::STAT_NAMES.iter().zip(stats) {
         println!(
             "  {:<18} {:>12} {:>12}",
             n,

@@ -97,16 +97,6 @@ fn dir_name(d: u8) -> &'static str {
     }
 }
 
-fn now_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -162,7 +152,7 @@ fn running(paths: &Paths) -> Result<State> {
 pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
     let state = running(paths)?;
     let names = iface_names(&state);
-    let now = now_coarse_ns();
+    let now = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
     let ago = |t: u64| now.saturating_sub(t) as f64 / 1e9;
     let iface = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
     // The parts both tables share: key, direction, interface, counters, times.
@@ -524,7 +514,7 @@ pub fn counters(paths: &Paths) -> Result<Counters> {
     let state = running(paths)?;
     let stats_map = pinned_map(&paths.pins.join(abi::MAP_STATS))?;
     let reasons = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&stats_map)?)?;
-    let rules_map = pinned_map(&paths.pins.join("rule_stats"))?;
+    let rules_map = pinned_map(&paths.rule_stats())?;
     let hits = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&rules_map)?)?;
     let rules = std::iter::once(("(default)".to_string(), String::new(), String::new()))
         .chain(
