@@ -44,7 +44,8 @@
 #define COUNT_CLASS_IPV6_OTHER 7
 #define COUNT_CLASS_ARP        8
 #define COUNT_CLASS_OTHER      9
-#define COUNT_CLASS_MAX        10
+#define COUNT_CLASS_VLAN_TOO_DEEP  10 /* more tags than MOAT_MAX_VLAN_DEPTH: contents unknown */
+#define COUNT_CLASS_MAX        11
 
 /* Frames counted and their bytes (whole frame from the Ethernet header on). */
 struct count_value {
@@ -53,7 +54,7 @@ struct count_value {
 };
 
 /* Parser limits (shared so userspace can document and test them). */
-#define MOAT_MAX_VLAN_DEPTH   2 /* 802.1Q / 802.1ad tags skipped (QinQ) */
+#define MOAT_MAX_VLAN_DEPTH   8 /* 802.1Q / 802.1ad tags skipped (QinQ and deeper) */
 #define MOAT_MAX_IPV6_EXTHDRS 8 /* IPv6 extension headers walked */
 
 
@@ -224,7 +225,8 @@ struct count_value {
 #define FW_STAT_DROP_MALFORMED  11 /* IP header or transport header cut/invalid */
 #define FW_STAT_DROP_FRAGMENT   12 /* later fragment whose first did not pass */
 #define FW_STAT_CT_EXPIRED      13 /* (not a verdict) tracked connection idle past its timeout */
-#define FW_STAT_MAX             14
+#define FW_STAT_DROP_VLAN_DEPTH 14 /* more VLAN tags than MOAT_MAX_VLAN_DEPTH (Linux would deliver it) */
+#define FW_STAT_MAX             15
 
 #define FW_DIR_INGRESS 0
 #define FW_DIR_EGRESS  1

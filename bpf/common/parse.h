@@ -4,7 +4,8 @@
  * programs of every family. All functions are __always_inline and bounded.
  *
  * The parser walks: Ethernet -> up to MOAT_MAX_VLAN_DEPTH 802.1Q/802.1ad tags
- * -> IPv4 (full header incl. options must be present) or IPv6 (fixed header
+ * (a deeper stack is flagged vlan_deep: Linux strips VID-0 tags at any depth
+ * and delivers the IP packet inside, so it is never "not IP") -> IPv4 (full header incl. options must be present) or IPv6 (fixed header
  * must be present, then up to MOAT_MAX_IPV6_EXTHDRS extension headers).
  * The reference model of the same rules is moat-core::classify (Rust); the two
  * are compared on random frames through BPF_PROG_TEST_RUN.
@@ -34,7 +35,8 @@ struct moat_l3 {
 	__u32 l4_off;     /* offset of the transport header (may be >= length) */
 	__u8 frag_later;  /* 1 for a non-first fragment (transport header absent) */
 	__u8 frag_more;   /* 1 if more fragments follow (MF set) */
-	__u8 pad[2];
+	__u8 vlan_deep;   /* 1 if the tag stack goes deeper than MOAT_MAX_VLAN_DEPTH */
+	__u8 pad;
 	__u32 frag_id;    /* fragment identification (IPv4: 16 bits) */
 };
 
@@ -159,6 +161,7 @@ static __always_inline void moat_parse(void *data, void *data_end, struct moat_l
 	r->frag_later = 0;
 	r->frag_more = 0;
 	r->frag_id = 0;
+	r->vlan_deep = 0;
 
 	if ((void *)(eth + 1) > data_end)
 		return;
@@ -174,8 +177,13 @@ static __always_inline void moat_parse(void *data, void *data_end, struct moat_l
 		proto = bpf_ntohs(vh->proto);
 		off += sizeof(*vh);
 	}
-	if (moat_is_vlan(proto))
-		return; /* deeper than MOAT_MAX_VLAN_DEPTH: other */
+	if (moat_is_vlan(proto)) {
+		/* Deeper than the parser follows. The kernel strips tags with VID 0
+		 * at any depth and delivers what is inside, so such a frame may be
+		 * IP: callers must not treat it as non-IP (the firewall drops it). */
+		r->vlan_deep = 1;
+		return;
+	}
 
 	r->eth_proto = proto;
 	r->l3_off = off;

@@ -20,6 +20,8 @@ struct {
 
 static __always_inline __u32 count_class(const struct moat_l3 *r)
 {
+	if (r->vlan_deep)
+		return COUNT_CLASS_VLAN_TOO_DEEP;
 	switch (r->eth_proto) {
 	case ETH_P_ARP:
 		return COUNT_CLASS_ARP;

@@ -168,10 +168,25 @@ static __always_inline void fw_count(void *map, __u32 idx, __u64 len)
 	}
 }
 
+/* The verdict of each reason, spelled out (not inferred from the order). */
+static __always_inline int fw_reason_verdict(__u32 reason)
+{
+	switch (reason) {
+	case FW_STAT_DROP_RULE:
+	case FW_STAT_DROP_DEFAULT:
+	case FW_STAT_DROP_REVOKED:
+	case FW_STAT_DROP_MALFORMED:
+	case FW_STAT_DROP_FRAGMENT:
+	case FW_STAT_DROP_VLAN_DEPTH:
+		return FW_DROP;
+	}
+	return FW_PASS;
+}
+
 static __always_inline int fw_stat(__u32 reason, __u64 len)
 {
 	fw_count(&fw_stats, reason, len);
-	return reason >= FW_STAT_DROP_RULE && reason <= FW_STAT_DROP_FRAGMENT ? FW_DROP : FW_PASS;
+	return fw_reason_verdict(reason);
 }
 
 /* FNV-1a over the key's 32-bit words: the fw_ctseen slot of a connection. */
@@ -378,17 +393,20 @@ __noinline int fw_related_tc(struct __sk_buff *skb, __u32 inner_off, __u32 famil
 /*
  * Parse results handed from the entry programs to the core, packed in scalars:
  * offs = l3_off | l4_off << 16;
- * meta = eth_proto | l4_proto << 16 | l3_ok << 24 | frag_later << 25 | frag_more << 26.
+ * meta = eth_proto | l4_proto << 16 | l3_ok << 24 | frag_later << 25 | frag_more << 26
+ *        | vlan_deep << 27.
  */
 #define META_L3_OK      (1u << 24)
 #define META_FRAG_LATER (1u << 25)
 #define META_FRAG_MORE  (1u << 26)
+#define META_VLAN_DEEP  (1u << 27)
 
 static __always_inline void fw_pack(const struct moat_l3 *r, __u32 *offs, __u32 *meta)
 {
 	*offs = (r->l3_off & 0xFFFF) | (r->l4_off << 16);
 	*meta = r->eth_proto | ((__u32)r->l4_proto << 16) | (r->l3_ok ? META_L3_OK : 0) |
-		(r->frag_later ? META_FRAG_LATER : 0) | (r->frag_more ? META_FRAG_MORE : 0);
+		(r->frag_later ? META_FRAG_LATER : 0) | (r->frag_more ? META_FRAG_MORE : 0) |
+		(r->vlan_deep ? META_VLAN_DEEP : 0);
 }
 
 /* What fw_judge found besides the reason. */
@@ -424,6 +442,9 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	__u8 icmp_error = 0;
 	int local_is_src = dir == FW_DIR_EGRESS;
 
+	/* A frame passes unjudged only if the kernel cannot deliver it as IP. */
+	if (meta & META_VLAN_DEEP)
+		return FW_STAT_DROP_VLAN_DEPTH;
 	if (eth_proto != ETH_P_IP && eth_proto != ETH_P_IPV6)
 		return FW_STAT_PASS_NON_IP;
 	if (!(meta & META_L3_OK))

@@ -25,8 +25,10 @@ pub mod count {
     pub const CLASS_IPV6_OTHER: u32 = 7;
     pub const CLASS_ARP: u32 = 8;
     pub const CLASS_OTHER: u32 = 9;
+    /// More VLAN tags than the parser follows (`MAX_VLAN_DEPTH`): contents unknown.
+    pub const CLASS_VLAN_TOO_DEEP: u32 = 10;
     /// Number of classes (`max_entries` of `count_stats`).
-    pub const CLASS_MAX: u32 = 10;
+    pub const CLASS_MAX: u32 = 11;
 
     /// Class names, indexed by class.
     pub const CLASS_NAMES: [&str; CLASS_MAX as usize] = [
@@ -40,6 +42,7 @@ pub mod count {
         "ipv6_other",
         "arp",
         "other",
+        "vlan_too_deep",
     ];
 
     /// `struct count_value`: frames and bytes (whole frame from Ethernet on).
@@ -101,7 +104,9 @@ pub mod fw {
     pub const STAT_DROP_FRAGMENT: u32 = 12;
     /// Not a verdict: a tracked connection was idle past its timeout.
     pub const STAT_CT_EXPIRED: u32 = 13;
-    pub const STAT_MAX: u32 = 14;
+    /// More VLAN tags than the parser follows: dropped (Linux would deliver it).
+    pub const STAT_DROP_VLAN_DEPTH: u32 = 14;
+    pub const STAT_MAX: u32 = 15;
     /// Names of the reasons, indexed by `STAT_*`.
     pub const STAT_NAMES: [&str; STAT_MAX as usize] = [
         "pass_established",
@@ -118,6 +123,7 @@ pub mod fw {
         "drop_malformed",
         "drop_fragment",
         "ct_expired",
+        "drop_vlan_depth",
     ];
 
     /// Index into `fw_evstats`.
@@ -343,7 +349,7 @@ pub mod fw {
 /// Parser limits shared with `bpf/common/parse.h`.
 pub mod parse {
     /// 802.1Q/802.1ad tags skipped before the ethertype is read.
-    pub const MAX_VLAN_DEPTH: usize = 2;
+    pub const MAX_VLAN_DEPTH: usize = 8;
     /// IPv6 extension headers walked before giving up.
     pub const MAX_IPV6_EXTHDRS: usize = 8;
 }

@@ -5,8 +5,9 @@
 //!
 //! Rules:
 //! * fewer than 14 bytes: `other`.
-//! * up to two 802.1Q (0x8100) / 802.1ad (0x88A8) tags are skipped; a cut tag
-//!   or a third tag: `other`.
+//! * up to eight 802.1Q (0x8100) / 802.1ad (0x88A8) tags are skipped; a cut
+//!   tag: `other`; a ninth tag: `vlan_too_deep` (Linux strips VID-0 tags at any
+//!   depth, so what is inside may well be IP).
 //! * ethertype 0x0806: `arp`.
 //! * 0x0800: the whole IPv4 header including options must be present with
 //!   version 4 and IHL >= 5, else `ipv4_other`; then by protocol field
@@ -34,7 +35,7 @@ pub fn classify(frame: &[u8]) -> u32 {
     let mut tags = 0;
     while ethertype == 0x8100 || ethertype == 0x88A8 {
         if tags == MAX_VLAN_DEPTH {
-            return CLASS_OTHER;
+            return CLASS_VLAN_TOO_DEEP;
         }
         match be16(frame, at + 2) {
             Some(t) => ethertype = t,

@@ -279,7 +279,7 @@ fn fixtures() -> Vec<Fixture> {
             CLASS_IPV4_ICMP,
         ),
         fx(
-            "three VLAN tags",
+            "three VLAN tags (Linux delivers the IPv4 inside)",
             ethernet(
                 MAC_DST,
                 MAC_SRC,
@@ -287,7 +287,29 @@ fn fixtures() -> Vec<Fixture> {
                 ETH_P_IP,
                 &ipv4(A4, B4, IPPROTO_TCP, &tcp4),
             ),
-            CLASS_OTHER,
+            CLASS_IPV4_TCP,
+        ),
+        fx(
+            "eight VID-0 tags, ipv6 udp",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021Q, 0); 8],
+                ETH_P_IPV6,
+                &ipv6(A6, B6, IPPROTO_UDP, &udp(Ips::V6(A6, B6), 1, 2, &[])),
+            ),
+            CLASS_IPV6_UDP,
+        ),
+        fx(
+            "nine VLAN tags: deeper than the parser follows",
+            ethernet(
+                MAC_DST,
+                MAC_SRC,
+                &[(ETH_P_8021AD, 0); 9],
+                ETH_P_IP,
+                &ipv4(A4, B4, IPPROTO_TCP, &tcp4),
+            ),
+            CLASS_VLAN_TOO_DEEP,
         ),
         fx(
             "802.1Q tag cut short",
@@ -527,7 +549,7 @@ fn random_frames_match_reference_model() {
 }
 
 fn random_frame(rng: &mut SmallRng) -> Vec<u8> {
-    let vlans: Vec<(u16, u16)> = (0..rng.gen_range(0..=3))
+    let vlans: Vec<(u16, u16)> = (0..rng.gen_range(0..=10))
         .map(|_| {
             (
                 if rng.gen_bool(0.5) {

@@ -147,6 +147,8 @@ pub fn moat_pins() -> Vec<String> {
 pub struct FwRoot {
     pub pin_root: String,
     pub state_root: String,
+    /// The tag's policy directory (see [`policy_file`]), removed on drop.
+    pub policy_dir: std::path::PathBuf,
 }
 
 impl FwRoot {
@@ -154,6 +156,7 @@ impl FwRoot {
         FwRoot {
             pin_root: format!("/sys/fs/bpf/moat-test-{tag}"),
             state_root: format!("/run/moat-test-{tag}"),
+            policy_dir: policy_dir(tag),
         }
     }
 
@@ -190,12 +193,19 @@ impl Drop for FwRoot {
         let _ = self.moat(&["fw", "detach"]);
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.state_root);
+        let _ = std::fs::remove_dir_all(&self.policy_dir);
     }
 }
 
-/// Writes a policy file into a fresh temp dir and returns its path.
+/// Where [`policy_file`] writes the policies of a tag.
+pub fn policy_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("moat-pol-{tag}"))
+}
+
+/// Writes a policy file into the tag's temp dir and returns its path (the
+/// [`FwRoot`] of the same tag removes the dir).
 pub fn policy_file(tag: &str, yaml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("moat-pol-{tag}"));
+    let dir = policy_dir(tag);
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("policy.yaml");
     std::fs::write(&p, yaml).unwrap();
