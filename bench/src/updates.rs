@@ -49,7 +49,7 @@ impl Scratch {
             pins: PathBuf::from(format!("/sys/fs/bpf/moat-bench-{tag}")),
             state: std::env::temp_dir().join(format!("moat-bench-{tag}")),
         };
-        std::fs::create_dir_all(&s.state)?;
+        moat::sys::private_dir(&s.state)?;
         Ok(s)
     }
     fn paths(&self) -> Paths {

@@ -150,6 +150,15 @@ struct count_value {
  *   writer/reader: fw programs (moat clears it with fw_ct)
  */
 #define FW_MAP_CTSEEN "fw_ctseen"
+
+/*
+ * fw_gen: BPF_MAP_TYPE_ARRAY, 1 entry of __u64, pinned by name: the last
+ *   policy generation moat handed out. Not used by the programs: it is the
+ *   kernel-side record that keeps generations strictly increasing across
+ *   failed applies, crashes and a lost state file.
+ *   writer/reader: moat fw apply (under the firewall lock)
+ */
+#define FW_MAP_GEN "fw_gen"
 #define FW_CTSEEN_SLOTS 65536
 
 /*

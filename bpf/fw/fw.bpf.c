@@ -91,6 +91,15 @@ struct {
 	__type(value, __u32);
 } fw_ctseen SEC(".maps");
 
+/* Not used here: userspace's record of the last generation (see abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} fw_gen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);

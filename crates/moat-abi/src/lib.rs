@@ -78,6 +78,8 @@ pub mod fw {
     pub const MAP_EVSTATS: &str = "fw_evstats";
     pub const MAP_IFSTATS: &str = "fw_ifstats";
     pub const MAP_CTSEEN: &str = "fw_ctseen";
+    /// The last generation handed out (pinned; written by moat, not the programs).
+    pub const MAP_GEN: &str = "fw_gen";
     pub const CTSEEN_SLOTS: u32 = 65536;
     /// Interface slots of `fw_ifstats` (index: see [`ifstat_idx`]).
     pub const IF_SLOTS: u32 = 256;
@@ -383,6 +385,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, u64>("fw", fw::MAP_EVSTATS),
     map::<u32, count::CountValue>("fw", fw::MAP_IFSTATS),
     map::<u32, u32>("fw", fw::MAP_CTSEEN),
+    map::<u32, u64>("fw", fw::MAP_GEN),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {

@@ -115,6 +115,7 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_MAP_EVSTATS", fw::MAP_EVSTATS.into()),
         ("FW_MAP_IFSTATS", fw::MAP_IFSTATS.into()),
         ("FW_MAP_CTSEEN", fw::MAP_CTSEEN.into()),
+        ("FW_MAP_GEN", fw::MAP_GEN.into()),
         ("FW_CTSEEN_SLOTS", fw::CTSEEN_SLOTS.to_string()),
         ("FW_IF_SLOTS", fw::IF_SLOTS.to_string()),
         ("FW_EV_MAX", fw::EV_MAX.to_string()),

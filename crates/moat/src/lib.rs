@@ -2,6 +2,7 @@
 //! (`main.rs`) is only the command line; the privileged tests call these
 //! modules directly too.
 
+pub mod bpfsys;
 pub mod count;
 pub mod demo;
 pub mod fw;

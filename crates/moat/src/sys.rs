@@ -84,6 +84,72 @@ fn is_bpffs(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// Makes `dir` a directory only root controls, creating what is missing with
+/// mode 0700, and refuses (naming the path, owner and mode) a path that
+/// someone else could change: every component must be a real directory (no
+/// symlink) owned by root, not writable by others unless sticky (like
+/// /sys/fs/bpf and /tmp, where others cannot remove root's entries), and
+/// `dir` itself must be closed to others (no group/other bits). A directory
+/// an unprivileged user made in advance (in world-writable /sys/fs/bpf, say)
+/// is refused, never adopted.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let mut cur = std::path::PathBuf::new();
+    let comps: Vec<_> = abs.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        let md = match fs::symlink_metadata(&cur) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match fs::DirBuilder::new().mode(0o700).create(&cur) {
+                    Ok(()) => {}
+                    // Someone made it between our look and our mkdir: judge theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("creating {}", cur.display()));
+                    }
+                }
+                fs::symlink_metadata(&cur).with_context(|| format!("checking {}", cur.display()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("checking {}", cur.display())),
+        };
+        let mode = md.mode() & 0o7777;
+        let refuse = |why: &str| {
+            anyhow::anyhow!(
+                "refusing to use {}: {why} (owner uid {}, gid {}, mode {:04o}); moat keeps its state in directories only root controls. Remove it (after finding out who made it) and run the command again",
+                cur.display(),
+                md.uid(),
+                md.gid(),
+                mode
+            )
+        };
+        if md.file_type().is_symlink() {
+            return Err(refuse("it is a symbolic link"));
+        }
+        if !md.is_dir() {
+            return Err(refuse("it is not a directory"));
+        }
+        if md.uid() != 0 {
+            return Err(refuse("it is not owned by root"));
+        }
+        let sticky = mode & 0o1000 != 0;
+        if !sticky && (mode & 0o002 != 0 || (mode & 0o020 != 0 && md.gid() != 0)) {
+            return Err(refuse("others can write to it"));
+        }
+        if last && mode & 0o077 != 0 {
+            return Err(refuse("it is open to group or others"));
+        }
+    }
+    Ok(())
+}
+
 /// "on", "on (debug)" or "off" from /proc/sys/net/core/bpf_jit_enable.
 pub fn jit_status() -> &'static str {
     match fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")

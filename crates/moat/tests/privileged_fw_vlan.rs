@@ -126,7 +126,10 @@ fn vlan_stacks_of_any_depth_are_judged_or_dropped() {
 
     let (a4, b4): (Ipv4Addr, Ipv4Addr) = (netlab::A4.parse().unwrap(), netlab::B4.parse().unwrap());
     let (a6, b6): (Ipv6Addr, Ipv6Addr) = (netlab::A6.parse().unwrap(), netlab::B6.parse().unwrap());
-    let (va4, vb4) = (Ipv4Addr::new(10, 199, 100, 1), Ipv4Addr::new(10, 199, 100, 2));
+    let (va4, vb4) = (
+        Ipv4Addr::new(10, 199, 100, 1),
+        Ipv4Addr::new(10, 199, 100, 2),
+    );
 
     let mut cases = Vec::new();
     let mut n = 0;
@@ -178,7 +181,9 @@ fn vlan_stacks_of_any_depth_are_judged_or_dropped() {
             ("88a8", vec![ad; depth]),
             (
                 "mixed",
-                (0..depth).map(|i| if i % 2 == 0 { ad } else { q }).collect(),
+                (0..depth)
+                    .map(|i| if i % 2 == 0 { ad } else { q })
+                    .collect(),
             ),
         ];
         for (mix, tpids) in mixes {

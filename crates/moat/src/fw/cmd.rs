@@ -1,11 +1,8 @@
 //! `moat fw check | apply | status | explain | detach`.
 //!
-//! State: the links (one XDP, one TCX egress per interface), the shared maps
-//! (conntrack, fragments, reason counters) and the current per-rule counters
-//! are pinned under `MOAT_PIN_ROOT/fw` (default /sys/fs/bpf/moat/fw); what the
-//! pins mean (generation, policy file, rule names, interfaces) is written to
-//! `MOAT_STATE_ROOT/fw/state.json` (default /run/moat). The firewall keeps
-//! running after the command exits: the pinned links hold the programs.
+//! State (see [`super::state`]): the pinned links hold the programs, so the
+//! firewall keeps running after the command exits; what runs is read from the
+//! kernel, the state file only adds names.
 
 use std::{
     io::IsTerminal,
@@ -29,107 +26,17 @@ use moat_core::{
     counters::human,
     fw::{Action, Dir, Flow, Policy, compile, policy, reference},
 };
-use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::os::fd::AsFd;
 
-use super::instance::{FwInstance, sum_percpu};
-use crate::{count::Mode, loader::LogOpts, sys};
-
-/// Where the firewall's pins and state live.
-#[derive(Clone, Debug)]
-pub struct Paths {
-    pub pins: PathBuf,
-    pub state_dir: PathBuf,
-}
-
-impl Paths {
-    /// Pins under `pin_root`/fw, state under `state_root`/fw.
-    pub fn under(pin_root: &Path, state_root: &Path) -> Paths {
-        Paths {
-            pins: pin_root.join("fw"),
-            state_dir: state_root.join("fw"),
-        }
-    }
-
-    /// Defaults, or `MOAT_PIN_ROOT` / `MOAT_STATE_ROOT` (used by the tests to
-    /// keep parallel firewalls apart).
-    pub fn from_env() -> Paths {
-        let pin_root = std::env::var("MOAT_PIN_ROOT").unwrap_or_else(|_| "/sys/fs/bpf/moat".into());
-        let state_root = std::env::var("MOAT_STATE_ROOT").unwrap_or_else(|_| "/run/moat".into());
-        Paths {
-            pins: Path::new(&pin_root).join("fw"),
-            state_dir: Path::new(&state_root).join("fw"),
-        }
-    }
-    fn state_file(&self) -> PathBuf {
-        self.state_dir.join("state.json")
-    }
-    fn links(&self) -> PathBuf {
-        self.pins.join("links")
-    }
-    fn link_pin(&self, iface: &Iface, kind: &str) -> PathBuf {
-        // bpffs refuses names with a dot.
-        self.links().join(format!(
-            "{}@{}@{kind}",
-            iface.netns.as_deref().unwrap_or("host"),
-            iface.name
-        ))
-    }
-    pub(crate) fn rule_stats(&self) -> PathBuf {
-        self.pins.join("rule_stats")
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Iface {
-    pub name: String,
-    pub netns: Option<String>,
-    pub mode: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RuleInfo {
-    pub name: String,
-    pub direction: String,
-    pub action: String,
-    pub line: usize,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct State {
-    pub generation: u32,
-    pub policy: PathBuf,
-    pub applied_unix: u64,
-    pub default_ingress: String,
-    pub default_egress: String,
-    pub rules: Vec<RuleInfo>,
-    pub interfaces: Vec<Iface>,
-    pub addr4_entries: usize,
-    pub addr6_entries: usize,
-    pub verdict_entries: usize,
-    pub classes: usize,
-    pub memory_bytes: usize,
-}
-
-pub(crate) fn read_state(p: &Paths) -> Result<Option<State>> {
-    match std::fs::read_to_string(p.state_file()) {
-        Ok(s) => {
-            Ok(Some(serde_json::from_str(&s).with_context(|| {
-                format!("parsing {}", p.state_file().display())
-            })?))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.state_file().display())),
-    }
-}
-
-fn write_state(p: &Paths, s: &State) -> Result<()> {
-    std::fs::create_dir_all(&p.state_dir)?;
-    let tmp = p.state_dir.join("state.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(s)?)?;
-    std::fs::rename(&tmp, p.state_file())?;
-    Ok(())
-}
+pub use super::state::{Iface, Paths, RuleInfo, State};
+use super::{
+    instance::{FwInstance, sum_percpu},
+    state::{
+        self, FwLock, Kernel, KernelIface, StagedState, StateFile, last_generation, read_state_file,
+    },
+};
+use crate::{bpfsys, count::Mode, loader::LogOpts, sys};
 
 /// Loads and compiles a policy; errors come back as `FILE:LINE:COL: reason`
 /// lines (all of them).
@@ -329,57 +236,67 @@ pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     apply_at(&Paths::from_env(), o, log)
 }
 
+/// How long an apply or detach waits for another one to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `moat fw apply` with pins and state under `paths` (benchmarks, tests).
+///
+/// Order, so that a failure anywhere changes nothing that runs: compile;
+/// take the lock; read what the kernel runs; hand out the next generation
+/// (recorded in the kernel before any packet can see it); load and fill the
+/// new instance; write the new state file next to its place (a full or
+/// read-only /run fails here); swap every interface, rolling back the ones
+/// already swapped if one fails; only then put the state file in place.
 pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let t0 = Instant::now();
-    let paths = paths.clone();
     let (p, c) = load_policy(&o.policy)?;
     sys::require_privileges("moat fw apply")?;
     sys::ensure_bpffs()?;
-    let old = read_state(&paths)?;
-    let names: Vec<String> = if !o.interfaces.is_empty() {
-        o.interfaces.clone()
-    } else if !p.interfaces.is_empty() {
-        p.interfaces.clone()
-    } else if let Some(s) = &old {
-        s.interfaces.iter().map(|i| i.name.clone()).collect()
+    let _lock = FwLock::acquire(paths, "moat fw apply", LOCK_WAIT)?;
+    let file = read_state_file(paths);
+    if let StateFile::Damaged(why) = &file {
+        eprintln!(
+            "warning: the state file is damaged ({why}); going by what the kernel runs (it is rewritten by this apply)"
+        );
+    }
+    let kernel = Kernel::read(paths, |i| mode_from_file(&file, i));
+    let running: Vec<Iface> = kernel.interfaces.iter().map(|k| k.iface.clone()).collect();
+    let mode = match o.mode {
+        Mode::Native => "native",
+        Mode::Skb => "skb",
+    };
+    let ifaces: Vec<Iface> = if !o.interfaces.is_empty() || !p.interfaces.is_empty() {
+        let names = if o.interfaces.is_empty() {
+            &p.interfaces
+        } else {
+            &o.interfaces
+        };
+        names
+            .iter()
+            .map(|n| Iface {
+                name: n.clone(),
+                netns: o.netns.clone(),
+                mode: mode.into(),
+            })
+            .collect()
+    } else if !running.is_empty() {
+        running.clone()
     } else {
         bail!(
             "no interface to protect: give -i IFACE or `interfaces:` in {}",
             o.policy.display()
         );
     };
-    let mode = match o.mode {
-        Mode::Native => "native",
-        Mode::Skb => "skb",
-    };
-    let ifaces: Vec<Iface> = names
-        .iter()
-        .map(|n| Iface {
-            name: n.clone(),
-            netns: o.netns.clone(),
-            mode: mode.into(),
-        })
-        .collect();
     // Check every interface exists before touching anything.
     for i in &ifaces {
         sys::in_netns(i.netns.as_deref(), || {
             crate::traffic::ifindex(&i.name).map(|_| ())
         })
-        .with_context(|| {
-            format!(
-                "interface {}{}",
-                i.name,
-                i.netns
-                    .as_ref()
-                    .map(|n| format!(" (netns {n})"))
-                    .unwrap_or_default()
-            )
-        })?;
+        .with_context(|| format!("interface {}; nothing was changed", i.label()))?;
     }
-    let generation = old
-        .as_ref()
-        .map_or(1, |s| s.generation.wrapping_add(1).max(1));
+    let generation = last_generation(paths, &kernel, &file)
+        .wrapping_add(1)
+        .max(1);
     let mut progress = progress_printer(o.quiet);
     // Conntrack kept from a firewall without the presence filter (an older
     // moat): the new filter must learn its entries, before and after the
@@ -387,57 +304,12 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let seed_filter =
         paths.pins.join(abi::MAP_CT).exists() && !paths.pins.join(abi::MAP_CTSEEN).exists();
     let mut inst = FwInstance::load(&p, &c, generation, &paths.pins, log, &mut progress)?;
+    // From here on this generation is spent, whatever happens next.
+    state::record_generation(&mut inst.bpf, generation)?;
     if seed_filter {
         inst.seed_ctseen()?;
     }
-    carry_rule_counters(&paths, old.as_ref(), &p, &mut inst)?;
-    let t_fill = t0.elapsed();
-
-    std::fs::create_dir_all(paths.links())?;
-    let mut swapped = Vec::new();
-    for i in &ifaces {
-        let r = sys::in_netns(i.netns.as_deref(), || {
-            attach_or_swap(&mut inst, &paths, i, o.mode)
-        });
-        match r {
-            Ok(what) => swapped.push(format!("{} ({what})", i.name)),
-            Err(e) => {
-                return Err(e.context(format!(
-                    "attaching to {}; interfaces done so far run the new policy: {}",
-                    i.name,
-                    if swapped.is_empty() {
-                        "none".into()
-                    } else {
-                        swapped.join(", ")
-                    }
-                )));
-            }
-        }
-    }
-    if seed_filter {
-        inst.seed_ctseen()?;
-    }
-    // Per-rule counters of the instance now in force, for `fw status`.
-    let tmp = paths.pins.join("rule_stats_new");
-    let _ = std::fs::remove_file(&tmp);
-    inst.bpf
-        .map(abi::MAP_RULE_STATS)
-        .ok_or_else(|| anyhow!("no rule stats map"))?
-        .pin(&tmp)
-        .map_err(|e| anyhow!("pinning rule counters: {e}"))?;
-    std::fs::rename(&tmp, paths.rule_stats())?;
-
-    // Interfaces the old state had and the new one does not: detach.
-    if let Some(s) = &old {
-        for i in s.interfaces.iter().filter(|i| {
-            !ifaces
-                .iter()
-                .any(|n| n.name == i.name && n.netns == i.netns)
-        }) {
-            remove_links(&paths, i);
-            swapped.push(format!("{} (detached)", i.name));
-        }
-    }
+    carry_rule_counters(paths, file.state(), &p, &mut inst)?;
     let state = State {
         generation,
         policy: std::fs::canonicalize(&o.policy).unwrap_or_else(|_| o.policy.clone()),
@@ -463,35 +335,146 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         classes: c.classes.len(),
         memory_bytes: c.memory_bytes(),
     };
-    write_state(&paths, &state)?;
-    println!(
-        "applied {} (generation {generation}): {} rules, {} address classes, {} map entries (~{}), default ingress {} / egress {}",
-        o.policy.display(),
-        p.rules.len(),
-        c.classes.len(),
-        c.addr4.len() + c.addr6.len() + c.verdicts.len(),
-        human(c.memory_bytes() as f64, "B"),
-        p.default_ingress.name(),
-        p.default_egress.name()
-    );
-    println!("interfaces: {}", swapped.join(", "));
-    println!(
-        "took {:.2?} (compile + load + fill {:.2?}, swap {:.2?}); programs: {}",
-        t0.elapsed(),
-        t_fill,
-        t0.elapsed() - t_fill,
-        inst.loaded
+    let staged = StagedState::write(paths, &state)
+        .map_err(|e| anyhow!("{e:#}; nothing was changed (the firewall runs as before)"))?;
+    let t_fill = t0.elapsed();
+
+    sys::private_dir(&paths.links())?;
+    let mut done: Vec<Undo> = Vec::new();
+    let mut report = Vec::new();
+    for i in &ifaces {
+        let r = sys::in_netns(i.netns.as_deref(), || {
+            attach_or_swap(&mut inst, paths, i, o.mode)
+        });
+        match r {
+            Ok(u) => {
+                report.push(format!(
+                    "{} ({})",
+                    i.name,
+                    if matches!(u, Undo::Swapped { .. }) {
+                        "policy swapped"
+                    } else {
+                        "attached"
+                    }
+                ));
+                done.push(u);
+            }
+            Err(e) => {
+                let rb = rollback(paths, done);
+                return Err(e.context(format!(
+                    "attaching to {}; {rb}: nothing was changed (generation {generation} is spent and will not be reused)",
+                    i.label()
+                )));
+            }
+        }
+    }
+    if seed_filter {
+        inst.seed_ctseen()?;
+    }
+    // Every hook runs the new instance: make it the one on record. A failure
+    // from here on rolls the swap back too.
+    let finish = (|| -> Result<()> {
+        let tmp = paths.pins.join("rule_stats_new");
+        let _ = std::fs::remove_file(&tmp);
+        inst.bpf
+            .map(abi::MAP_RULE_STATS)
+            .ok_or_else(|| anyhow!("no rule stats map"))?
+            .pin(&tmp)
+            .map_err(|e| anyhow!("pinning rule counters: {e}"))?;
+        std::fs::rename(&tmp, paths.rule_stats())?;
+        staged.commit()
+    })();
+    if let Err(e) = finish {
+        let rb = rollback(paths, done);
+        return Err(e.context(format!("{rb}: nothing was changed")));
+    }
+    // Interfaces that ran the firewall and are not in the new set: detach.
+    for i in running
+        .iter()
+        .filter(|r| !ifaces.iter().any(|n| n.same_place(r)))
+    {
+        for kind in ["xdp", "tc"] {
+            state::detach_link(&paths.link_pin(i, kind))?;
+        }
+        report.push(format!("{} (detached)", i.name));
+    }
+    Ok(ApplyReport {
+        policy: o.policy.clone(),
+        generation,
+        rules: p.rules.len(),
+        classes: c.classes.len(),
+        entries: c.addr4.len() + c.addr6.len() + c.verdicts.len(),
+        memory_bytes: c.memory_bytes(),
+        default_ingress: p.default_ingress.name(),
+        default_egress: p.default_egress.name(),
+        interfaces: report,
+        total: t0.elapsed(),
+        fill: t_fill,
+        programs: inst
+            .loaded
             .iter()
-            .map(|l| format!("{} id {}", l.name, l.id))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(())
+            .map(|l| (l.name.to_string(), l.id))
+            .collect(),
+    }
+    .print())
+}
+
+/// What an apply did, for the command line.
+struct ApplyReport {
+    policy: PathBuf,
+    generation: u32,
+    rules: usize,
+    classes: usize,
+    entries: usize,
+    memory_bytes: usize,
+    default_ingress: &'static str,
+    default_egress: &'static str,
+    interfaces: Vec<String>,
+    total: std::time::Duration,
+    fill: std::time::Duration,
+    programs: Vec<(String, u32)>,
+}
+
+impl ApplyReport {
+    fn print(&self) {
+        println!(
+            "applied {} (generation {}): {} rules, {} address classes, {} map entries (~{}), default ingress {} / egress {}",
+            self.policy.display(),
+            self.generation,
+            self.rules,
+            self.classes,
+            self.entries,
+            human(self.memory_bytes as f64, "B"),
+            self.default_ingress,
+            self.default_egress
+        );
+        println!("interfaces: {}", self.interfaces.join(", "));
+        println!(
+            "took {:.2?} (compile + load + fill {:.2?}, swap {:.2?}); programs: {}",
+            self.total,
+            self.fill,
+            self.total - self.fill,
+            self.programs
+                .iter()
+                .map(|(n, id)| format!("{n} id {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+fn mode_from_file(file: &StateFile, i: &Iface) -> Option<String> {
+    file.state()?
+        .interfaces
+        .iter()
+        .find(|s| s.same_place(i))
+        .map(|s| s.mode.clone())
 }
 
 /// Seeds the new instance's per-rule counters with the running ones, by rule
 /// name (and the defaults' with the defaults'), so hits survive an apply.
 /// Packets counted by the old programs during the swap itself are not carried.
+/// Without a readable state file the names are unknown: counters restart.
 fn carry_rule_counters(
     paths: &Paths,
     old: Option<&State>,
@@ -529,18 +512,73 @@ fn carry_rule_counters(
     Ok(())
 }
 
+/// How to undo one interface's part of an apply.
+enum Undo {
+    /// Its links ran these programs before: point them back.
+    Swapped {
+        iface: Iface,
+        xdp_prog: u32,
+        tc_prog: u32,
+    },
+    /// It had no firewall before: detach.
+    Attached { iface: Iface },
+}
+
+/// Undoes what an apply did to these interfaces; says what it did.
+fn rollback(paths: &Paths, done: Vec<Undo>) -> String {
+    if done.is_empty() {
+        return "no interface had been switched yet".into();
+    }
+    let mut said = Vec::new();
+    for u in done.into_iter().rev() {
+        match u {
+            Undo::Swapped {
+                iface,
+                xdp_prog,
+                tc_prog,
+            } => {
+                let r = (|| -> Result<()> {
+                    for (kind, prog) in [("xdp", xdp_prog), ("tc", tc_prog)] {
+                        let link = bpfsys::obj_get(&paths.link_pin(&iface, kind))?;
+                        let old = bpfsys::prog_fd_by_id(prog)?;
+                        bpfsys::link_update(link.as_fd(), old.as_fd(), None)?;
+                    }
+                    Ok(())
+                })();
+                said.push(match r {
+                    Ok(()) => format!("{}: previous policy restored", iface.name),
+                    Err(e) => format!(
+                        "{}: could not restore the previous policy ({e:#})",
+                        iface.name
+                    ),
+                });
+            }
+            Undo::Attached { iface } => {
+                let r = ["xdp", "tc"]
+                    .iter()
+                    .try_for_each(|k| state::detach_link(&paths.link_pin(&iface, k)));
+                said.push(match r {
+                    Ok(()) => format!("{}: detached again", iface.name),
+                    Err(e) => format!("{}: could not detach ({e:#})", iface.name),
+                });
+            }
+        }
+    }
+    format!("rolled back ({})", said.join("; "))
+}
+
 /// Attaches the instance's programs to `i`, or swaps them into existing
 /// pinned links (BPF_LINK_UPDATE: atomic per hook). Runs in i's netns.
-fn attach_or_swap(
-    inst: &mut FwInstance,
-    paths: &Paths,
-    i: &Iface,
-    mode: Mode,
-) -> Result<&'static str> {
+fn attach_or_swap(inst: &mut FwInstance, paths: &Paths, i: &Iface, mode: Mode) -> Result<Undo> {
     let xdp_pin = paths.link_pin(i, "xdp");
     let tc_pin = paths.link_pin(i, "tc");
-    let swapped = xdp_pin.exists() && tc_pin.exists();
-    if swapped {
+    let live = |pin: &Path| {
+        bpfsys::obj_get(pin)
+            .ok()
+            .and_then(|fd| bpfsys::link_info(fd.as_fd()).ok())
+            .filter(|l| l.ifindex != 0 && l.prog_id != 0)
+    };
+    if let (Some(x), Some(t)) = (live(&xdp_pin), live(&tc_pin)) {
         let link: FdLink = PinnedLink::from_pin(&xdp_pin)
             .map_err(|e| anyhow!("opening {}: {e}", xdp_pin.display()))?
             .into();
@@ -548,19 +586,38 @@ fn attach_or_swap(
         inst.xdp()?
             .attach_to_link(link)
             .map_err(|e| anyhow!("updating the XDP link of {}: {e}", i.name))?;
-        let link: FdLink = PinnedLink::from_pin(&tc_pin)
-            .map_err(|e| anyhow!("opening {}: {e}", tc_pin.display()))?
-            .into();
-        let link = SchedClassifierLink::try_from(link)
-            .map_err(|e| anyhow!("{}: {e}", tc_pin.display()))?;
-        inst.tc()?
-            .attach_to_link(link)
-            .map_err(|e| anyhow!("updating the TC link of {}: {e}", i.name))?;
-        return Ok("policy swapped");
+        let tc = (|| -> Result<()> {
+            let link: FdLink = PinnedLink::from_pin(&tc_pin)
+                .map_err(|e| anyhow!("opening {}: {e}", tc_pin.display()))?
+                .into();
+            let link = SchedClassifierLink::try_from(link)
+                .map_err(|e| anyhow!("{}: {e}", tc_pin.display()))?;
+            inst.tc()?
+                .attach_to_link(link)
+                .map_err(|e| anyhow!("updating the TC link of {}: {e}", i.name))?;
+            Ok(())
+        })();
+        if let Err(e) = tc {
+            // Put the XDP hook back to what it ran: this interface is unchanged.
+            let back = bpfsys::obj_get(&xdp_pin).and_then(|l| {
+                let old = bpfsys::prog_fd_by_id(x.prog_id)?;
+                bpfsys::link_update(l.as_fd(), old.as_fd(), None)
+            });
+            return Err(match back {
+                Ok(()) => e,
+                Err(b) => e.context(format!("and restoring its XDP program failed: {b:#}")),
+            });
+        }
+        return Ok(Undo::Swapped {
+            iface: i.clone(),
+            xdp_prog: x.prog_id,
+            tc_prog: t.prog_id,
+        });
     }
-    // Fresh attach: XDP (ingress), then TCX egress; pin both links.
-    let _ = std::fs::remove_file(&xdp_pin);
-    let _ = std::fs::remove_file(&tc_pin);
+    // Fresh attach: XDP (ingress), then TCX egress; pin both links. Stale
+    // pins (a half-removed or defunct firewall) are detached first.
+    state::detach_link(&xdp_pin)?;
+    state::detach_link(&tc_pin)?;
     let xdp: &mut Xdp = inst.xdp()?;
     let id = xdp.attach(
         &i.name,
@@ -596,11 +653,11 @@ fn attach_or_swap(
         Ok(())
     };
     if let Err(e) = attach_tc(inst) {
-        // Leave nothing half-attached: dropping the XDP pin detaches it.
-        let _ = std::fs::remove_file(&xdp_pin);
+        // Leave nothing half-attached.
+        let _ = state::detach_link(&xdp_pin);
         return Err(e);
     }
-    Ok("attached")
+    Ok(Undo::Attached { iface: i.clone() })
 }
 
 fn xdp_attach_error(e: aya::programs::ProgramError, iface: &str, mode: Mode) -> String {
@@ -623,68 +680,69 @@ fn xdp_attach_error(e: aya::programs::ProgramError, iface: &str, mode: Mode) -> 
     }
 }
 
-fn remove_links(paths: &Paths, i: &Iface) {
-    let _ = std::fs::remove_file(paths.link_pin(i, "xdp"));
-    let _ = std::fs::remove_file(paths.link_pin(i, "tc"));
-}
-
-/// `moat fw detach [-i IFACE]`.
+/// `moat fw detach [-i IFACE]`: goes by the pins (the kernel's state), not
+/// by the state file, and returns only once the hooks no longer run moat's
+/// programs (BPF_LINK_DETACH, then checked).
 pub fn detach(interfaces: &[String]) -> Result<()> {
     sys::require_privileges("moat fw detach")?;
     let paths = Paths::from_env();
-    let Some(mut state) = read_state(&paths)? else {
-        // Nothing recorded: still clean stray pins.
-        let had = paths.pins.exists();
-        let _ = std::fs::remove_dir_all(&paths.pins);
-        println!(
-            "{}",
-            if had {
-                "removed stray firewall pins"
-            } else {
-                "the firewall is not attached"
-            }
-        );
+    if !paths.exists() {
+        if let Some(why) = state::remove_state(&paths) {
+            eprintln!("warning: could not remove the stale state file: {why}");
+        }
+        println!("the firewall is not attached");
         return Ok(());
-    };
-    let (gone, keep): (Vec<Iface>, Vec<Iface>) = state
+    }
+    let _lock = FwLock::acquire(&paths, "moat fw detach", LOCK_WAIT)?;
+    let file = read_state_file(&paths);
+    let kernel = Kernel::read(&paths, |i| mode_from_file(&file, i));
+    let (gone, keep): (Vec<&KernelIface>, Vec<&KernelIface>) = kernel
         .interfaces
         .iter()
-        .cloned()
-        .partition(|i| interfaces.is_empty() || interfaces.contains(&i.name));
-    if gone.is_empty() {
+        .partition(|k| interfaces.is_empty() || interfaces.contains(&k.iface.name));
+    if gone.is_empty() && !interfaces.is_empty() {
         bail!("the firewall is not attached to {}", interfaces.join(", "));
     }
-    for i in &gone {
-        remove_links(&paths, i);
+    for k in &gone {
+        for l in k.xdp.iter().chain(k.tc.iter()) {
+            state::detach_link(&l.path)?;
+        }
     }
+    let names = gone
+        .iter()
+        .map(|k| k.iface.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     if keep.is_empty() {
+        drop(_lock);
         std::fs::remove_dir_all(&paths.pins)
             .with_context(|| format!("removing {}", paths.pins.display()))?;
-        std::fs::remove_dir_all(&paths.state_dir)
-            .with_context(|| format!("removing {}", paths.state_dir.display()))?;
-        for dir in [paths.pins.parent(), paths.state_dir.parent()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(dir); // only if empty
+        if let Some(parent) = paths.pins.parent() {
+            let _ = std::fs::remove_dir(parent); // only if empty
         }
-        println!(
-            "detached from {}; firewall removed (programs, links, maps and pins)",
-            gone.iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let warn = state::remove_state(&paths);
+        if gone.is_empty() {
+            println!("removed stray firewall pins");
+        } else {
+            println!("detached from {names}; firewall removed (programs, links, maps and pins)");
+        }
+        if let Some(why) = warn {
+            eprintln!(
+                "warning: could not remove the state file ({why}); it is stale and ignored (status goes by the kernel)"
+            );
+        }
     } else {
-        state.interfaces = keep;
-        write_state(&paths, &state)?;
-        println!(
-            "detached from {}",
-            gone.iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        if let StateFile::Ok(mut st) = file {
+            st.interfaces
+                .retain(|i| keep.iter().any(|k| k.iface.same_place(i)));
+            match StagedState::write(&paths, &st).and_then(StagedState::commit) {
+                Ok(()) => {}
+                Err(e) => eprintln!(
+                    "warning: could not update the state file ({e:#}); status goes by the kernel"
+                ),
+            }
+        }
+        println!("detached from {names}");
     }
     Ok(())
 }
@@ -694,17 +752,49 @@ pub(crate) fn pinned_map(path: &Path) -> Result<Map> {
     Map::from_map_data(data).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-/// `moat fw status [--json]`.
+/// `moat fw status [--json]`: what the kernel runs (links, programs, their
+/// generation, counters), with names from the state file when it describes
+/// the same generation.
 pub fn status(json_out: bool) -> Result<()> {
     sys::require_privileges("moat fw status")?;
     let paths = Paths::from_env();
-    let Some(state) = read_state(&paths)? else {
+    let file = read_state_file(&paths);
+    let kernel = Kernel::read(&paths, |i| mode_from_file(&file, i));
+    if kernel.is_empty() {
         if json_out {
-            println!("{}", json!({ "attached": false }));
+            println!(
+                "{}",
+                json!({ "attached": false, "state_file": file.describe() })
+            );
         } else {
             println!("the firewall is not attached (moat fw apply -f POLICY -i IFACE)");
+            if !matches!(file, StateFile::Missing) {
+                println!(
+                    "  (a stale state file is left: {}; ignored)",
+                    file.describe()
+                );
+            }
         }
         return Ok(());
+    }
+    let gens = kernel.generations();
+    let generation = gens.last().copied();
+    // The state file names rules only if it describes what runs.
+    let described = file
+        .state()
+        .filter(|s| Some(s.generation) == generation && gens.len() == 1)
+        .cloned();
+    let file_note = match (&file, &described) {
+        (StateFile::Ok(_), Some(_)) => "ok".to_string(),
+        (StateFile::Ok(s), None) => format!(
+            "stale (describes generation {}, the kernel runs {})",
+            s.generation,
+            gens.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (f, _) => f.describe(),
     };
     let counters = super::observe::counters(&paths)?;
     let stats = &counters.reasons;
@@ -713,21 +803,25 @@ pub fn status(json_out: bool) -> Result<()> {
         .iter()
         .find(|m| m.0 == abi::MAP_CT)
         .map_or((0, 0), |m| (m.1 as usize, m.2));
-    let links_ok: Vec<(Iface, bool)> = state
+    let links: Vec<(Iface, bool, Option<u32>)> = kernel
         .interfaces
         .iter()
-        .map(|i| {
-            (
-                i.clone(),
-                paths.link_pin(i, "xdp").exists() && paths.link_pin(i, "tc").exists(),
-            )
+        .map(|k| {
+            let ok =
+                k.xdp.as_ref().is_some_and(|l| l.live()) && k.tc.as_ref().is_some_and(|l| l.live());
+            let g = k.xdp.as_ref().and_then(|l| l.generation);
+            (k.iface.clone(), ok, g)
         })
         .collect();
-    let rule_hits: Vec<serde_json::Value> = std::iter::once(("(default)".to_string(), "".to_string(), "".to_string(), 0usize))
-        .chain(state.rules.iter().map(|r| (r.name.clone(), r.direction.clone(), r.action.clone(), r.line)))
+    let rule_hits: Vec<serde_json::Value> = counters
+        .rules
+        .iter()
         .enumerate()
-        .map(|(i, (name, dir, action, line))| {
-            let v = counters.rules.get(i).map(|r| r.3).unwrap_or_default();
+        .map(|(i, (name, dir, action, v))| {
+            let line = described
+                .as_ref()
+                .and_then(|s| i.checked_sub(1).and_then(|j| s.rules.get(j)))
+                .map_or(0, |r| r.line);
             json!({ "id": i, "rule": name, "direction": dir, "action": action, "line": line, "packets": v.packets, "bytes": v.bytes })
         })
         .collect();
@@ -741,46 +835,67 @@ pub fn status(json_out: bool) -> Result<()> {
             )
         })
         .collect();
+    let policy = described.as_ref().map(|s| s.policy.clone());
+    let maps_json: serde_json::Map<String, serde_json::Value> = counters
+        .maps
+        .iter()
+        .map(|(n, e, m)| ((*n).to_string(), json!({ "entries": e, "max": m })))
+        .collect();
     if json_out {
         println!(
             "{}",
             json!({
-                "attached": true,
-                "generation": state.generation,
-                "policy": state.policy,
-                "applied_unix": state.applied_unix,
-                "default": { "ingress": state.default_ingress, "egress": state.default_egress },
-                "interfaces": links_ok.iter().map(|(i, ok)| json!({ "name": i.name, "netns": i.netns, "mode": i.mode, "linked": ok })).collect::<Vec<_>>(),
+                "attached": links.iter().any(|l| l.1),
+                "generation": generation,
+                "generations": gens,
+                "state_file": file_note,
+                "policy": policy,
+                "applied_unix": described.as_ref().map(|s| s.applied_unix),
+                "default": described.as_ref().map(|s| json!({ "ingress": s.default_ingress, "egress": s.default_egress })),
+                "interfaces": links.iter().map(|(i, ok, g)| json!({ "name": i.name, "netns": i.netns, "mode": i.mode, "linked": ok, "generation": g })).collect::<Vec<_>>(),
                 "rules": rule_hits,
                 "reasons": reasons,
                 "conntrack": { "entries": ct_entries, "max": ct_max },
-                "maps": {
-                    abi::MAP_ADDR4: { "entries": state.addr4_entries, "max": state.addr4_entries.max(1) },
-                    abi::MAP_ADDR6: { "entries": state.addr6_entries, "max": state.addr6_entries.max(1) },
-                    abi::MAP_VERDICT: { "entries": state.verdict_entries, "max": state.verdict_entries.max(1) },
-                    abi::MAP_CT: { "entries": ct_entries, "max": ct_max },
-                },
+                "maps": maps_json,
             })
         );
         return Ok(());
     }
-    println!(
-        "firewall: generation {}, policy {}, default ingress {} / egress {}",
-        state.generation,
-        state.policy.display(),
-        state.default_ingress,
-        state.default_egress
-    );
-    for (i, ok) in &links_ok {
+    match &described {
+        Some(s) => println!(
+            "firewall: generation {}, policy {}, default ingress {} / egress {}",
+            s.generation,
+            s.policy.display(),
+            s.default_ingress,
+            s.default_egress
+        ),
+        None => println!(
+            "firewall: generation {} (state file {file_note}: policy and rule names unknown)",
+            gens.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    for (i, ok, g) in &links {
         println!(
-            "  {}{}: XDP ({}) ingress + TCX egress{}",
+            "  {}{}: XDP ({}) ingress + TCX egress{}{}",
             i.name,
             i.netns
                 .as_ref()
                 .map(|n| format!(" [netns {n}]"))
                 .unwrap_or_default(),
             i.mode,
-            if *ok { "" } else { "  MISSING LINK PINS" }
+            if gens.len() > 1 {
+                format!(", generation {}", g.map_or("?".into(), |g| g.to_string()))
+            } else {
+                String::new()
+            },
+            if *ok {
+                ""
+            } else {
+                "  NOT ATTACHED (defunct or missing link)"
+            }
         );
     }
     println!(
@@ -808,17 +923,15 @@ pub fn status(json_out: bool) -> Result<()> {
         );
     }
     let fill =
-        |n: usize, max: usize| format!("{n}/{max} ({:.1}%)", n as f64 * 100.0 / max.max(1) as f64);
+        |n: u64, max: u64| format!("{n}/{max} ({:.1}%)", n as f64 * 100.0 / max.max(1) as f64);
     println!(
-        "\n  maps: {} {}, {} {}, {} {}, {} {}",
-        abi::MAP_CT,
-        fill(ct_entries, ct_max as usize),
-        abi::MAP_ADDR4,
-        fill(state.addr4_entries, state.addr4_entries.max(1)),
-        abi::MAP_ADDR6,
-        fill(state.addr6_entries, state.addr6_entries.max(1)),
-        abi::MAP_VERDICT,
-        fill(state.verdict_entries, state.verdict_entries.max(1))
+        "\n  maps: {}",
+        counters
+            .maps
+            .iter()
+            .map(|(n, e, m)| format!("{n} {}", fill(*e, *m)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -940,8 +1053,9 @@ pub fn explain(o: &ExplainOpts, log: &LogOpts) -> Result<()> {
     let paths = Paths::from_env();
     let policy_path = match &o.policy {
         Some(p) => p.clone(),
-        None => read_state(&paths)?
-            .map(|s| s.policy)
+        None => read_state_file(&paths)
+            .state()
+            .map(|s| s.policy.clone())
             .ok_or_else(|| anyhow!("no policy applied: give -f POLICY"))?,
     };
     let (p, c) = load_policy(&policy_path)?;

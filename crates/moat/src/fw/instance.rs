@@ -176,8 +176,8 @@ impl FwInstance {
             ports: need.ports.max(min.ports),
             rules: need.rules.max(min.rules),
         };
-        std::fs::create_dir_all(pin_dir)
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        // Pins only root controls (created 0700, refused if anyone else could change them).
+        crate::sys::private_dir(pin_dir)?;
         let pin_dir = pin_dir.to_path_buf();
         let mut bpf = loader::open_with(moat_ebpf::FW, log, |l| {
             l.map_max_entries(abi::MAP_ADDR4, sizes.addr4)

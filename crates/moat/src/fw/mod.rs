@@ -3,4 +3,5 @@
 pub mod cmd;
 pub mod instance;
 pub mod observe;
+pub mod state;
 pub mod top;

@@ -22,8 +22,11 @@ use moat_abi::{
 use moat_core::fw::Cidr;
 use serde::Serialize;
 
-use super::cmd::{Paths, State, pinned_map, read_state};
 use super::instance::sum_percpu;
+use super::{
+    cmd::pinned_map,
+    state::{Kernel, Paths, State, StateFile, read_state_file},
+};
 use crate::sys;
 
 /// One flow: an allowed connection (conntrack) or a denied flow.
@@ -143,9 +146,31 @@ fn open_hash<V: aya::Pod>(path: &Path) -> Result<(BpfHashMap<MapData, FwCtKey, V
     Ok((BpfHashMap::try_from(map)?, max))
 }
 
+/// The running firewall's description: the state file when it describes the
+/// generation the kernel runs, else what the kernel alone says (rules by id).
 fn running(paths: &Paths) -> Result<State> {
-    read_state(paths)?
-        .ok_or_else(|| anyhow!("the firewall is not attached (moat fw apply -f POLICY -i IFACE)"))
+    let kernel = Kernel::read(paths, |_| None);
+    if kernel.is_empty() {
+        bail!("the firewall is not attached (moat fw apply -f POLICY -i IFACE)");
+    }
+    let gens = kernel.generations();
+    match read_state_file(paths) {
+        StateFile::Ok(s) if gens == [s.generation] => Ok(s),
+        _ => Ok(State {
+            generation: gens.last().copied().unwrap_or(0),
+            policy: PathBuf::new(),
+            applied_unix: 0,
+            default_ingress: "?".into(),
+            default_egress: "?".into(),
+            rules: Vec::new(),
+            interfaces: kernel.interfaces.iter().map(|k| k.iface.clone()).collect(),
+            addr4_entries: 0,
+            addr6_entries: 0,
+            verdict_entries: 0,
+            classes: 0,
+            memory_bytes: 0,
+        }),
+    }
 }
 
 /// Every flow the firewall tracks right now.
@@ -516,13 +541,17 @@ pub fn counters(paths: &Paths) -> Result<Counters> {
     let reasons = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&stats_map)?)?;
     let rules_map = pinned_map(&paths.rule_stats())?;
     let hits = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&rules_map)?)?;
+    // Names from the state file; without one, rules go by id.
+    let n_rules = if state.rules.is_empty() {
+        hits.len().saturating_sub(1)
+    } else {
+        state.rules.len()
+    };
     let rules = std::iter::once(("(default)".to_string(), String::new(), String::new()))
-        .chain(
-            state
-                .rules
-                .iter()
-                .map(|r| (r.name.clone(), r.direction.clone(), r.action.clone())),
-        )
+        .chain((0..n_rules).map(|i| match state.rules.get(i) {
+            Some(r) => (r.name.clone(), r.direction.clone(), r.action.clone()),
+            None => (format!("#{}", i + 1), String::new(), String::new()),
+        }))
         .enumerate()
         .map(|(i, (n, d, a))| (n, d, a, hits.get(i).copied().unwrap_or_default()))
         .collect();
