@@ -8,10 +8,10 @@ mod common;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{FwRoot, policy_file, prog_loaded};
+use common::{FwRoot, in_ns, ping_ok, policy_file, prog_loaded};
 use moat::{
     netlab::{self, Lab, LabConfig},
     sys::NetnsGuard,
@@ -20,17 +20,6 @@ use moat::{
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let _g = NetnsGuard::enter(&ns).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// TCP connect + one echo round trip.
@@ -62,56 +51,6 @@ fn udp_ok(ns: &str, dst: IpAddr, port: u16) -> bool {
         u.send_to(b"ping", SocketAddr::new(dst, port)).unwrap();
         let mut buf = [0u8; 16];
         matches!(u.recv_from(&mut buf), Ok((4, _)))
-    })
-}
-
-/// One ICMP echo; true if the reply came back.
-fn ping_ok(ns: &str, dst: IpAddr) -> bool {
-    use socket2::{Domain, Protocol, Socket, Type};
-    in_ns(ns, move || {
-        let (sock, req, reply_type) = match dst {
-            IpAddr::V4(_) => (
-                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap(),
-                moat_core::packet::icmpv4(8, 0, [0x12, 0x34, 0, 1], &[0; 16]),
-                0u8,
-            ),
-            IpAddr::V6(d) => (
-                Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap(),
-                moat_core::packet::icmpv6(
-                    std::net::Ipv6Addr::UNSPECIFIED,
-                    d,
-                    128,
-                    0,
-                    [0x12, 0x34, 0, 1],
-                    &[0; 16],
-                ),
-                129u8,
-            ),
-        };
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        sock.send_to(&req, &SocketAddr::new(dst, 0).into()).unwrap();
-        let deadline = Instant::now() + Duration::from_millis(900);
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-        while Instant::now() < deadline {
-            if let Ok(n) = sock.recv(&mut buf) {
-                // SAFETY: recv initialised the first n bytes.
-                let b: Vec<u8> = buf[..n]
-                    .iter()
-                    .map(|x| unsafe { x.assume_init() })
-                    .collect();
-                // IPv4 raw sockets include the IP header; IPv6 ones do not.
-                let icmp = if dst.is_ipv4() {
-                    &b[(b[0] as usize & 0xF) * 4..]
-                } else {
-                    &b[..]
-                };
-                if icmp.first() == Some(&reply_type) && icmp.get(4..6) == Some(&[0x12, 0x34]) {
-                    return true;
-                }
-            }
-        }
-        false
     })
 }
 

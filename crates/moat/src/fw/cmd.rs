@@ -27,7 +27,7 @@ use moat_core::{
     fw::{Action, Dir, Flow, Policy, compile, policy, reference},
 };
 use serde_json::json;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 pub use super::state::{Iface, Paths, RuleInfo, State};
 use super::{
@@ -398,7 +398,7 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         }
         report.push(format!("{} (detached)", i.name));
     }
-    Ok(ApplyReport {
+    ApplyReport {
         policy: o.policy.clone(),
         generation,
         rules: p.rules.len(),
@@ -416,7 +416,8 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
             .map(|l| (l.name.to_string(), l.id))
             .collect(),
     }
-    .print())
+    .print();
+    Ok(())
 }
 
 /// What an apply did, for the command line.
@@ -514,11 +515,12 @@ fn carry_rule_counters(
 
 /// How to undo one interface's part of an apply.
 enum Undo {
-    /// Its links ran these programs before: point them back.
+    /// Its links ran these programs before (held open here: a program whose
+    /// link moved on is freed once nothing references it): point them back.
     Swapped {
         iface: Iface,
-        xdp_prog: u32,
-        tc_prog: u32,
+        xdp_prog: OwnedFd,
+        tc_prog: OwnedFd,
     },
     /// It had no firewall before: detach.
     Attached { iface: Iface },
@@ -538,10 +540,9 @@ fn rollback(paths: &Paths, done: Vec<Undo>) -> String {
                 tc_prog,
             } => {
                 let r = (|| -> Result<()> {
-                    for (kind, prog) in [("xdp", xdp_prog), ("tc", tc_prog)] {
+                    for (kind, prog) in [("xdp", &xdp_prog), ("tc", &tc_prog)] {
                         let link = bpfsys::obj_get(&paths.link_pin(&iface, kind))?;
-                        let old = bpfsys::prog_fd_by_id(prog)?;
-                        bpfsys::link_update(link.as_fd(), old.as_fd(), None)?;
+                        bpfsys::link_update(link.as_fd(), prog.as_fd(), None)?;
                     }
                     Ok(())
                 })();
@@ -579,6 +580,9 @@ fn attach_or_swap(inst: &mut FwInstance, paths: &Paths, i: &Iface, mode: Mode) -
             .filter(|l| l.ifindex != 0 && l.prog_id != 0)
     };
     if let (Some(x), Some(t)) = (live(&xdp_pin), live(&tc_pin)) {
+        // Hold the programs running now, to be able to put them back.
+        let old_xdp = bpfsys::prog_fd_by_id(x.prog_id)?;
+        let old_tc = bpfsys::prog_fd_by_id(t.prog_id)?;
         let link: FdLink = PinnedLink::from_pin(&xdp_pin)
             .map_err(|e| anyhow!("opening {}: {e}", xdp_pin.display()))?
             .into();
@@ -599,10 +603,8 @@ fn attach_or_swap(inst: &mut FwInstance, paths: &Paths, i: &Iface, mode: Mode) -
         })();
         if let Err(e) = tc {
             // Put the XDP hook back to what it ran: this interface is unchanged.
-            let back = bpfsys::obj_get(&xdp_pin).and_then(|l| {
-                let old = bpfsys::prog_fd_by_id(x.prog_id)?;
-                bpfsys::link_update(l.as_fd(), old.as_fd(), None)
-            });
+            let back = bpfsys::obj_get(&xdp_pin)
+                .and_then(|l| bpfsys::link_update(l.as_fd(), old_xdp.as_fd(), None));
             return Err(match back {
                 Ok(()) => e,
                 Err(b) => e.context(format!("and restoring its XDP program failed: {b:#}")),
@@ -610,8 +612,8 @@ fn attach_or_swap(inst: &mut FwInstance, paths: &Paths, i: &Iface, mode: Mode) -
         }
         return Ok(Undo::Swapped {
             iface: i.clone(),
-            xdp_prog: x.prog_id,
-            tc_prog: t.prog_id,
+            xdp_prog: old_xdp,
+            tc_prog: old_tc,
         });
     }
     // Fresh attach: XDP (ingress), then TCX egress; pin both links. Stale

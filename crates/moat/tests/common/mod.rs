@@ -5,8 +5,10 @@
 //! (set by CI), where not being able to run is a failure.
 #![allow(dead_code)]
 
+use moat::sys::NetnsGuard;
 use std::{
     io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -208,6 +210,76 @@ pub fn policy_file(tag: &str, yaml: &str) -> std::path::PathBuf {
     let dir = policy_dir(tag);
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("policy.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let _g = NetnsGuard::enter(&ns).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// One ICMP echo; true if the reply came back.
+pub fn ping_ok(ns: &str, dst: IpAddr) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    in_ns(ns, move || {
+        let (sock, req, reply_type) = match dst {
+            IpAddr::V4(_) => (
+                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap(),
+                moat_core::packet::icmpv4(8, 0, [0x12, 0x34, 0, 1], &[0; 16]),
+                0u8,
+            ),
+            IpAddr::V6(d) => (
+                Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap(),
+                moat_core::packet::icmpv6(
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    d,
+                    128,
+                    0,
+                    [0x12, 0x34, 0, 1],
+                    &[0; 16],
+                ),
+                129u8,
+            ),
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        sock.send_to(&req, &SocketAddr::new(dst, 0).into()).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(900);
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                // SAFETY: recv initialised the first n bytes.
+                let b: Vec<u8> = buf[..n]
+                    .iter()
+                    .map(|x| unsafe { x.assume_init() })
+                    .collect();
+                // IPv4 raw sockets include the IP header; IPv6 ones do not.
+                let icmp = if dst.is_ipv4() {
+                    &b[(b[0] as usize & 0xF) * 4..]
+                } else {
+                    &b[..]
+                };
+                if icmp.first() == Some(&reply_type) && icmp.get(4..6) == Some(&[0x12, 0x34]) {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Writes policy `name` into the tag's temp dir (removed with the tag's [`FwRoot`]).
+pub fn policy_file_as(tag: &str, name: &str, yaml: &str) -> std::path::PathBuf {
+    let dir = policy_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
     std::fs::write(&p, yaml).unwrap();
     p
 }

@@ -1,0 +1,539 @@
+//! The firewall as an attacker and an unlucky operator try it: directories
+//! someone else made, applies that fail half-way or run at once, a damaged,
+//! missing, read-only or full state directory, and traffic right after
+//! detach. Each test reproduces a hole found on an earlier main.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{FwRoot, MoatProc, in_ns, ping_ok, policy_file, policy_file_as};
+use moat::netlab::{self, Lab, LabConfig};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn lab(prefix: &str) -> Lab {
+    Lab::create(&common::tag(prefix), &LabConfig::default()).expect("creating lab")
+}
+
+/// TCP echo on B4:port and UDP echo on B4:port+1 in namespace `ns`, one
+/// thread per connection and no idle timeout (connections live as long as
+/// the test needs). Stopped on drop.
+struct Echo {
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    fn start(ns: &str, port: u16) -> Echo {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tcp, udp) = in_ns(ns, move || {
+            let t = TcpListener::bind(SocketAddr::new(ip(netlab::B4), port)).unwrap();
+            let u = UdpSocket::bind(SocketAddr::new(ip(netlab::B4), port + 1)).unwrap();
+            (t, u)
+        });
+        tcp.set_nonblocking(true).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let s = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, _)) => {
+                        let s = Arc::clone(&s);
+                        std::thread::spawn(move || {
+                            c.set_nonblocking(false).unwrap();
+                            c.set_read_timeout(Some(Duration::from_millis(100)))
+                                .unwrap();
+                            let mut buf = [0u8; 256];
+                            while !s.load(Ordering::Relaxed) {
+                                match c.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if c.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let s = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Echo { stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A TCP connection from namespace `ns` kept open across applies.
+struct Conn(TcpStream);
+
+impl Conn {
+    fn open(ns: &str, port: u16) -> Conn {
+        let s = in_ns(ns, move || {
+            TcpStream::connect_timeout(
+                &SocketAddr::new(ip(netlab::B4), port),
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        });
+        s.set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        Conn(s)
+    }
+    /// One echo round trip.
+    fn round(&mut self) -> bool {
+        let mut b = [0u8; 4];
+        self.0.write_all(b"ping").is_ok() && self.0.read_exact(&mut b).is_ok() && &b == b"ping"
+    }
+}
+
+fn udp_ok(ns: &str, port: u16) -> bool {
+    in_ns(ns, move || {
+        let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        u.send_to(b"ping", SocketAddr::new(ip(netlab::B4), port))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        matches!(u.recv_from(&mut buf), Ok((4, _)))
+    })
+}
+
+fn apply_args<'a>(policy: &'a Path, lab: &'a Lab, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "fw",
+        "apply",
+        "-q",
+        "-f",
+        policy.to_str().unwrap(),
+        "-i",
+        &lab.if_b,
+    ];
+    v.extend_from_slice(extra);
+    v.extend_from_slice(&["--netns", &lab.ns_b]);
+    v
+}
+
+const ALLOW_7000: &str = "
+default: { ingress: deny, egress: allow }
+rules:
+  - name: web
+    direction: ingress
+    action: allow
+    proto: tcp
+    ports: [7000]
+";
+
+const DENY_ALL: &str = "default: { ingress: deny, egress: allow }\nrules: []\n";
+
+fn generation_of(out: &str) -> u32 {
+    let rest = out
+        .split("(generation ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no generation in {out:?}"));
+    rest.split(')').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn directories_someone_else_made_are_refused_and_ours_are_private() {
+    if !common::privileged("directories_someone_else_made_are_refused_and_ours_are_private") {
+        return;
+    }
+    let t = common::tag("dirs");
+    let lab = lab("dirs");
+    let root = FwRoot::new(&t);
+    let pol = policy_file(&t, ALLOW_7000);
+    let args = apply_args(&pol, &lab, &[]);
+
+    // An unprivileged user made the pin root first (bpffs is world-writable).
+    std::fs::create_dir(&root.pin_root).unwrap();
+    std::fs::set_permissions(&root.pin_root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&root.pin_root, Some(65534), Some(65534)).unwrap();
+    let (ok, _, err) = root.moat(&args);
+    assert!(!ok, "apply must refuse a pin directory owned by uid 65534");
+    assert!(
+        err.contains(&format!("refusing to use {}", root.pin_root))
+            && err.contains("not owned by root")
+            && err.contains("uid 65534")
+            && err.contains("mode 0755"),
+        "the refusal names path, owner and mode: {err}"
+    );
+    assert!(!lab.b_has_xdp().unwrap(), "nothing was attached");
+
+    // Root's, but anyone may write to it (no sticky bit).
+    std::os::unix::fs::chown(&root.pin_root, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&root.pin_root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, _, err) = root.moat(&args);
+    assert!(!ok && err.contains("others can write to it"), "{err}");
+
+    // A symbolic link to somewhere else.
+    std::fs::remove_dir(&root.pin_root).unwrap();
+    let elsewhere = format!("/sys/fs/bpf/moat-elsewhere-{t}");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &root.pin_root).unwrap();
+    let (ok, _, err) = root.moat(&args);
+    std::fs::remove_file(&root.pin_root).unwrap();
+    std::fs::remove_dir(&elsewhere).unwrap();
+    assert!(!ok && err.contains("symbolic link"), "{err}");
+
+    // The state directory too.
+    std::fs::create_dir_all(&root.state_root).unwrap();
+    std::os::unix::fs::chown(&root.state_root, Some(65534), Some(65534)).unwrap();
+    let (ok, _, err) = root.moat(&args);
+    assert!(
+        !ok,
+        "apply must refuse a state directory owned by uid 65534"
+    );
+    assert!(
+        err.contains(&format!("refusing to use {}", root.state_root)),
+        "{err}"
+    );
+    assert!(!lab.b_has_xdp().unwrap(), "nothing stays attached");
+    std::fs::remove_dir(&root.state_root).unwrap();
+
+    // Made by moat: root's, closed to others; the state file unreadable to others.
+    root.ok(&args);
+    for d in [
+        PathBuf::from(&root.pin_root),
+        Path::new(&root.pin_root).join("fw"),
+        Path::new(&root.pin_root).join("fw/links"),
+        PathBuf::from(&root.state_root),
+        Path::new(&root.state_root).join("fw"),
+    ] {
+        let md = std::fs::metadata(&d).unwrap();
+        assert_eq!(md.uid(), 0, "{} owned by root", d.display());
+        assert_eq!(md.mode() & 0o077, 0, "{} closed to others", d.display());
+    }
+    let sf = std::fs::metadata(Path::new(&root.state_root).join("fw/state.json")).unwrap();
+    assert_eq!(sf.mode() & 0o077, 0, "state.json is not readable by others");
+}
+
+#[test]
+fn a_failed_apply_rolls_back_and_never_reuses_its_generation() {
+    if !common::privileged("a_failed_apply_rolls_back_and_never_reuses_its_generation") {
+        return;
+    }
+    let t = common::tag("roll");
+    let lab = lab("roll");
+    let root = FwRoot::new(&t);
+    let _echo = Echo::start(&lab.ns_b, 7000);
+    // A second interface in b that another XDP program holds: attaching
+    // the firewall there fails after the first interface was switched.
+    netlab::ip(&[
+        "-n", &lab.ns_b, "link", "add", "x1", "type", "veth", "peer", "name", "x2",
+    ])
+    .unwrap();
+    for d in ["x1", "x2"] {
+        netlab::ip(&["-n", &lab.ns_b, "link", "set", d, "up"]).unwrap();
+    }
+    let allow = policy_file(&t, ALLOW_7000);
+    let out = root.ok(&apply_args(&allow, &lab, &[]));
+    assert_eq!(generation_of(&out), 1);
+    let mut conn = Conn::open(&lab.ns_a, 7000);
+    assert!(conn.round(), "the connection works under the first policy");
+
+    let mut holder = MoatProc::spawn(&[
+        "count",
+        "-i",
+        "x1",
+        "--netns",
+        &lab.ns_b,
+        "--duration",
+        "60s",
+    ]);
+    holder.wait_stderr("attached to x1", Duration::from_secs(20));
+    let (ok, _, err) = root.moat(&apply_args(&allow, &lab, &["-i", "x1"]));
+    holder.signal(libc::SIGINT);
+    let _ = holder.finish();
+    assert!(!ok, "the apply over x1 must fail");
+    assert!(
+        err.contains("rolled back")
+            && err.contains(&format!("{}: previous policy restored", lab.if_b))
+            && err.contains("generation 2 is spent"),
+        "the failure says what was rolled back: {err}"
+    );
+    let st = root.status();
+    assert_eq!(
+        st["generation"], 1,
+        "the kernel runs the old generation again: {st}"
+    );
+    assert!(conn.round(), "the connection still works (old policy)");
+
+    // A deny now must cut the connection: its generation is new (3), not
+    // the failed apply's 2, so the connection is re-checked.
+    let deny = policy_file_as(&t, "deny.yaml", DENY_ALL);
+    let out = root.ok(&apply_args(&deny, &lab, &[]));
+    assert_eq!(generation_of(&out), 3, "generation 2 is never reused");
+    assert!(!conn.round(), "the deny cuts the live connection");
+}
+
+#[test]
+fn concurrent_applies_run_one_at_a_time_with_distinct_generations() {
+    if !common::privileged("concurrent_applies_run_one_at_a_time_with_distinct_generations") {
+        return;
+    }
+    let t = common::tag("conc");
+    let lab = lab("conc");
+    let root = FwRoot::new(&t);
+    let pols: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let dir = common::policy_dir(&t).join(i.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let p = dir.join("policy.yaml");
+            std::fs::write(&p, ALLOW_7000.replace("7000", &(7000 + i).to_string())).unwrap();
+            p
+        })
+        .collect();
+    let procs: Vec<MoatProc> = pols
+        .iter()
+        .map(|p| MoatProc::spawn_env(&apply_args(p, &lab, &[]), &root.env()))
+        .collect();
+    let mut gens = Vec::new();
+    for p in procs {
+        let (ok, out, err) = p.finish();
+        assert!(ok, "every apply succeeds (they wait for each other): {err}");
+        gens.push(generation_of(&out));
+    }
+    gens.sort_unstable();
+    assert_eq!(gens, vec![1, 2, 3, 4], "each apply got its own generation");
+    let st = root.status();
+    assert_eq!(st["generation"], 4, "{st}");
+    assert_eq!(st["state_file"], "ok", "{st}");
+}
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Mount(String);
+
+impl Mount {
+    fn tmpfs(at: &str, size: &str) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+                at,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting tmpfs on {at}");
+        Mount(at.to_string())
+    }
+    fn remount(&self, opt: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opt}"), &self.0])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "state.json")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn state_damage_never_locks_the_operator_out() {
+    if !common::privileged("state_damage_never_locks_the_operator_out") {
+        return;
+    }
+    let t = common::tag("dmg");
+    let lab = lab("dmg");
+    let root = FwRoot::new(&t);
+    let _echo = Echo::start(&lab.ns_b, 7000);
+    let allow = policy_file(&t, ALLOW_7000);
+    let args = apply_args(&allow, &lab, &[]);
+    root.ok(&args);
+    let state_file = Path::new(&root.state_root).join("fw/state.json");
+
+    // Deleted: status still reports what runs, and the firewall still filters.
+    std::fs::remove_file(&state_file).unwrap();
+    let st = root.status();
+    assert_eq!(st["attached"], true, "{st}");
+    assert_eq!(st["generation"], 1, "{st}");
+    assert_eq!(st["state_file"], "missing", "{st}");
+    assert!(!udp_ok(&lab.ns_a, 7001), "default deny still holds");
+    let (ok, out, _) = root.moat(&["fw", "status"]);
+    assert!(
+        ok && out.contains("generation 1") && out.contains(&lab.if_b),
+        "{out}"
+    );
+
+    // Apply works without it (and writes a new one).
+    let out = root.ok(&args);
+    assert_eq!(generation_of(&out), 2);
+    assert_eq!(root.status()["state_file"], "ok");
+
+    // Truncated: status, apply and detach all work.
+    let text = std::fs::read(&state_file).unwrap();
+    std::fs::write(&state_file, &text[..text.len() / 2]).unwrap();
+    let st = root.status();
+    assert_eq!(st["generation"], 2, "{st}");
+    assert!(
+        st["state_file"].as_str().unwrap().starts_with("damaged"),
+        "{st}"
+    );
+    let (ok, _, err) = root.moat(&args);
+    assert!(ok, "apply over a damaged state file: {err}");
+    assert!(err.contains("state file is damaged"), "{err}");
+    std::fs::write(&state_file, b"{\"generation\": ").unwrap();
+    root.ok(&["fw", "detach"]);
+    assert!(!lab.b_has_xdp().unwrap(), "detach removed the XDP program");
+    assert!(
+        !Path::new(&root.pin_root).join("fw").exists(),
+        "detach removed every pin"
+    );
+    assert!(udp_ok(&lab.ns_a, 7001), "traffic flows after detach");
+}
+
+#[test]
+fn a_read_only_or_full_state_directory_changes_nothing() {
+    if !common::privileged("a_read_only_or_full_state_directory_changes_nothing") {
+        return;
+    }
+    let t = common::tag("rofs");
+    let lab = lab("rofs");
+    let root = FwRoot::new(&t);
+    let _echo = Echo::start(&lab.ns_b, 7000);
+    let mount = Mount::tmpfs(&root.state_root, "256k");
+    let allow = policy_file(&t, ALLOW_7000);
+    let deny = policy_file_as(&t, "deny.yaml", DENY_ALL);
+    root.ok(&apply_args(&allow, &lab, &[]));
+    let state_dir = Path::new(&root.state_root).join("fw");
+    assert!(Conn::open(&lab.ns_a, 7000).round());
+
+    // Read-only /run: the apply fails before anything changes.
+    mount.remount("ro");
+    let (ok, _, err) = root.moat(&apply_args(&deny, &lab, &[]));
+    assert!(!ok, "apply on a read-only state directory must fail");
+    assert!(
+        err.contains("Read-only file system") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(root.status()["generation"], 1, "the old policy runs");
+    assert!(
+        Conn::open(&lab.ns_a, 7000).round(),
+        "and still allows its port"
+    );
+    mount.remount("rw");
+    assert!(
+        leftovers(&state_dir).is_empty(),
+        "{:?}",
+        leftovers(&state_dir)
+    );
+
+    // Full /run: the same.
+    let fill = Path::new(&root.state_root).join("fill");
+    let mut f = std::fs::File::create(&fill).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+    let (ok, _, err) = root.moat(&apply_args(&deny, &lab, &[]));
+    assert!(!ok, "apply on a full state directory must fail");
+    assert!(
+        err.contains("No space left on device") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(root.status()["generation"], 1, "the old policy runs");
+    assert!(Conn::open(&lab.ns_a, 7000).round());
+    assert!(
+        leftovers(&state_dir).is_empty(),
+        "{:?}",
+        leftovers(&state_dir)
+    );
+
+    // Detach works even on a read-only /run (the state file stays, ignored).
+    mount.remount("ro");
+    let (ok, _, err) = root.moat(&["fw", "detach"]);
+    assert!(ok, "{err}");
+    assert!(!lab.b_has_xdp().unwrap());
+    let st = root.status();
+    assert_eq!(st["attached"], false, "{st}");
+    mount.remount("rw");
+    std::fs::remove_file(&fill).unwrap();
+}
+
+#[test]
+fn detach_means_detached_at_once() {
+    if !common::privileged("detach_means_detached_at_once") {
+        return;
+    }
+    let t = common::tag("det");
+    let lab = lab("det");
+    let root = FwRoot::new(&t);
+    let _echo = Echo::start(&lab.ns_b, 7000);
+    let pol = policy_file(&t, ALLOW_7000);
+    for round in 0..3 {
+        root.ok(&apply_args(&pol, &lab, &[]));
+        assert!(!udp_ok(&lab.ns_a, 7001), "round {round}: UDP denied");
+        assert!(
+            !ping_ok(&lab.ns_a, ip(netlab::B4)),
+            "round {round}: ping denied"
+        );
+        let t0 = Instant::now();
+        root.ok(&["fw", "detach"]);
+        // The very first datagram after detach returns must get through.
+        assert!(
+            udp_ok(&lab.ns_a, 7001),
+            "round {round}: the first UDP datagram right after detach ({:?} ago) was dropped",
+            t0.elapsed()
+        );
+        assert!(
+            ping_ok(&lab.ns_a, ip(netlab::B4)),
+            "round {round}: the first ping right after detach was dropped"
+        );
+        assert!(!lab.b_has_xdp().unwrap());
+    }
+}
