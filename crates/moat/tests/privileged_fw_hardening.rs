@@ -537,3 +537,78 @@ fn detach_means_detached_at_once() {
         assert!(!lab.b_has_xdp().unwrap());
     }
 }
+
+#[test]
+fn policies_that_are_not_what_they_look_like_change_nothing() {
+    if !common::privileged("policies_that_are_not_what_they_look_like_change_nothing") {
+        return;
+    }
+    let t = common::tag("pol");
+    let lab = lab("pol");
+    let root = FwRoot::new(&t);
+    let _echo = Echo::start(&lab.ns_b, 7000);
+    let good = policy_file(&t, ALLOW_7000);
+    root.ok(&apply_args(&good, &lab, &[]));
+    let fifo = common::policy_dir(&t).join("fifo.yaml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let forms: Vec<(PathBuf, &str)> = vec![
+        (policy_file_as(&t, "empty.yaml", ""), "the policy is empty"),
+        (
+            policy_file_as(&t, "comments.yaml", "# nothing here\n"),
+            "the policy is empty",
+        ),
+        (PathBuf::from("/dev/null"), "must be a regular file"),
+        (fifo, "must be a regular file, this is a FIFO"),
+        (
+            policy_file_as(
+                &t,
+                "two.yaml",
+                &format!("{DENY_ALL}---\ndefault: {{ ingress: allow }}\nrules: []\n"),
+            ),
+            "a second YAML document",
+        ),
+        (
+            policy_file_as(&t, "nul.yaml", "default: { ingress: allow }\nrules: []\0\n"),
+            "NUL byte",
+        ),
+        (
+            policy_file_as(
+                &t,
+                "cut.yaml",
+                "default: { ingress: allow, egress: allow }\n",
+            ),
+            "no `rules:` key",
+        ),
+    ];
+    for (pol, why) in &forms {
+        for cmd in ["check", "apply"] {
+            let args = if cmd == "check" {
+                vec!["fw", "check", "-f", pol.to_str().unwrap()]
+            } else {
+                apply_args(pol, &lab, &[])
+            };
+            let t0 = Instant::now();
+            let (ok, _, err) = root.moat(&args);
+            assert!(!ok, "{cmd} {} must be refused", pol.display());
+            assert!(
+                err.contains(why) && err.contains("nothing was changed"),
+                "{cmd} {}: {err}",
+                pol.display()
+            );
+            assert!(t0.elapsed() < Duration::from_secs(10), "no hang");
+        }
+    }
+    let st = root.status();
+    assert_eq!(
+        st["generation"], 1,
+        "the running firewall is untouched: {st}"
+    );
+    assert!(!udp_ok(&lab.ns_a, 7001), "still default deny");
+    assert!(Conn::open(&lab.ns_a, 7000).round(), "still allows 7000");
+}

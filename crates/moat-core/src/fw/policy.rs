@@ -258,17 +258,48 @@ impl fmt::Display for PolicyError {
     }
 }
 
-/// Every error of one policy file, in file order.
+/// Every error of one policy file, in file order: the first ones kept
+/// (`.0`), and how many there were in all (`.1`, at least `.0.len()`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
+pub struct PolicyErrors(pub Vec<PolicyError>, pub usize);
+
+/// Errors kept (and shown) per policy: enough to fix a file, bounded so that
+/// a hostile file cannot make the report large.
+pub const MAX_ERRORS_KEPT: usize = 100;
+pub const MAX_ERRORS_SHOWN: usize = 20;
+/// Largest policy file and set file read (a policy names sets for big lists).
+pub const MAX_POLICY_BYTES: u64 = 16 << 20;
+pub const MAX_SET_FILE_BYTES: u64 = 256 << 20;
+
+impl PolicyErrors {
+    fn one(file: &Path, line: usize, col: usize, msg: impl Into<String>) -> PolicyErrors {
+        PolicyErrors(
+            vec![PolicyError {
+                file: file.to_path_buf(),
+                line,
+                col,
+                msg: msg.into(),
+            }],
+            1,
+        )
+    }
+    /// How many errors the policy has (shown or not).
+    pub fn total(&self) -> usize {
+        self.1.max(self.0.len())
+    }
+}
 
 impl fmt::Display for PolicyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(MAX_ERRORS_SHOWN).enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{e}")?;
+        }
+        let hidden = self.total() - self.0.len().min(MAX_ERRORS_SHOWN);
+        if hidden > 0 {
+            write!(f, "\n... and {hidden} more error(s) not shown")?;
         }
         Ok(())
     }
@@ -276,41 +307,236 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
-/// Reads and checks a policy file; set files are read relative to it.
-pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
-        Err(e) => Err(PolicyErrors(vec![PolicyError {
-            file: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            msg: format!("cannot read policy file: {e}"),
-        }])),
+/// Reads a policy or set file: a regular file (a FIFO would hang, a device
+/// like /dev/zero never ends) of at most `max` bytes, as UTF-8 text without
+/// NUL bytes (errors name the line and column of the first bad byte).
+pub fn read_text(path: &Path, what: &str, max: u64) -> Result<String, (usize, usize, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; the type is
+    // checked on the opened file, so it cannot be swapped in between.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nonblock())
+        .open(path)
+        .map_err(|e| (0, 0, format!("cannot read {what}: {e}")))?;
+    let md = f
+        .metadata()
+        .map_err(|e| (0, 0, format!("cannot read {what}: {e}")))?;
+    if !md.is_file() {
+        let kind = file_kind(&md);
+        return Err((
+            0,
+            0,
+            format!("{what} must be a regular file, this is {kind}"),
+        ));
+    }
+    if md.len() > max {
+        return Err((
+            0,
+            0,
+            format!(
+                "{what} is {} bytes, more than the limit of {max} bytes",
+                md.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (0, 0, format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err((
+            0,
+            0,
+            format!("{what} grew past the limit of {max} bytes while being read"),
+        ));
+    }
+    let at = |off: usize| {
+        let before = &bytes[..off];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        // Column in characters of the valid text before the bad byte.
+        let col = String::from_utf8_lossy(&bytes[start..off]).chars().count() + 1;
+        (line, col)
+    };
+    let text = match String::from_utf8(bytes.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            let off = e.utf8_error().valid_up_to();
+            let (l, c) = at(off);
+            return Err((
+                l,
+                c,
+                format!("{what} is not UTF-8 text (byte 0x{:02x})", bytes[off]),
+            ));
+        }
+    };
+    if let Some(off) = bytes.iter().position(|&b| b == 0) {
+        let (l, c) = at(off);
+        return Err((l, c, format!("{what} contains a NUL byte")));
+    }
+    Ok(text)
+}
+
+fn libc_o_nonblock() -> i32 {
+    0o4000 // O_NONBLOCK on Linux
+}
+
+#[cfg(test)]
+unsafe extern "C" {
+    #[link_name = "mkfifo"]
+    fn libc_mkfifo_raw(path: *const std::ffi::c_char, mode: u32) -> i32;
+}
+
+/// mkfifo(path, 0600), for the tests.
+#[cfg(test)]
+unsafe fn libc_mkfifo(path: *const std::ffi::c_char) -> i32 {
+    // SAFETY: the caller passes a valid C string.
+    unsafe { libc_mkfifo_raw(path, 0o600) }
+}
+
+fn file_kind(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
+/// Reads and checks a policy file; set files are read relative to it.
+pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+    match read_text(path, "policy file", MAX_POLICY_BYTES) {
+        Ok(text) => parse(&text, path),
+        Err((l, c, msg)) => Err(PolicyErrors::one(path, l, c, msg)),
+    }
+}
+
+/// Refuses what YAML would read as less than the file says: more than one
+/// document (everything after a second `---` or a `...` would be dropped).
+fn check_single_document(text: &str, path: &Path) -> Result<(), PolicyErrors> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = |m: &str| {
+            line == m || line.starts_with(&format!("{m} ")) || line.starts_with(&format!("{m}\t"))
+        };
+        if marker("...") {
+            return Err(PolicyErrors::one(
+                path,
+                i + 1,
+                1,
+                "a YAML document end marker `...`: a policy is one document, and what follows would be ignored",
+            ));
+        }
+        if marker("---") {
+            if seen_content {
+                return Err(PolicyErrors::one(
+                    path,
+                    i + 1,
+                    1,
+                    "a second YAML document (`---`): a policy is one document, and the rest would be ignored",
+                ));
+            }
+            seen_content = true;
+            continue;
+        }
+        let t = line.trim_start();
+        if !t.is_empty() && !t.starts_with('#') {
+            seen_content = true;
+        }
+    }
+    Ok(())
+}
+
+const EMPTY_POLICY: &str = "the policy is empty; a policy that allows everything must say so, e.g. `default: { ingress: allow, egress: allow }` and `rules: []`";
+
 /// Checks policy text; `path` names it in messages and anchors set files.
 pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyErrors> {
+    if let Some(off) = text.find('\0') {
+        let line = text[..off].matches('\n').count() + 1;
+        let col = text[..off]
+            .rsplit('\n')
+            .next()
+            .map_or(0, |l| l.chars().count())
+            + 1;
+        return Err(PolicyErrors::one(
+            path,
+            line,
+            col,
+            "the policy contains a NUL byte",
+        ));
+    }
+    check_single_document(text, path)?;
+    let content = text.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && t != "---"
+    });
+    if !content {
+        return Err(PolicyErrors::one(path, 1, 1, EMPTY_POLICY));
+    }
     let mut p = Parser {
         file: path.to_path_buf(),
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         errors: Vec::new(),
+        total: 0,
     };
     let policy = p.policy(text);
-    if p.errors.is_empty()
+    if p.total == 0
         && let Some(policy) = policy
     {
         return Ok(policy);
     }
     p.errors
         .sort_by_key(|e| (e.file != p.file, e.file.clone(), e.line, e.col));
-    Err(PolicyErrors(p.errors))
+    Err(PolicyErrors(p.errors, p.total))
 }
 
 struct Parser {
     file: PathBuf,
     base: PathBuf,
+    /// The first errors (at most MAX_ERRORS_KEPT).
     errors: Vec<PolicyError>,
+    /// Every error, kept or not.
+    total: usize,
+}
+
+/// Shortens long quoted values in a message (a hostile 10 MB value must not
+/// make a 10 MB error line): each quoted run keeps its first 40 characters.
+fn shorten(msg: String) -> String {
+    const KEEP: usize = 40;
+    if msg.len() <= 200 {
+        return msg;
+    }
+    let mut out = String::new();
+    for (i, part) in msg.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        let n = part.chars().count();
+        if i % 2 == 1 && n > KEEP + 10 {
+            out.extend(part.chars().take(KEEP));
+            out.push_str(&format!("...({n} characters)"));
+        } else {
+            out.push_str(part);
+        }
+    }
+    if out.chars().count() > 400 {
+        out = out.chars().take(400).collect::<String>() + "...";
+    }
+    out
 }
 
 fn pos(span: &Span) -> (usize, usize) {
@@ -335,12 +561,21 @@ type Sets = HashMap<String, Option<Vec<Cidr>>>;
 
 impl Parser {
     fn err(&mut self, at: (usize, usize), msg: impl Into<String>) {
-        self.errors.push(PolicyError {
+        let e = PolicyError {
             file: self.file.clone(),
             line: at.0,
             col: at.1,
             msg: msg.into(),
-        });
+        };
+        self.push(e);
+    }
+
+    fn push(&mut self, mut e: PolicyError) {
+        self.total += 1;
+        if self.errors.len() < MAX_ERRORS_KEPT {
+            e.msg = shorten(e.msg);
+            self.errors.push(e);
+        }
     }
 
     fn policy(&mut self, text: &str) -> Option<Policy> {
@@ -353,7 +588,28 @@ impl Parser {
                 return None;
             }
         };
-        let map = root.as_mapping()?;
+        let Some(map) = root.as_mapping() else {
+            self.err(
+                node_pos(&root),
+                "the policy must be a mapping (interfaces, default, rules, sets)",
+            );
+            return None;
+        };
+        // An empty file (or only comments, or /dev/null) is not an allow-all
+        // policy: it is more likely a truncated or lost one.
+        let Some((first, _)) = map.iter().next() else {
+            self.err((1, 1), EMPTY_POLICY);
+            return None;
+        };
+        // Top-level keys start in column 1: after an indented first key, a
+        // dedented line would silently end the document.
+        if pos(first.span()).1 != 1 {
+            self.err(
+                pos(first.span()),
+                "top-level keys must start in column 1 (this one is indented)",
+            );
+            return None;
+        }
         let mut interfaces = Vec::new();
         let mut default_ingress = Action::Allow;
         let mut default_egress = Action::Allow;
@@ -421,6 +677,12 @@ impl Parser {
                 None if rn.as_scalar().is_some_and(|s| s.as_str().is_empty()) => {}
                 None => self.err(node_pos(rn), "rules must be a list of rules"),
             }
+        }
+        if rules_node.is_none() && self.total == 0 {
+            self.err(
+                (1, 1),
+                "the policy has no `rules:` key; write `rules: []` for a policy of defaults only (a policy cut short must not pass for one)",
+            );
         }
         let set_sizes = sets
             .iter()
@@ -606,7 +868,7 @@ impl Parser {
                     }
                 }
                 _ => {
-                    let before = self.errors.len();
+                    let before = self.total;
                     let mut cidrs = Vec::new();
                     for e in self.list(v) {
                         if let Some(s) = self.scalar(e, "an address or CIDR") {
@@ -620,7 +882,7 @@ impl Parser {
                             }
                         }
                     }
-                    (self.errors.len() == before).then_some(cidrs)
+                    (self.total == before).then_some(cidrs)
                 }
             };
             out.insert(name, entries);
@@ -631,13 +893,20 @@ impl Parser {
     fn set_file(&mut self, f: &Node) -> Option<Vec<Cidr>> {
         let rel = self.scalar(f, "a file path")?;
         let path = self.base.join(rel);
-        let text = match std::fs::read_to_string(&path) {
+        let what = format!("set file {}", path.display());
+        let text = match read_text(&path, &what, MAX_SET_FILE_BYTES) {
             Ok(t) => t,
-            Err(e) => {
-                self.err(
-                    node_pos(f),
-                    format!("cannot read set file {}: {e}", path.display()),
-                );
+            Err((0, _, msg)) => {
+                self.err(node_pos(f), msg);
+                return None;
+            }
+            Err((line, col, msg)) => {
+                self.push(PolicyError {
+                    file: path.clone(),
+                    line,
+                    col,
+                    msg,
+                });
                 return None;
             }
         };
@@ -655,7 +924,7 @@ impl Parser {
                     bad += 1;
                     if bad <= 20 {
                         let col = content.len() - content.trim_start().len() + 1;
-                        self.errors.push(PolicyError {
+                        self.push(PolicyError {
                             file: path.clone(),
                             line: i + 1,
                             col,
@@ -666,7 +935,7 @@ impl Parser {
             }
         }
         if bad > 20 {
-            self.errors.push(PolicyError {
+            self.push(PolicyError {
                 file: path.clone(),
                 line: 0,
                 col: 0,
@@ -677,7 +946,7 @@ impl Parser {
     }
 
     fn addresses(&mut self, n: &Node, sets: &Sets, what: &str) -> Option<Vec<Cidr>> {
-        let before = self.errors.len();
+        let before = self.total;
         let mut out = Vec::new();
         for e in self.list(n) {
             let Some(s) = self.scalar(e, "an address, CIDR or @set") else {
@@ -696,7 +965,7 @@ impl Parser {
                 }
             }
         }
-        (self.errors.len() == before).then_some(out)
+        (self.total == before).then_some(out)
     }
 
     fn rule(&mut self, n: &Node, sets: &Sets, names: &mut HashMap<String, usize>) -> Option<Rule> {
@@ -708,7 +977,7 @@ impl Parser {
             return None;
         };
         let at = node_pos(n);
-        let before = self.errors.len();
+        let before = self.total;
         let (mut name, mut direction, mut action) = (None, None, None);
         let (mut remote, mut except) = (None, Vec::new());
         let mut protos = vec![Proto::Any];
@@ -833,7 +1102,7 @@ impl Parser {
         } else if any && types_node.is_some() {
             protos = vec![Proto::Icmp, Proto::Icmpv6];
         }
-        if self.errors.len() != before {
+        if self.total != before {
             return None;
         }
         Some(Rule {
@@ -851,7 +1120,7 @@ impl Parser {
     }
 
     fn ports(&mut self, v: &Node) -> Option<Vec<(u16, u16)>> {
-        let before = self.errors.len();
+        let before = self.total;
         let mut out = Vec::new();
         for e in self.list(v) {
             let Some(s) = self.scalar(e, "a port or a range \"LO-HI\"") else {
@@ -886,14 +1155,14 @@ impl Parser {
                 Err(msg) => self.err(node_pos(e), msg),
             }
         }
-        if out.is_empty() && self.errors.len() == before {
+        if out.is_empty() && self.total == before {
             self.err(node_pos(v), "ports is empty: omit it to mean all ports");
         }
-        (self.errors.len() == before).then_some(out)
+        (self.total == before).then_some(out)
     }
 
     fn icmp_types(&mut self, v: &Node) -> Option<Vec<IcmpType>> {
-        let before = self.errors.len();
+        let before = self.total;
         let mut out = Vec::new();
         for e in self.list(v) {
             let Some(s) = self.scalar(e, "an ICMP type name or number") else {
@@ -921,13 +1190,13 @@ impl Parser {
                 );
             }
         }
-        if out.is_empty() && self.errors.len() == before {
+        if out.is_empty() && self.total == before {
             self.err(
                 node_pos(v),
                 "icmp_types is empty: omit it to mean all types",
             );
         }
-        (self.errors.len() == before).then_some(out)
+        (self.total == before).then_some(out)
     }
 }
 
@@ -1122,13 +1391,13 @@ rules:
             e[3].starts_with("p.yaml:6:3: unknown key \"sampel\" in log"),
             "{e:?}"
         );
-        assert!(errs("log: 5\n")[0].starts_with("p.yaml:1:6: log must be a mapping"));
+        assert!(errs("log: 5\nrules: []\n")[0].starts_with("p.yaml:1:6: log must be a mapping"));
     }
 
     #[test]
     fn conntrack_timeouts() {
         let p = parse(
-            "conntrack: { tcp_timeout: 2h, udp_timeout: 90s, other_timeout: 30 }\n",
+            "conntrack: { tcp_timeout: 2h, udp_timeout: 90s, other_timeout: 30 }\nrules: []\n",
             Path::new("p.yaml"),
         )
         .unwrap();
@@ -1201,5 +1470,136 @@ rules:
             "{e:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Policies that are not what they look like are refused, each with a
+    /// location: nothing that is cut short, empty or hidden passes for a policy.
+    #[test]
+    fn policies_that_are_not_what_they_look_like_are_refused() {
+        let one = |text: &str| -> String {
+            let e = parse(text, Path::new("p.yaml")).expect_err(text);
+            assert_eq!(e.total(), 1, "{text:?}: {e}");
+            e.to_string()
+        };
+        for empty in ["", "\n\n", "# only a comment\n", "---\n"] {
+            assert!(
+                one(empty).starts_with("p.yaml:1:1: the policy is empty"),
+                "{empty:?}"
+            );
+        }
+        // Defaults alone are fine only with an explicit rules list.
+        assert!(
+            one("default: { ingress: allow, egress: allow }\n")
+                .starts_with("p.yaml:1:1: the policy has no `rules:` key")
+        );
+        parse(
+            "default: { ingress: allow, egress: allow }\nrules: []\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        // A leading `---` is one document; a second one is refused.
+        parse("---\nrules: []\n", Path::new("p.yaml")).unwrap();
+        assert!(
+            one("default: { ingress: deny }\nrules: []\n---\nrules: []\n")
+                .starts_with("p.yaml:3:1: a second YAML document")
+        );
+        assert!(
+            one("default: { ingress: deny }\nrules: []\n...\nsets: {}\n")
+                .starts_with("p.yaml:3:1: a YAML document end marker")
+        );
+        // An indented first key: a dedent would end the document early.
+        let e = one(
+            "  default: { ingress: deny }\nrules:\n  - { name: a, direction: ingress, action: allow }\n",
+        );
+        assert!(
+            e.starts_with("p.yaml:1:3: top-level keys must start in column 1"),
+            "{e}"
+        );
+        // NUL bytes: everything after one would be dropped.
+        assert!(
+            one("default: { ingress: deny }\nrules: []\x00\nsets: {}\n")
+                .starts_with("p.yaml:2:10: the policy contains a NUL byte")
+        );
+    }
+
+    #[test]
+    fn error_output_is_bounded() {
+        // A huge value: the message quotes its start only.
+        let big = "x".repeat(10 << 20);
+        let text = format!("rules:\n  - name: a\n    direction: {big}\n    action: allow\n");
+        let e = parse(&text, Path::new("p.yaml")).unwrap_err().to_string();
+        assert!(e.len() < 1000, "{} bytes of error", e.len());
+        assert!(e.starts_with("p.yaml:3:16: \"xxxx"), "{}", &e[..100]);
+        assert!(e.contains("characters)"), "{e}");
+        // 200k bad ports: the first errors and a count.
+        let ports = vec!["0"; 200_000].join(", ");
+        let text = format!(
+            "rules:\n  - name: a\n    direction: ingress\n    action: allow\n    proto: tcp\n    ports: [{ports}]\n"
+        );
+        let e = parse(&text, Path::new("p.yaml")).unwrap_err();
+        assert_eq!(e.total(), 200_000);
+        assert!(e.0.len() <= MAX_ERRORS_KEPT);
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), MAX_ERRORS_SHOWN + 1, "{shown}");
+        assert!(
+            shown.ends_with("... and 199980 more error(s) not shown"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn policy_and_set_files_must_be_regular_bounded_utf8() {
+        let dir = std::env::temp_dir().join(format!("moat-polfiles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        struct Rm(PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _rm = Rm(dir.clone());
+        let msg = |p: &Path| load(p).unwrap_err().to_string();
+        // Devices and FIFOs: refused without reading (no hang, no memory).
+        assert!(
+            msg(Path::new("/dev/null"))
+                .contains("must be a regular file, this is a character device")
+        );
+        assert!(
+            msg(Path::new("/dev/zero"))
+                .contains("must be a regular file, this is a character device")
+        );
+        let fifo = dir.join("fifo.yaml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: c is a valid C string.
+        assert_eq!(unsafe { libc_mkfifo(c.as_ptr()) }, 0);
+        assert!(msg(&fifo).contains("must be a regular file, this is a FIFO"));
+        assert!(msg(&dir).contains("this is a directory"));
+        // Not UTF-8: line and column of the bad byte.
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, b"rules: []\ndefault: { ingress: d\xffeny }\n").unwrap();
+        let m = msg(&bad);
+        assert!(
+            m.starts_with(&format!(
+                "{}:2:22: policy file is not UTF-8 text (byte 0xff)",
+                bad.display()
+            )),
+            "{m}"
+        );
+        // Too big.
+        let huge = dir.join("huge.yaml");
+        let f = std::fs::File::create(&huge).unwrap();
+        f.set_len(MAX_POLICY_BYTES + 1).unwrap();
+        assert!(msg(&huge).contains("more than the limit"), "{}", msg(&huge));
+        // A set file that is a device.
+        let pol = dir.join("p.yaml");
+        std::fs::write(&pol, "rules: []\nsets:\n  s: { file: /dev/zero }\n").unwrap();
+        let m = msg(&pol);
+        assert!(
+            m.starts_with(&format!(
+                "{}:3:14: set file /dev/zero must be a regular file",
+                pol.display()
+            )),
+            "{m}"
+        );
     }
 }

@@ -44,7 +44,7 @@ pub fn load_policy(path: &Path) -> Result<(Policy, compile::Compiled)> {
     let p = policy::load(path).map_err(|e| {
         anyhow!(
             "{e}\n{} error(s) in the policy; nothing was changed",
-            e.0.len()
+            e.total()
         )
     })?;
     let c = compile::compile(&p);
