@@ -101,6 +101,7 @@ fn apply(s: &Scratch, lab: &Lab, policy: &Path) -> Result<f64> {
             netns: Some(lab.ns_b.clone()),
             mode: Mode::Native,
             quiet: true,
+            memory_budget: None,
         },
         &LogOpts::default(),
     )?;

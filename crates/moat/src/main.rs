@@ -129,6 +129,9 @@ enum FwCmd {
         policy: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Kernel memory the policy's maps may take (e.g. 512MiB, 4G; default: 1GiB or 1/8 of RAM).
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        memory_budget: Option<u64>,
     },
     /// Validate, compile, attach if needed and replace the running policy atomically.
     Apply {
@@ -143,6 +146,9 @@ enum FwCmd {
         /// XDP mode for new attachments.
         #[arg(long, value_enum, default_value = "native")]
         mode: count::Mode,
+        /// Kernel memory the policy's maps may take (e.g. 512MiB, 4G; default: 1GiB or 1/8 of RAM).
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        memory_budget: Option<u64>,
         /// No progress bar.
         #[arg(short, long)]
         quiet: bool,
@@ -248,13 +254,18 @@ fn main() -> ExitCode {
         }),
         Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
         Cmd::Fw(f) => match f {
-            FwCmd::Check { policy, json } => cmd::check(&policy, json),
+            FwCmd::Check {
+                policy,
+                json,
+                memory_budget,
+            } => cmd::check(&policy, json, memory_budget),
             FwCmd::Apply {
                 policy,
                 interface,
                 netns,
                 mode,
                 quiet,
+                memory_budget,
             } => cmd::apply(
                 &cmd::ApplyOpts {
                     policy,
@@ -262,6 +273,7 @@ fn main() -> ExitCode {
                     netns,
                     mode,
                     quiet,
+                    memory_budget,
                 },
                 &log,
             ),
@@ -294,4 +306,8 @@ fn main() -> ExitCode {
 
 fn parse_cidr(s: &str) -> Result<moat_core::fw::Cidr, String> {
     moat_core::fw::Cidr::parse(s)
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    cmd::parse_size(s).map_err(|e| e.to_string())
 }

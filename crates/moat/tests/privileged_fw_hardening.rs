@@ -604,6 +604,39 @@ fn policies_that_are_not_what_they_look_like_change_nothing() {
             assert!(t0.elapsed() < Duration::from_secs(10), "no hang");
         }
     }
+    // Past the memory budget: refused with the rule that makes it big.
+    let mut big = String::from("default: { ingress: deny }\nrules:\n");
+    for i in 0..200 {
+        big.push_str(&format!(
+            "  - {{ name: h{i}, direction: ingress, action: deny, remote: [10.9.0.{}/32], proto: tcp, ports: [22] }}\n",
+            i + 1
+        ));
+    }
+    let ports: Vec<String> = (0..200).map(|i| (1000 + 2 * i).to_string()).collect();
+    big.push_str(&format!(
+        "  - {{ name: many-ports, direction: ingress, action: allow, proto: tcp, ports: [{}] }}\n",
+        ports.join(", ")
+    ));
+    let bigp = policy_file_as(&t, "big.yaml", &big);
+    let (ok, _, err) = root.moat(&[
+        "fw",
+        "check",
+        "-f",
+        bigp.to_str().unwrap(),
+        "--memory-budget",
+        "1MiB",
+    ]);
+    assert!(
+        !ok && err.contains("more than the budget") && err.contains("\"many-ports\""),
+        "{err}"
+    );
+    let (ok, _, err) = root.moat(&apply_args(&bigp, &lab, &["--memory-budget", "1MiB"]));
+    assert!(
+        !ok && err.contains("more than the budget") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    root.ok(&["fw", "check", "-f", bigp.to_str().unwrap()]);
+
     let st = root.status();
     assert_eq!(
         st["generation"], 1,

@@ -58,9 +58,9 @@ const LPM_OVERHEAD: usize = 96;
 impl Compiled {
     /// Estimated kernel memory for the policy maps, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.addr4.len() * (8 + 4 + LPM_OVERHEAD)
-            + self.addr6.len() * (20 + 4 + LPM_OVERHEAD)
-            + self.verdicts.len() * (12 + 8 + LPM_OVERHEAD)
+        self.addr4.len() * ADDR4_BYTES
+            + self.addr6.len() * ADDR6_BYTES
+            + self.verdicts.len() * VERDICT_BYTES
     }
 
     /// The decision the maps encode for `flow`, found the way the kernel
@@ -118,28 +118,97 @@ pub fn compile(policy: &Policy) -> Compiled {
 }
 
 pub fn compile_with_progress(policy: &Policy, progress: Progress<'_>) -> Compiled {
+    match compile_within(policy, usize::MAX, progress) {
+        Ok(c) => c,
+        Err(_) => unreachable!("no budget is smaller than usize::MAX bytes"),
+    }
+}
+
+/// Bytes per verdict entry and per address entry, as [`Compiled::memory_bytes`] counts them.
+const VERDICT_BYTES: usize = 12 + 8 + LPM_OVERHEAD;
+const ADDR4_BYTES: usize = 8 + 4 + LPM_OVERHEAD;
+const ADDR6_BYTES: usize = 20 + 4 + LPM_OVERHEAD;
+
+/// A policy whose compiled form would not fit the memory budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverBudget {
+    pub budget: usize,
+    /// Estimated kernel memory and entries of the whole compiled policy
+    /// (extrapolated from the classes compiled before the budget ran out).
+    pub need: usize,
+    pub entries: usize,
+    pub classes: usize,
+    pub classes_compiled: usize,
+    /// (rule index, verdict entries it decides, address classes they span)
+    /// in the classes compiled, most entries first.
+    pub by_rule: Vec<(usize, usize, usize)>,
+}
+
+/// Compiles `policy` unless its maps would need more than `budget` bytes of
+/// kernel memory; compiling stops as soon as the budget is exceeded.
+pub fn compile_within(
+    policy: &Policy,
+    budget: usize,
+    progress: Progress<'_>,
+) -> Result<Compiled, OverBudget> {
     let mut interner: HashMap<Vec<u32>, u32> = HashMap::new();
     let mut classes: Vec<Vec<u32>> = vec![Vec::new()];
     interner.insert(Vec::new(), 0);
     let addr4 = address_classes(policy, true, &mut interner, &mut classes, progress);
     let addr6 = address_classes(policy, false, &mut interner, &mut classes, progress);
+    let mut need = addr4.len() * ADDR4_BYTES + addr6.len() * ADDR6_BYTES;
     let mut verdicts = Vec::new();
+    let total = classes.len();
     for (class, rules) in classes.iter().enumerate() {
         if rules.is_empty() {
             continue;
         }
+        let start = verdicts.len();
         for dir in [Dir::Ingress, Dir::Egress] {
             for proto in PROTO_KEYS {
                 segments(policy, class as u32, rules, dir, proto, &mut verdicts);
             }
         }
+        need = need.saturating_add((verdicts.len() - start) * VERDICT_BYTES);
+        if need > budget {
+            // Stop here (a policy of gigabytes costs no more than the budget
+            // to refuse): attribute what was built, extrapolate the rest.
+            let mut m: HashMap<usize, (usize, usize)> = HashMap::new();
+            let mut last: HashMap<usize, u32> = HashMap::new();
+            for v in &verdicts {
+                let e = m.entry(v.rule).or_default();
+                e.0 += 1;
+                if last.insert(v.rule, v.class) != Some(v.class) {
+                    e.1 += 1;
+                }
+            }
+            let mut by_rule: Vec<(usize, usize, usize)> =
+                m.into_iter().map(|(r, (n, k))| (r, n, k)).collect();
+            by_rule.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let done = class + 1;
+            let scale = |x: usize| (x as f64 * total as f64 / done as f64) as usize;
+            let addr = addr4.len() + addr6.len();
+            return Err(OverBudget {
+                budget,
+                need: addr4.len() * ADDR4_BYTES
+                    + addr6.len() * ADDR6_BYTES
+                    + scale(verdicts.len() * VERDICT_BYTES),
+                entries: addr + scale(verdicts.len()),
+                classes: total,
+                classes_compiled: done,
+                by_rule,
+            });
+        }
+        if class.is_multiple_of(4096) {
+            progress("verdicts", class, total);
+        }
     }
-    Compiled {
+    Ok(Compiled {
         addr4,
         addr6,
         classes,
         verdicts,
-    }
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -563,5 +632,39 @@ mod differential {
                 assert_eq!(got, want, "policy {n}:\n{yaml}\nflow {f:?}");
             }
         }
+    }
+
+    /// Rules x ports blow up (every host class repeats the port table):
+    /// refused past the budget, with the rule that makes it big first.
+    #[test]
+    fn the_memory_budget_refuses_a_blow_up_and_names_the_rule() {
+        let mut text = String::from("default: { ingress: deny }\nrules:\n");
+        for i in 0..300 {
+            text.push_str(&format!(
+                "  - {{ name: h{i}, direction: ingress, action: deny, remote: [10.0.{}.{}/32], proto: tcp, ports: [22] }}\n",
+                i / 250,
+                i % 250
+            ));
+        }
+        let ports: Vec<String> = (0..300).map(|i| (1000 + 2 * i).to_string()).collect();
+        text.push_str(&format!(
+            "  - {{ name: many, direction: ingress, action: allow, proto: tcp, ports: [{}] }}\n",
+            ports.join(", ")
+        ));
+        let p = crate::fw::policy::parse(&text, std::path::Path::new("b.yaml")).unwrap();
+        let full = compile(&p);
+        assert!(full.verdicts.len() > 300 * 300, "{}", full.verdicts.len());
+        assert!(compile_within(&p, full.memory_bytes(), &mut |_, _, _| {}).is_ok());
+        let e = compile_within(&p, 1 << 20, &mut |_, _, _| {}).unwrap_err();
+        assert_eq!(p.rules[e.by_rule[0].0].name, "many");
+        assert!(e.need > 1 << 20);
+        // The estimate is close to the real size (within 10%).
+        let real = full.memory_bytes() as f64;
+        assert!(
+            (e.need as f64 - real).abs() / real < 0.1,
+            "{} vs {real}",
+            e.need
+        );
+        assert_eq!(e.classes, full.classes.len());
     }
 }

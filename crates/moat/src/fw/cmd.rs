@@ -38,64 +38,101 @@ use super::{
 };
 use crate::{bpfsys, count::Mode, loader::LogOpts, sys};
 
-/// Loads and compiles a policy; errors come back as `FILE:LINE:COL: reason`
-/// lines (all of them).
+/// Loads and compiles a policy within the default memory budget; errors
+/// come back as `FILE:LINE:COL: reason` lines.
 pub fn load_policy(path: &Path) -> Result<(Policy, compile::Compiled)> {
+    load_policy_within(path, None)
+}
+
+/// Loads and compiles a policy whose maps must fit `budget` bytes of kernel
+/// memory (default: [`default_budget`]).
+pub fn load_policy_within(path: &Path, budget: Option<u64>) -> Result<(Policy, compile::Compiled)> {
     let p = policy::load(path).map_err(|e| {
         anyhow!(
             "{e}\n{} error(s) in the policy; nothing was changed",
             e.total()
         )
     })?;
-    let c = compile::compile(&p);
-    check_memory(&p, &c)?;
+    let budget = budget.unwrap_or_else(default_budget);
+    let c = compile::compile_within(
+        &p,
+        usize::try_from(budget).unwrap_or(usize::MAX),
+        &mut |_, _, _| {},
+    )
+    .map_err(|o| anyhow!(over_budget_message(&p, &o)))?;
     Ok((p, c))
 }
 
-fn mem_available() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: usize = s
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .split_whitespace()
-        .next()?
+/// Default memory budget for a policy's maps: 1 GiB, or an eighth of the
+/// machine's memory if that is less.
+pub fn default_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    let gib = 1u64 << 30;
+    total.map_or(gib, |kb| gib.min(kb * 1024 / 8))
+}
+
+/// Reads a size: `1000000`, `512k`, `256MiB`, `2G` (k/M/G/T are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
         .parse()
-        .ok()?;
-    Some(kb * 1024)
+        .map_err(|_| anyhow!("{s:?} is not a size (e.g. 512MiB, 2G, 1000000)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => bail!("{s:?}: unknown size unit {u:?} (use k, M, G or T)"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("{s:?} is too large"))
 }
 
-fn check_memory(p: &Policy, c: &compile::Compiled) -> Result<()> {
-    match mem_available() {
-        Some(avail) => check_memory_against(p, c, avail),
-        None => Ok(()),
-    }
-}
-
-/// Refuses a policy whose maps would need more than half of `avail` bytes,
-/// pointing at the rule with the most prefixes.
-fn check_memory_against(p: &Policy, c: &compile::Compiled, avail: usize) -> Result<()> {
-    let need = c.memory_bytes();
-    if need > avail / 2 {
-        let biggest = p
-            .rules
-            .iter()
-            .max_by_key(|r| r.remote.as_ref().map_or(0, Vec::len));
-        let line = biggest.map_or(0, |r| r.line);
-        bail!(
-            "{}:{line}:1: the policy needs about {} of kernel memory ({} map entries), more than half of the {} available; nothing was changed",
-            p.source.display(),
-            human(need as f64, "B"),
-            c.addr4.len() + c.addr6.len() + c.verdicts.len(),
-            human(avail as f64, "B")
-        );
-    }
-    Ok(())
+/// Why a policy does not fit, with the rules that make it big.
+fn over_budget_message(p: &Policy, o: &compile::OverBudget) -> String {
+    let top: Vec<String> = o
+        .by_rule
+        .iter()
+        .take(3)
+        .map(|&(r, n, k)| {
+            let rule = &p.rules[r];
+            format!(
+                "{} entries decided by rule {:?} ({}:{}) in {} address classes",
+                n,
+                rule.name,
+                p.source.display(),
+                rule.line,
+                k
+            )
+        })
+        .collect();
+    let line = o.by_rule.first().map_or(1, |&(r, _, _)| p.rules[r].line);
+    format!(
+        "{}:{line}:1: the policy needs about {} of kernel memory (about {} map entries), more than the budget of {} (--memory-budget to change it); in the first {} of {} address classes: {}; each address class repeats the port table of the rules that select it, so rules with many ports over many distinct address sets multiply; nothing was changed",
+        p.source.display(),
+        human(o.need as f64, "B"),
+        o.entries,
+        human(o.budget as f64, "B"),
+        o.classes_compiled,
+        o.classes,
+        top.join("; "),
+    )
 }
 
 /// `moat fw check`: validate and compile, no privileges needed.
-pub fn check(path: &Path, json_out: bool) -> Result<()> {
+pub fn check(path: &Path, json_out: bool, budget: Option<u64>) -> Result<()> {
     let t = Instant::now();
-    let (p, c) = load_policy(path)?;
+    let (p, c) = load_policy_within(path, budget)?;
     if json_out {
         println!(
             "{}",
@@ -229,6 +266,8 @@ pub struct ApplyOpts {
     pub netns: Option<String>,
     pub mode: Mode,
     pub quiet: bool,
+    /// Kernel memory the policy's maps may take (default: [`default_budget`]).
+    pub memory_budget: Option<u64>,
 }
 
 /// `moat fw apply`.
@@ -249,7 +288,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// already swapped if one fails; only then put the state file in place.
 pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let t0 = Instant::now();
-    let (p, c) = load_policy(&o.policy)?;
+    let (p, c) = load_policy_within(&o.policy, o.memory_budget)?;
     sys::require_privileges("moat fw apply")?;
     sys::ensure_bpffs()?;
     let _lock = FwLock::acquire(paths, "moat fw apply", LOCK_WAIT)?;
@@ -1160,16 +1199,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policies_too_big_for_memory_are_refused_with_a_location() {
-        let text = "rules:\n  - name: small\n    direction: ingress\n    action: allow\n  - name: big\n    direction: ingress\n    action: deny\n    remote: [10.0.0.0/8, 10.1.0.0/16, 192.0.2.0/24]\n";
-        let p = policy::parse(text, Path::new("mem.yaml")).unwrap();
-        let c = compile::compile(&p);
-        assert!(check_memory_against(&p, &c, c.memory_bytes() * 2).is_ok());
-        let e = check_memory_against(&p, &c, c.memory_bytes())
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("mem.yaml:5:1: the policy needs about"), "{e}");
-        assert!(e.contains("nothing was changed"), "{e}");
+    fn sizes() {
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 
     #[test]
