@@ -6,6 +6,7 @@ pub mod bpfsys;
 pub mod count;
 pub mod demo;
 pub mod fw;
+pub mod http;
 pub mod loader;
 pub mod netlab;
 pub mod sys;

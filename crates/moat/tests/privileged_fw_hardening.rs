@@ -645,3 +645,113 @@ fn policies_that_are_not_what_they_look_like_change_nothing() {
     assert!(!udp_ok(&lab.ns_a, 7001), "still default deny");
     assert!(Conn::open(&lab.ns_a, 7000).round(), "still allows 7000");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// One scrape; the time it took.
+fn scrape(addr: &str) -> (String, Duration) {
+    let t0 = Instant::now();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    (s, t0.elapsed())
+}
+
+#[test]
+fn the_metrics_endpoint_cannot_be_stalled_by_a_local_user() {
+    if !common::privileged("the_metrics_endpoint_cannot_be_stalled_by_a_local_user") {
+        return;
+    }
+    let t = common::tag("mx");
+    let lab = lab("mx");
+    let root = FwRoot::new(&t);
+    root.ok(&apply_args(&policy_file(&t, ALLOW_7000), &lab, &[]));
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let mut m = MoatProc::spawn_env(
+        &["metrics", "--listen", &addr, "--duration", "60s"],
+        &root.env(),
+    );
+    m.wait_stderr("serving Prometheus metrics", Duration::from_secs(10));
+    let pid = m.child.id();
+    let (body, _) = scrape(&addr);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+
+    // Five idle connections and a slowloris (one header byte every 200 ms).
+    let idle: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    let a2 = addr.clone();
+    let slow = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(&a2).unwrap();
+        let t0 = Instant::now();
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ");
+        while !s2.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+            if c.write_all(b"a").is_err() {
+                return Some(t0.elapsed()); // the server hung up on us
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    });
+    // A 200 MB header line.
+    let a3 = addr.clone();
+    let huge = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(&a3).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nX-Huge: ");
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < 200 << 20 {
+            if c.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Scrapes still answer at once, while all of the above is going on.
+    for _ in 0..3 {
+        let (body, took) = scrape(&addr);
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("moat_policy_generation 1"), "{body}");
+        assert!(
+            took < Duration::from_secs(3),
+            "a scrape took {took:?} with idle, slow and huge clients connected"
+        );
+    }
+    let sent = huge.join().unwrap();
+    assert!(
+        sent < 32 << 20,
+        "the server hung up on the 200 MB header early (accepted {sent} bytes)"
+    );
+    assert!(
+        rss_kb(pid) < 100_000,
+        "the server's memory stays small: {} kB",
+        rss_kb(pid)
+    );
+    let hung_up = slow.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        hung_up.is_some_and(|d| d < Duration::from_secs(15)),
+        "the slowloris client is cut off by the header timeout: {hung_up:?}"
+    );
+    drop(idle);
+    m.signal(libc::SIGINT);
+    let (ok, _, err) = m.finish();
+    assert!(ok, "{err}");
+}

@@ -112,7 +112,11 @@ fn sample(s: &[(String, serde_json::Value, f64)], name: &str, labels: &[(&str, &
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut c = TcpStream::connect(addr).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut s = String::new();
     c.read_to_string(&mut s).unwrap();
     assert!(s.starts_with("HTTP/1.1 200"), "{s}");

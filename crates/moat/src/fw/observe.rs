@@ -5,8 +5,8 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener},
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::atomic::Ordering,
@@ -827,60 +827,39 @@ pub fn metrics_text(c: &Counters) -> String {
     s
 }
 
-/// `moat metrics --listen ADDR`: serves /metrics until Ctrl-C (or `duration`).
+/// `moat metrics --listen ADDR`: serves /metrics until Ctrl-C (or `duration`),
+/// through [`crate::http`] (concurrent, bounded, with timeouts).
 pub fn metrics_cmd(listen: &str, duration: Option<Duration>) -> Result<()> {
     sys::require_privileges("moat metrics")?;
     let paths = Paths::from_env();
     running(&paths)?;
-    let l = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-    l.set_nonblocking(true)?;
-    eprintln!(
-        "serving Prometheus metrics on http://{}/metrics",
-        l.local_addr()?
-    );
     let stop = sys::stop_flag()?;
-    let t0 = Instant::now();
-    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| t0.elapsed() < d) {
-        let (mut c, _) = match l.accept() {
-            Ok(x) => x,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
+    crate::http::serve(
+        listen,
+        crate::http::Limits::default(),
+        duration,
+        stop,
+        |addr| eprintln!("serving Prometheus metrics on http://{addr}/metrics"),
+        move |path| {
+            use hyper::StatusCode;
+            if path == "/metrics" {
+                match counters(&paths) {
+                    Ok(cn) => (
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics_text(&cn),
+                    ),
+                    Err(e) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        format!("{e:#}\n"),
+                    ),
+                }
+            } else {
+                (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into())
             }
-            Err(e) => return Err(e.into()),
-        };
-        c.set_nonblocking(false)?;
-        c.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut line = String::new();
-        let mut r = BufReader::new(c.try_clone()?);
-        if r.read_line(&mut line).is_err() {
-            continue;
-        }
-        // Skip the headers.
-        let mut h = String::new();
-        while r.read_line(&mut h).is_ok_and(|n| n > 2) {
-            h.clear();
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("");
-        let (status, ctype, body) = if path == "/metrics" {
-            match counters(&paths) {
-                Ok(cn) => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics_text(&cn),
-                ),
-                Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
-            }
-        } else {
-            ("404 Not Found", "text/plain", "try /metrics\n".into())
-        };
-        let _ = write!(
-            c,
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    }
-    Ok(())
+        },
+    )
 }
 
 /// `moat capture`: writes (sampled) events' frames to a pcap file.
