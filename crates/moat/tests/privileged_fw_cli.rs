@@ -25,8 +25,10 @@ fn check_reports_a_good_policy_and_every_error_of_a_bad_one() {
     assert_eq!(j["rules"], 5);
     assert_eq!(j["addr4_entries"], 6);
     assert!(j["verdict_entries"].as_u64().unwrap() > 0);
+    let chk = common::tag("chk");
+    let _cleanup = common::PolicyDir(chk.clone());
     let bad = policy_file(
-        &common::tag("chk"),
+        &chk,
         "rules:\n  - name: a\n    direction: ingress\n    action: allow\n    ports: [\"9-1\"]\n  - name: a\n    direction: egress\n    action: maybe\n",
     );
     let (ok, _, err) = MoatProc::spawn(&["fw", "check", "-f", bad.to_str().unwrap()]).finish();

@@ -224,9 +224,9 @@ fn a_new_policy_cuts_an_established_connection() {
         rrx.recv().unwrap(),
         "the connection works under the first policy"
     );
-    let t_cut = common::tag("cut2");
-    let deny = policy_file(
-        &t_cut,
+    let deny = common::policy_file_as(
+        &t,
+        "deny.yaml",
         "default: { ingress: deny, egress: allow }\nrules: []\n",
     );
     apply(&root, &lab, &deny);
@@ -418,9 +418,9 @@ fn hundred_applies_under_traffic_lose_no_allowed_packet() {
     let root = FwRoot::new(&t);
     let _servers = EchoServers::start(&lab.ns_b, &[ip(netlab::B4), ip(netlab::B6)], 7000).unwrap();
     let p1 = policy_file(&t, DEFAULT_DENY);
-    let t2 = common::tag("hund2");
-    let p2 = policy_file(
-        &t2,
+    let p2 = common::policy_file_as(
+        &t,
+        "second.yaml",
         &format!(
             "{DEFAULT_DENY}  - name: extra\n    direction: ingress\n    action: deny\n    remote: [192.0.2.0/24]\n"
         ),
@@ -468,8 +468,9 @@ fn a_bad_policy_changes_nothing_and_detach_leaves_nothing() {
         })
         .collect();
     assert_eq!(ids.len(), 2, "apply names both programs: {out}");
-    let bad = policy_file(
-        &common::tag("bad2"),
+    let bad = common::policy_file_as(
+        &t,
+        "bad.yaml",
         "default: { ingress: allow }\nrules:\n  - name: x\n    direction: in\n    action: allow\n    ports: [0]\n",
     );
     let (ok, _, err) = root.moat(&[

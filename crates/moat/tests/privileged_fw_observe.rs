@@ -71,31 +71,35 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Parses Prometheus text with the reference Python parser; returns
-/// (name, labels, value) for every sample.
+/// Parses Prometheus text with an independent parser (the prometheus-parse
+/// crate); returns (name, labels, value) for every sample.
 fn prometheus_parse(text: &str) -> Vec<(String, serde_json::Value, f64)> {
-    let script = "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families\nout=[]\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        out.append([s.name, s.labels, s.value])\nprint(json.dumps(out))\n";
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (install python3-prometheus-client)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus parser rejected the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Vec<(String, serde_json::Value, f64)> = serde_json::from_slice(&out.stdout).unwrap();
-    v
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{text}"));
+    // Every sample line must have been understood (none silently skipped).
+    let sample_lines = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .count();
+    assert_eq!(scrape.samples.len(), sample_lines, "{text}");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                other => panic!("unexpected sample type {other:?} for {}", s.metric),
+            };
+            let labels: serde_json::Map<String, serde_json::Value> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            (s.metric, serde_json::Value::Object(labels), v)
+        })
+        .collect()
 }
 
 fn sample(s: &[(String, serde_json::Value, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -278,7 +282,7 @@ fn flows_metrics_and_capture_match_the_traffic_sent() {
     );
     assert_eq!(sample(&s, "moat_events_lost_total", &[]), 0.0);
 
-    // moat capture: the three dropped packets, as pcap, read back by tcpdump.
+    // moat capture: the three dropped packets, as pcap.
     let pcap = std::env::temp_dir().join(format!("moat-{t}.pcap"));
     let (ok, _, err) = MoatProc::spawn_env(
         &[
@@ -297,24 +301,34 @@ fn flows_metrics_and_capture_match_the_traffic_sent() {
     .finish();
     assert!(ok, "{err}");
     assert!(err.contains("3 packets written"), "{err}");
-    let td = std::process::Command::new("tcpdump")
-        .args(["-nn", "-r"])
-        .arg(&pcap)
-        .output()
-        .expect("tcpdump");
-    let lines = String::from_utf8_lossy(&td.stdout);
-    let _ = std::fs::remove_file(&pcap);
-    assert!(
-        td.status.success(),
-        "{}",
-        String::from_utf8_lossy(&td.stderr)
+    // Read back with an independent pcap reader (the pcap-file crate) and
+    // decoded here: Ethernet / IPv4 / UDP 10.199.0.1:40002 -> 10.199.0.2:9, 50 bytes.
+    let file = std::fs::File::open(&pcap).unwrap();
+    let mut r = pcap_file::pcap::PcapReader::new(file).expect("a pcap file");
+    assert_eq!(
+        r.header().datalink,
+        pcap_file::DataLink::ETHERNET,
+        "link type Ethernet"
     );
-    let got: Vec<&str> = lines.lines().collect();
-    assert_eq!(got.len(), 3, "{lines}");
-    for l in got {
-        assert!(
-            l.contains("IP 10.199.0.1.40002 > 10.199.0.2.9: UDP, length 50"),
-            "{l}"
+    let mut got = Vec::new();
+    while let Some(p) = r.next_packet() {
+        got.push(p.unwrap().data.into_owned());
+    }
+    let _ = std::fs::remove_file(&pcap);
+    assert_eq!(got.len(), 3, "three packets in the pcap");
+    for f in &got {
+        assert_eq!(&f[12..14], &[0x08, 0x00], "IPv4");
+        let ip = &f[14..];
+        assert_eq!(ip[9], 17, "UDP");
+        assert_eq!(&ip[12..16], &[10, 199, 0, 1]);
+        assert_eq!(&ip[16..20], &[10, 199, 0, 2]);
+        let udp = &ip[(ip[0] as usize & 0xF) * 4..];
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), 40002);
+        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 9);
+        assert_eq!(
+            u16::from_be_bytes([udp[4], udp[5]]),
+            8 + 50,
+            "50 bytes of payload"
         );
     }
 

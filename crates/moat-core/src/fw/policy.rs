@@ -1254,8 +1254,11 @@ mod tests {
 
     #[test]
     fn full_example_parses() {
-        let dir = std::env::temp_dir().join(format!("moat-pol-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("moat-pol-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::write(
             dir.join("block.txt"),
             "# bad people\n192.0.2.0/24\n\n2001:db8:bad::/48 # v6\n",
@@ -1298,7 +1301,6 @@ sets:
         assert!(p.rules[1].selects_l4(58, 128 << 8));
         assert!(!p.rules[1].selects_l4(58, 8 << 8));
         assert_eq!(p.sets["blocklist"], 2);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1444,8 +1446,11 @@ rules:
 
     #[test]
     fn set_file_errors_name_the_set_file() {
-        let dir = std::env::temp_dir().join(format!("moat-set-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("moat-set-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("s.txt"), "10.0.0.0/8\n  10.0.0.1/8\nbanana\n").unwrap();
         let pol = dir.join("p.yaml");
         let text = "sets:\n  s: { file: s.txt }\n  t: { file: missing.txt }\n";
@@ -1469,7 +1474,6 @@ rules:
             )),
             "{e:?}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Policies that are not what they look like are refused, each with a

@@ -283,3 +283,12 @@ pub fn policy_file_as(tag: &str, name: &str, yaml: &str) -> std::path::PathBuf {
     std::fs::write(&p, yaml).unwrap();
     p
 }
+
+/// Removes the tag's policy directory on drop (for tests without a [`FwRoot`]).
+pub struct PolicyDir(pub String);
+
+impl Drop for PolicyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(policy_dir(&self.0));
+    }
+}
