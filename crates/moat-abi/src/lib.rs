@@ -181,7 +181,7 @@ pub mod fw {
     }
 
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct FwClass {
         pub class_id: u32,
     }
@@ -199,7 +199,7 @@ pub mod fw {
 
     /// `class_id` and `port` in network byte order.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct FwPortKey {
         pub class_id: u32,
         pub dir: u8,

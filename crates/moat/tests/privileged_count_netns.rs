@@ -64,6 +64,17 @@ fn traffic(lab: &Lab) -> Vec<Vec<u8>> {
         ),
     );
     add(7, e(ETH_P_IP, &ipv4(A4, B4, IPPROTO_GRE, &[0; 40])));
+    // Nine VID-0 tags: deeper than the parser follows.
+    add(
+        3,
+        ethernet(
+            lab.mac_b,
+            lab.mac_a,
+            &[(ETH_P_8021Q, 0); 9],
+            ETH_P_IP,
+            &ipv4(A4, B4, IPPROTO_UDP, &udp(ips4, 40000, 53, &[5; 20])),
+        ),
+    );
     add(
         29,
         e(

@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod compile;
+pub mod encode;
 pub mod policy;
 pub mod random;
 pub mod reference;

@@ -133,6 +133,7 @@ fn over_budget_message(p: &Policy, o: &compile::OverBudget) -> String {
 pub fn check(path: &Path, json_out: bool, budget: Option<u64>) -> Result<()> {
     let t = Instant::now();
     let (p, c) = load_policy_within(path, budget)?;
+    let e = moat_core::fw::encode::Encoded::of(&p, &c);
     if json_out {
         println!(
             "{}",
@@ -144,7 +145,8 @@ pub fn check(path: &Path, json_out: bool, budget: Option<u64>) -> Result<()> {
                 "addr4_entries": c.addr4.len(),
                 "addr6_entries": c.addr6.len(),
                 "verdict_entries": c.verdicts.len(),
-                "memory_bytes": c.memory_bytes(),
+                "maps": e.map_entries().iter().map(|(n, k)| ((*n).to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
+                "memory_bytes": e.memory_bytes(),
                 "compile_ms": t.elapsed().as_millis() as u64,
             })
         );
@@ -222,13 +224,15 @@ pub fn check(path: &Path, json_out: bool, budget: Option<u64>) -> Result<()> {
     if c.classes.len() > 11 {
         println!("  ... {} more", c.classes.len() - 11);
     }
-    println!("map entries:");
-    println!("  {:<12} {:>9}", abi::MAP_ADDR4, c.addr4.len());
-    println!("  {:<12} {:>9}", abi::MAP_ADDR6, c.addr6.len());
-    println!("  {:<12} {:>9}", abi::MAP_VERDICT, c.verdicts.len());
+    println!(
+        "map entries (host addresses and single/every-port verdicts in hash maps, the rest in LPM tries):"
+    );
+    for (n, k) in e.map_entries() {
+        println!("  {n:<12} {k:>9}");
+    }
     println!(
         "kernel memory for the policy maps: about {}",
-        human(c.memory_bytes() as f64, "B")
+        human(e.memory_bytes() as f64, "B")
     );
     Ok(())
 }
@@ -373,6 +377,10 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         verdict_entries: c.verdicts.len(),
         classes: c.classes.len(),
         memory_bytes: c.memory_bytes(),
+        maps: {
+            let e = moat_core::fw::encode::Encoded::of(&p, &c);
+            state::MapFill::of(&e, &e.sizes())
+        },
     };
     let staged = StagedState::write(paths, &state)
         .map_err(|e| anyhow!("{e:#}; nothing was changed (the firewall runs as before)"))?;

@@ -19,109 +19,16 @@ use moat_abi::{
     count::CountValue,
     fw::{self as abi, FwClass, FwConfig, FwCtKey, FwCtVal, FwFragKey, FwPortKey, FwVerdict},
 };
-use moat_core::fw::{Action, Cidr, Dir, Policy, compile::Compiled};
+use moat_core::fw::{Dir, Policy, compile::Compiled};
 
 use crate::loader::{self, Loaded, LogOpts};
 
 /// Progress is reported every STEP entries.
 const STEP: usize = 50_000;
 
-pub fn action_byte(a: Action) -> u8 {
-    match a {
-        Action::Allow => abi::ACTION_ALLOW,
-        Action::Deny => abi::ACTION_DENY,
-    }
-}
-
-pub fn dir_byte(d: Dir) -> u8 {
-    match d {
-        Dir::Ingress => abi::DIR_INGRESS,
-        Dir::Egress => abi::DIR_EGRESS,
-    }
-}
-
-/// Verdict trie key data (after prefixlen): class (be32), dir, proto, port (be16).
-pub fn verdict_key_data(class: u32, dir: u8, proto: u8, port: u16) -> [u8; 8] {
-    let mut k = [0u8; 8];
-    k[..4].copy_from_slice(&class.to_be_bytes());
-    k[4] = dir;
-    k[5] = proto;
-    k[6..].copy_from_slice(&port.to_be_bytes());
-    k
-}
-
-/// Sizes of the policy maps for a compiled policy.
-/// Entries per map: host addresses and exact/any ports go to hash maps, the
-/// rest to the LPM tries (see abi.h).
-pub struct Sizes {
-    pub addr4: u32,
-    pub addr6: u32,
-    pub host4: u32,
-    pub host6: u32,
-    pub verdict: u32,
-    pub ports: u32,
-    pub rules: u32,
-}
-
-/// `HAS_*` bits for the maps a compiled policy fills (the kernel skips the rest).
-pub fn maps_present(c: &Compiled) -> u8 {
-    let mut m = 0;
-    let mut set = |cond: bool, bit: u8| {
-        if cond {
-            m |= bit;
-        }
-    };
-    set(
-        c.addr4.iter().any(|(p, _)| p.prefix_len() < 32),
-        abi::HAS_ADDR4,
-    );
-    set(
-        c.addr6.iter().any(|(p, _)| p.prefix_len() < 128),
-        abi::HAS_ADDR6,
-    );
-    set(
-        c.addr4.iter().any(|(p, _)| p.prefix_len() == 32),
-        abi::HAS_HOST4,
-    );
-    set(
-        c.addr6.iter().any(|(p, _)| p.prefix_len() == 128),
-        abi::HAS_HOST6,
-    );
-    set(c.verdicts.iter().any(|v| v.plen == 16), abi::HAS_PORT_EXACT);
-    set(c.verdicts.iter().any(|v| v.plen == 0), abi::HAS_PORT_ANY);
-    set(
-        c.verdicts.iter().any(|v| !in_ports_map(v.plen)),
-        abi::HAS_VERDICT,
-    );
-    m
-}
-
-/// Does this verdict entry go to the `fw_ports` hash (exact port or every port)?
-pub fn in_ports_map(plen: u8) -> bool {
-    plen == 16 || plen == 0
-}
-
-impl Sizes {
-    pub fn of(c: &Compiled, p: &Policy) -> Sizes {
-        let host4 = c.addr4.iter().filter(|(c, _)| c.prefix_len() == 32).count();
-        let host6 = c
-            .addr6
-            .iter()
-            .filter(|(c, _)| c.prefix_len() == 128)
-            .count();
-        let ports = c.verdicts.iter().filter(|v| in_ports_map(v.plen)).count();
-        let n = |x: usize| x.max(1) as u32;
-        Sizes {
-            addr4: n(c.addr4.len() - host4),
-            addr6: n(c.addr6.len() - host6),
-            host4: n(host4),
-            host6: n(host6),
-            verdict: n(c.verdicts.len() - ports),
-            ports: n(ports),
-            rules: p.rules.len() as u32 + 1,
-        }
-    }
-}
+/// The physical encoding lives in moat-core (testable without root); the
+/// loader only copies its entries into the maps.
+pub use moat_core::fw::encode::{Encoded, Sizes};
 
 pub struct FwInstance {
     pub bpf: Ebpf,
@@ -144,15 +51,9 @@ impl FwInstance {
         log: &LogOpts,
         progress: Progress<'_>,
     ) -> Result<FwInstance> {
-        Self::load_with_capacity(
-            policy,
-            compiled,
-            generation,
-            pin_dir,
-            log,
-            progress,
-            &Sizes::of(compiled, policy),
-        )
+        let e = Encoded::of(policy, compiled);
+        let sizes = e.sizes();
+        Self::load_encoded(policy, &e, sizes, generation, pin_dir, log, progress)
     }
 
     /// Like [`FwInstance::load`], with policy maps of at least `min` entries
@@ -166,16 +67,20 @@ impl FwInstance {
         progress: Progress<'_>,
         min: &Sizes,
     ) -> Result<FwInstance> {
-        let need = Sizes::of(compiled, policy);
-        let sizes = Sizes {
-            addr4: need.addr4.max(min.addr4),
-            addr6: need.addr6.max(min.addr6),
-            host4: need.host4.max(min.host4),
-            host6: need.host6.max(min.host6),
-            verdict: need.verdict.max(min.verdict),
-            ports: need.ports.max(min.ports),
-            rules: need.rules.max(min.rules),
-        };
+        let e = Encoded::of(policy, compiled);
+        let sizes = e.sizes().at_least(min);
+        Self::load_encoded(policy, &e, sizes, generation, pin_dir, log, progress)
+    }
+
+    fn load_encoded(
+        policy: &Policy,
+        e: &Encoded,
+        sizes: Sizes,
+        generation: u32,
+        pin_dir: &Path,
+        log: &LogOpts,
+        progress: Progress<'_>,
+    ) -> Result<FwInstance> {
         // Pins only root controls (created 0700, refused if anyone else could change them).
         crate::sys::private_dir(pin_dir)?;
         let pin_dir = pin_dir.to_path_buf();
@@ -198,7 +103,7 @@ impl FwInstance {
             generation,
             loaded,
         };
-        inst.fill(policy, compiled, progress)?;
+        inst.fill(policy, e, progress)?;
         Ok(inst)
     }
 
@@ -212,7 +117,7 @@ impl FwInstance {
         clear_hash::<[u8; 16], FwClass>(self.map_mut(abi::MAP_HOST6)?)?;
         clear_hash::<FwPortKey, FwVerdict>(self.map_mut(abi::MAP_PORTS)?)?;
         self.generation = generation;
-        self.fill(policy, compiled, &mut |_, _, _| {})
+        self.fill(policy, &Encoded::of(policy, compiled), &mut |_, _, _| {})
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
@@ -227,118 +132,73 @@ impl FwInstance {
             .ok_or_else(|| anyhow!("map {name} missing from fw object"))
     }
 
-    fn fill(&mut self, policy: &Policy, c: &Compiled, progress: Progress<'_>) -> Result<()> {
-        let total = c.addr4.len() + c.addr6.len() + c.verdicts.len();
+    /// Copies the encoded entries into the maps, then the config.
+    fn fill(&mut self, policy: &Policy, e: &Encoded, progress: Progress<'_>) -> Result<()> {
+        let total = e.entries();
         let mut done = 0usize;
-        self.fill_addrs::<4>(
-            &c.addr4,
-            abi::MAP_ADDR4,
-            abi::MAP_HOST4,
-            &mut done,
-            total,
-            progress,
-        )?;
-        self.fill_addrs::<16>(
-            &c.addr6,
-            abi::MAP_ADDR6,
-            abi::MAP_HOST6,
-            &mut done,
-            total,
-            progress,
-        )?;
-        for v in &c.verdicts {
-            let val = FwVerdict {
-                rule: v.rule as u32 + 1,
-                action: action_byte(v.action),
-                flags: if policy.rules[v.rule].log {
-                    abi::FLAG_LOG
-                } else {
-                    0
-                },
-                pad: [0; 2],
-            };
-            if in_ports_map(v.plen) {
-                let mut h: BpfHashMap<_, FwPortKey, FwVerdict> =
-                    BpfHashMap::try_from(self.map_mut(abi::MAP_PORTS)?)?;
-                let key = FwPortKey {
-                    class_id: v.class.to_be(),
-                    dir: dir_byte(v.dir),
-                    proto: v.proto,
-                    plen: v.plen,
-                    pad: 0,
-                    port: if v.plen == 0 { 0 } else { v.port.to_be() },
-                    pad2: [0; 2],
-                };
-                h.insert(key, val, 0).context("inserting a port verdict")?;
-            } else {
-                let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
-                    LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
-                let data = verdict_key_data(v.class, dir_byte(v.dir), v.proto, v.port);
-                t.insert(&Key::new(48 + u32::from(v.plen), data), val, 0)
-                    .context("inserting a port-range verdict")?;
-            }
-            done += 1;
-            if done.is_multiple_of(STEP) {
-                progress("filling maps", done, total);
-            }
-        }
-        progress("filling maps", total, total);
-        let cfg = FwConfig {
-            generation: self.generation,
-            default_ingress: action_byte(policy.default_ingress),
-            default_egress: action_byte(policy.default_egress),
-            maps: maps_present(c),
-            pad: 0,
-            timeout_tcp: policy.timeouts.tcp,
-            timeout_udp: policy.timeouts.udp,
-            timeout_other: policy.timeouts.other,
-            ev_sample: policy.logging.sample,
-            ev_cost_ns: cost_ns(policy.logging.rate),
-            ev_cap_ns: cost_ns(policy.logging.rate) * u64::from(per_cpu(policy.logging.burst)),
-            flow_cost_ns: cost_ns(policy.logging.flow_rate),
-            flow_cap_ns: cost_ns(policy.logging.flow_rate)
-                * u64::from(per_cpu(policy.logging.flow_rate)),
-            log_drops: u8::from(policy.logging.drops),
-            pad2: [0; 7],
-        };
-        let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
-        a.set(0, cfg, 0)?;
-        Ok(())
-    }
-
-    /// Host prefixes (/32, /128) into the hash map, the others into the trie.
-    fn fill_addrs<const N: usize>(
-        &mut self,
-        entries: &[(Cidr, u32)],
-        trie: &str,
-        hosts: &str,
-        done: &mut usize,
-        total: usize,
-        progress: Progress<'_>,
-    ) -> Result<()>
-    where
-        [u8; N]: aya::Pod,
-    {
-        let full = (N * 8) as u8;
-        for (cidr, class) in entries {
-            let mut a = [0u8; N];
-            a.copy_from_slice(&cidr.octets());
-            let v = FwClass { class_id: *class };
-            if cidr.prefix_len() == full {
-                let mut h: BpfHashMap<_, [u8; N], FwClass> =
-                    BpfHashMap::try_from(self.map_mut(hosts)?)?;
-                h.insert(a, v, 0)
-                    .with_context(|| format!("inserting {cidr} into {hosts}"))?;
-            } else {
-                let mut t: LpmTrie<_, [u8; N], FwClass> = LpmTrie::try_from(self.map_mut(trie)?)?;
-                t.insert(&Key::new(u32::from(cidr.prefix_len()), a), v, 0)
-                    .with_context(|| format!("inserting {cidr} into {trie}"))?;
-            }
+        let mut tick = |done: &mut usize| {
             *done += 1;
             if done.is_multiple_of(STEP) {
                 progress("filling maps", *done, total);
             }
+        };
+        {
+            let mut h: BpfHashMap<_, [u8; 4], FwClass> =
+                BpfHashMap::try_from(self.map_mut(abi::MAP_HOST4)?)?;
+            for (a, c) in &e.host4 {
+                h.insert(*a, *c, 0)
+                    .with_context(|| format!("inserting {a:?} into {}", abi::MAP_HOST4))?;
+                tick(&mut done);
+            }
         }
+        {
+            let mut h: BpfHashMap<_, [u8; 16], FwClass> =
+                BpfHashMap::try_from(self.map_mut(abi::MAP_HOST6)?)?;
+            for (a, c) in &e.host6 {
+                h.insert(*a, *c, 0)
+                    .with_context(|| format!("inserting {a:?} into {}", abi::MAP_HOST6))?;
+                tick(&mut done);
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 4], FwClass> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR4)?)?;
+            for (plen, a, c) in &e.addr4 {
+                t.insert(&Key::new(*plen, *a), *c, 0)
+                    .with_context(|| format!("inserting {a:?}/{plen} into {}", abi::MAP_ADDR4))?;
+                tick(&mut done);
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 16], FwClass> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR6)?)?;
+            for (plen, a, c) in &e.addr6 {
+                t.insert(&Key::new(*plen, *a), *c, 0)
+                    .with_context(|| format!("inserting {a:?}/{plen} into {}", abi::MAP_ADDR6))?;
+                tick(&mut done);
+            }
+        }
+        {
+            let mut h: BpfHashMap<_, FwPortKey, FwVerdict> =
+                BpfHashMap::try_from(self.map_mut(abi::MAP_PORTS)?)?;
+            for (k, v) in &e.ports {
+                h.insert(*k, *v, 0).context("inserting a port verdict")?;
+                tick(&mut done);
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
+                LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
+            for (plen, k, v) in &e.verdict {
+                t.insert(&Key::new(*plen, *k), *v, 0)
+                    .context("inserting a port-range verdict")?;
+                tick(&mut done);
+            }
+        }
+        progress("filling maps", total, total);
+        let cfg = moat_core::fw::encode::config(policy, e, self.generation, cpus()? as u32);
+        let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
+        a.set(0, cfg, 0)?;
         Ok(())
     }
 
@@ -554,16 +414,4 @@ pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(
 /// Number of possible CPUs (for per-CPU writes).
 pub fn cpus() -> Result<usize> {
     nr_cpus().map_err(|(_, e)| anyhow!("reading possible CPUs: {e}"))
-}
-
-/// Credit one token costs in a per-CPU bucket refilled at the whole-host
-/// `rate` per second shared by the CPUs.
-pub fn cost_ns(rate: u32) -> u64 {
-    1_000_000_000 / u64::from(per_cpu(rate))
-}
-
-/// A whole-host rate as the per-CPU rate the token buckets use (at least 1).
-pub fn per_cpu(rate: u32) -> u32 {
-    let cpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1) as u32;
-    rate.div_ceil(cpus).max(1)
 }

@@ -169,6 +169,7 @@ fn running(paths: &Paths) -> Result<State> {
             verdict_entries: 0,
             classes: 0,
             memory_bytes: 0,
+            maps: Vec::new(),
         }),
     }
 }
@@ -565,7 +566,7 @@ pub fn counters(paths: &Paths) -> Result<Counters> {
     }
     let (ct, ct_max) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
     let (fl, fl_max) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
-    let maps = vec![
+    let mut maps = vec![
         (
             abi::MAP_CT,
             ct.keys().filter(Result::is_ok).count() as u64,
@@ -576,22 +577,21 @@ pub fn counters(paths: &Paths) -> Result<Counters> {
             fl.keys().filter(Result::is_ok).count() as u64,
             u64::from(fl_max),
         ),
-        (
-            abi::MAP_ADDR4,
-            state.addr4_entries as u64,
-            state.addr4_entries.max(1) as u64,
-        ),
-        (
-            abi::MAP_ADDR6,
-            state.addr6_entries as u64,
-            state.addr6_entries.max(1) as u64,
-        ),
-        (
-            abi::MAP_VERDICT,
-            state.verdict_entries as u64,
-            state.verdict_entries.max(1) as u64,
-        ),
     ];
+    // The policy maps: entries and capacity as loaded (recorded at apply).
+    const POLICY_MAPS: [&str; 6] = [
+        abi::MAP_HOST4,
+        abi::MAP_ADDR4,
+        abi::MAP_HOST6,
+        abi::MAP_ADDR6,
+        abi::MAP_PORTS,
+        abi::MAP_VERDICT,
+    ];
+    for m in &state.maps {
+        if let Some(name) = POLICY_MAPS.iter().find(|n| **n == m.name) {
+            maps.push((name, m.entries as u64, u64::from(m.capacity)));
+        }
+    }
     // Per interface: one slot per ifindex modulo IF_SLOTS; interfaces that
     // share a slot are named together.
     let if_map = pinned_map(&paths.pins.join(abi::MAP_IFSTATS))?;

@@ -126,6 +126,40 @@ pub struct State {
     pub verdict_entries: usize,
     pub classes: usize,
     pub memory_bytes: usize,
+    /// Entries and capacity (`max_entries`) of each policy map, as loaded.
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl MapFill {
+    /// The policy maps of an encoded policy loaded with `sizes`.
+    pub fn of(
+        e: &moat_core::fw::encode::Encoded,
+        sizes: &moat_core::fw::encode::Sizes,
+    ) -> Vec<MapFill> {
+        e.map_entries()
+            .into_iter()
+            .map(|(name, entries)| MapFill {
+                name: name.to_string(),
+                entries,
+                capacity: match name {
+                    abi::MAP_HOST4 => sizes.host4,
+                    abi::MAP_ADDR4 => sizes.addr4,
+                    abi::MAP_HOST6 => sizes.host6,
+                    abi::MAP_ADDR6 => sizes.addr6,
+                    abi::MAP_PORTS => sizes.ports,
+                    _ => sizes.verdict,
+                },
+            })
+            .collect()
+    }
 }
 
 /// What reading the state file gave.
