@@ -387,6 +387,21 @@ struct fw_event {
 	__u8 pad[7];
 	__u8 data[FW_EVENT_CAP];
 };
+/* Ring-buffer records have no map value type, so their BTF is not emitted:
+ * the layout is pinned here instead (moat-ebpf's objects test compares these
+ * lines with the Rust mirror). */
+#define MOAT_OFFSET_OF(t, f) __builtin_offsetof(struct t, f)
+_Static_assert(MOAT_OFFSET_OF(fw_event, ts_ns) == 0, "fw_event.ts_ns");
+_Static_assert(MOAT_OFFSET_OF(fw_event, ifindex) == 8, "fw_event.ifindex");
+_Static_assert(MOAT_OFFSET_OF(fw_event, rule) == 12, "fw_event.rule");
+_Static_assert(MOAT_OFFSET_OF(fw_event, pkt_len) == 16, "fw_event.pkt_len");
+_Static_assert(MOAT_OFFSET_OF(fw_event, cap_len) == 20, "fw_event.cap_len");
+_Static_assert(MOAT_OFFSET_OF(fw_event, kind) == 22, "fw_event.kind");
+_Static_assert(MOAT_OFFSET_OF(fw_event, reason) == 23, "fw_event.reason");
+_Static_assert(MOAT_OFFSET_OF(fw_event, dir) == 24, "fw_event.dir");
+_Static_assert(MOAT_OFFSET_OF(fw_event, pad) == 25, "fw_event.pad");
+_Static_assert(MOAT_OFFSET_OF(fw_event, data) == 32, "fw_event.data");
+_Static_assert(sizeof(struct fw_event) == 32 + FW_EVENT_CAP, "fw_event size");
 
 struct fw_frag_key {
 	__u8 src[16];

@@ -356,6 +356,115 @@ pub mod parse {
     pub const MAX_IPV6_EXTHDRS: usize = 8;
 }
 
+/// Layout of one struct crossing the kernel/user boundary: its C name, size
+/// and every field with its byte offset, in declaration order. Checked
+/// against the BTF of the compiled objects (moat-ebpf's objects test), so a
+/// reordered, resized or missing field fails without root.
+pub struct StructLayout {
+    pub c_name: &'static str,
+    pub size: usize,
+    pub fields: &'static [(&'static str, usize)],
+}
+
+macro_rules! layout {
+    ($c:literal, $t:ty, [$($f:ident),* $(,)?]) => {
+        StructLayout {
+            c_name: $c,
+            size: core::mem::size_of::<$t>(),
+            fields: &[$((stringify!($f), core::mem::offset_of!($t, $f))),*],
+        }
+    };
+}
+
+pub const LAYOUTS: &[StructLayout] = &[
+    layout!("count_value", count::CountValue, [packets, bytes]),
+    layout!("fw_addr4_key", fw::FwAddr4Key, [prefixlen, addr]),
+    layout!("fw_addr6_key", fw::FwAddr6Key, [prefixlen, addr]),
+    layout!("fw_class", fw::FwClass, [class_id]),
+    layout!(
+        "fw_verdict_key",
+        fw::FwVerdictKey,
+        [prefixlen, class_id, dir, proto, port]
+    ),
+    layout!(
+        "fw_port_key",
+        fw::FwPortKey,
+        [class_id, dir, proto, plen, pad, port, pad2]
+    ),
+    layout!("fw_verdict", fw::FwVerdict, [rule, action, flags, pad]),
+    layout!(
+        "fw_config",
+        fw::FwConfig,
+        [
+            generation,
+            default_ingress,
+            default_egress,
+            maps,
+            pad,
+            timeout_tcp,
+            timeout_udp,
+            timeout_other,
+            ev_sample,
+            ev_cost_ns,
+            ev_cap_ns,
+            flow_cost_ns,
+            flow_cap_ns,
+            log_drops,
+            pad2
+        ]
+    ),
+    layout!(
+        "fw_ct_key",
+        fw::FwCtKey,
+        [local, remote, lport, rport, proto, family, pad]
+    ),
+    layout!(
+        "fw_ct_val",
+        fw::FwCtVal,
+        [
+            first_seen_ns,
+            last_seen_ns,
+            packets,
+            bytes,
+            generation,
+            rule,
+            port0,
+            dir0,
+            flags,
+            ifindex
+        ]
+    ),
+    layout!(
+        "fw_flow_val",
+        fw::FwFlowVal,
+        [
+            first_seen_ns,
+            last_seen_ns,
+            packets,
+            bytes,
+            rule,
+            ifindex,
+            reason,
+            dir,
+            pad
+        ]
+    ),
+    layout!("fw_bucket", fw::FwBucket, [last_ns, credit_ns]),
+    layout!("fw_evstate", fw::FwEvstate, [ev, flow, seq]),
+    layout!(
+        "fw_event",
+        fw::FwEvent,
+        [
+            ts_ns, ifindex, rule, pkt_len, cap_len, kind, reason, dir, pad, data
+        ]
+    ),
+    layout!(
+        "fw_frag_key",
+        fw::FwFragKey,
+        [src, dst, id, proto, family, pad]
+    ),
+];
+
 /// Every (kind, name, key size, value size) the objects must contain.
 /// Programs have no sizes.
 pub struct MapAbi {

@@ -86,6 +86,9 @@ fn abi_header_defines_match_rust_constants() {
         let (Some(name), Some(value)) = (w.next(), w.next()) else {
             continue;
         };
+        if name.contains('(') {
+            continue; // a function-like helper macro, not an ABI value
+        }
         defines.insert(name.to_string(), value.trim_matches('"').to_string());
     }
     let mut rust: Vec<(&str, String)> = vec![
@@ -207,4 +210,102 @@ fn committed_objects_are_fresh() {
         "committed BPF objects are stale:\n  {}\nrun: MOAT_EBPF_UPDATE=1 cargo build -p moat-ebpf",
         stale.join("\n  ")
     );
+}
+
+/// Struct layouts (name -> (size, [(member, byte offset)])) from the .BTF
+/// section of an object, read here from the format's definition (a header,
+/// then types of 12 bytes plus kind-specific trailing data, then strings).
+fn btf_structs(elf: &[u8]) -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(elf).expect("an ELF object");
+    let sec = file.section_by_name(".BTF").expect("a .BTF section (-g)");
+    let b = sec.data().unwrap();
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0xeB9F, "BTF magic");
+    let hdr_len = u32_at(4) as usize;
+    let (type_off, type_len) = (u32_at(8) as usize, u32_at(12) as usize);
+    let str_off = u32_at(16) as usize;
+    let types = hdr_len + type_off;
+    let strs = hdr_len + str_off;
+    let name = |off: u32| -> String {
+        let s = &b[strs + off as usize..];
+        String::from_utf8_lossy(&s[..s.iter().position(|&c| c == 0).unwrap()]).into_owned()
+    };
+    let mut out = BTreeMap::new();
+    let mut at = types;
+    while at < types + type_len {
+        let (name_off, info, size) = (u32_at(at), u32_at(at + 4), u32_at(at + 8));
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let kflag = info >> 31;
+        at += 12;
+        let extra = match kind {
+            1 | 14 | 17 => 4,             // int, var, decl_tag
+            3 => 12,                      // array
+            4 | 5 | 15 | 19 => 12 * vlen, // struct, union, datasec, enum64
+            6 | 13 => 8 * vlen,           // enum, func_proto
+            _ => 0,
+        };
+        if kind == 4 && name_off != 0 {
+            let members = (0..vlen)
+                .map(|i| {
+                    let m = at + 12 * i;
+                    let off = u32_at(m + 8);
+                    // With kflag set, the low 24 bits are the bit offset.
+                    let bits = if kflag == 1 { off & 0xff_ffff } else { off };
+                    (name(u32_at(m)), bits as usize / 8)
+                })
+                .collect();
+            out.insert(name(name_off), (size as usize, members));
+        }
+        at += extra;
+    }
+    out
+}
+
+/// Every struct of the ABI has, in the compiled objects' BTF, the size and
+/// the fields (names, order and byte offsets) of its Rust mirror: a field
+/// reordered or resized on one side only fails here.
+#[test]
+fn struct_layouts_match_the_btf_of_the_objects() {
+    let mut btf = BTreeMap::new();
+    for (name, _) in moat_ebpf::ALL {
+        btf.extend(btf_structs(moat_ebpf::object(name).unwrap()));
+    }
+    let header = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bpf/common/abi.h"),
+    )
+    .unwrap();
+    for l in moat_abi::LAYOUTS {
+        let Some((size, members)) = btf.get(l.c_name) else {
+            // Not in BTF (a ring-buffer record): abi.h must pin every
+            // field's offset with the Rust value (the compiler checks it).
+            for (f, off) in l.fields {
+                let line = format!(
+                    "_Static_assert(MOAT_OFFSET_OF({}, {f}) == {off}, ",
+                    l.c_name
+                );
+                assert!(
+                    header.contains(&line),
+                    "struct {} is not in the objects' BTF, and abi.h lacks `{line}`",
+                    l.c_name
+                );
+            }
+            continue;
+        };
+        assert_eq!(*size, l.size, "size of struct {}", l.c_name);
+        let rust: Vec<(String, usize)> = l
+            .fields
+            .iter()
+            .map(|(n, o)| ((*n).to_string(), *o))
+            .collect();
+        assert_eq!(
+            members, &rust,
+            "fields (name, byte offset) of struct {} in C vs Rust",
+            l.c_name
+        );
+    }
+    // And the test itself can fail: a swapped pair is noticed.
+    let (_, m) = &btf["fw_verdict"];
+    assert_ne!(m[1].1, m[2].1);
 }
