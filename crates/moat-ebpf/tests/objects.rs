@@ -221,7 +221,7 @@ fn btf_structs(elf: &[u8]) -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
     let sec = file.section_by_name(".BTF").expect("a .BTF section (-g)");
     let b = sec.data().unwrap();
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0xeB9F, "BTF magic");
+    assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0xEB9F, "BTF magic");
     let hdr_len = u32_at(4) as usize;
     let (type_off, type_len) = (u32_at(8) as usize, u32_at(12) as usize);
     let str_off = u32_at(16) as usize;
