@@ -37,6 +37,7 @@ use super::{
     },
 };
 use crate::{bpfsys, count::Mode, loader::LogOpts, sys};
+use moat_core::fw::encode::RuleId;
 
 /// Loads and compiles a policy within the default memory budget; errors
 /// come back as `FILE:LINE:COL: reason` lines.
@@ -552,9 +553,9 @@ fn carry_rule_counters(
     seed(0, prev.first().copied().unwrap_or_default())?;
     for (i, r) in p.rules.iter().enumerate() {
         if let Some(j) = old.rules.iter().position(|o| o.name == r.name)
-            && let Some(v) = prev.get(j + 1)
+            && let Some(v) = prev.get(RuleId::of_rule(j).0 as usize)
         {
-            seed(i as u32 + 1, *v)?;
+            seed(RuleId::of_rule(i).0, *v)?;
         }
     }
     Ok(())
@@ -1149,9 +1150,7 @@ pub fn explain(o: &ExplainOpts, log: &LogOpts) -> Result<()> {
             p.rules[i].line
         ),
     };
-    let bpf_rule = r
-        .rule
-        .map(|id| if id == 0 { None } else { Some(id as usize - 1) });
+    let bpf_rule = r.rule.map(|id| RuleId(id).rule_index());
     let agree = r.passed == (want.action == Action::Allow) && bpf_rule == Some(want.rule);
     let reason = r.reason.map_or("?", |i| abi::STAT_NAMES[i as usize]);
     if o.json {

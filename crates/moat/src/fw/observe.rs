@@ -129,13 +129,12 @@ pub fn iface_names(state: &State) -> HashMap<u32, String> {
 }
 
 fn rule_name(state: &State, id: u32) -> String {
-    if id == abi::RULE_DEFAULT {
-        "(default)".into()
-    } else {
-        state
+    match moat_core::fw::encode::RuleId(id).rule_index() {
+        None => "(default)".into(),
+        Some(i) => state
             .rules
-            .get(id as usize - 1)
-            .map_or_else(|| format!("#{id}"), |r| r.name.clone())
+            .get(i)
+            .map_or_else(|| format!("#{id}"), |r| r.name.clone()),
     }
 }
 
