@@ -61,13 +61,17 @@ struct count_value {
 /* ---------------------------------------------------------------------------
  * fw — the stateful firewall (bpf/fw/fw.bpf.c)
  *
- * Per packet: parse; ARP/non-IP and the ICMPv6 messages a host needs pass;
- * a tracked connection passes if the policy generation that admitted it is
- * current, else its first packet is re-checked; an ICMP error quoting a
- * tracked connection passes; anything else is a new connection: the remote
- * address gives a class (LPM trie), {class, direction, protocol, port} gives
- * the verdict (LPM trie, port as a prefix). Rules compile to these entries in
- * moat-core::fw::compile; the kernel only looks up.
+ * Per packet: parse (more than MOAT_MAX_VLAN_DEPTH tags: drop); non-IP and
+ * the ICMPv6 messages a host needs pass; malformed drops; a later fragment
+ * follows its first; an ICMP error quoting a tracked connection passes; a
+ * tracked connection passes if the policy generation that admitted it is
+ * current, else its first packet is re-checked; anything else is a new
+ * connection: the remote address gives a class (fw_host4/6 hash, else
+ * fw_addr4/6 LPM trie), {class, direction, protocol, port} gives the verdict
+ * (fw_ports hash for an exact port or every port, else fw_verdict LPM trie
+ * for port ranges), a miss gives the default. Rules compile to these entries
+ * in moat-core::fw::compile and are encoded for these maps in
+ * moat-core::fw::encode; the kernel only looks up.
  * ------------------------------------------------------------------------- */
 
 #define FW_PROG_XDP "fw_xdp"       /* ingress, at XDP */
@@ -119,7 +123,8 @@ struct count_value {
  * fw_ct: BPF_MAP_TYPE_LRU_HASH, pinned by name, shared by every program
  *   generation so that connections survive a policy update.
  *   key: struct fw_ct_key (host's view: local/remote); value: struct fw_ct_val
- *   writer: fw programs (new allowed connections, re-checks); reader: moat fw status
+ *   writer: fw programs (new allowed connections, re-checks, expiry);
+ *   readers: moat fw status, moat flows, moat top, moat metrics
  */
 #define FW_MAP_CT "fw_ct"
 /*
@@ -131,12 +136,13 @@ struct count_value {
 /*
  * fw_rule_stats: BPF_MAP_TYPE_PERCPU_ARRAY, one entry per rule id (0 = default)
  *   value: struct count_value (packets, bytes decided by that rule, including
- *   packets of the connections it admitted). writer: fw programs; reader: status
+ *   packets of the connections it admitted). writer: fw programs (moat fw apply
+ *   seeds it with the running counters by rule name); readers: status, top, metrics
  */
 #define FW_MAP_RULE_STATS "fw_rule_stats"
 /*
  * fw_stats: BPF_MAP_TYPE_PERCPU_ARRAY, FW_STAT_MAX entries, pinned by name
- *   value: struct count_value per reason below. writer: fw programs; reader: status
+ *   value: struct count_value per reason below. writer: fw programs; readers: status, top, metrics, explain
  */
 #define FW_MAP_STATS "fw_stats"
 

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * fw.bpf.c — moat's stateful L3/L4 firewall: fw_xdp (ingress, XDP) and
- * fw_tc_egress (egress, TC/TCX). The policy arrives compiled (moat-core::fw):
- * two LPM lookups decide a new connection whatever the number of rules; a
+ * fw_tc_egress (egress, TC/TCX). The policy arrives compiled (moat-core::fw
+ * compile + encode): an address class (host hash, else LPM trie) and a verdict
+ * (exact-port hash, every-port hash, else port-range LPM trie) decide a new
+ * connection in a bounded number of lookups whatever the number of rules; a
  * conntrack LRU shared across policy generations lets established traffic and
  * replies through and re-checks connections when the policy changes.
  * Maps and structs: see bpf/common/abi.h.
@@ -426,188 +428,255 @@ struct fw_out {
 	__u8 keyed;      /* dropped with its connection key complete in *k */
 };
 
-/*
- * The decision for one parsed packet: returns the FW_STAT_* reason (whether
- * it passes follows from it), builds the connection key in *k (zeroed by the
- * caller) and fills *o. Counting, flows and events
- * are the caller's.
- */
-static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u32 offs,
-				      __u32 meta, __u32 frag_id, __u8 dir, __u32 ifindex,
-				      const struct fw_config *cfg, struct fw_ct_key *k,
-				      struct fw_out *o)
+/* One packet on its way through fw_judge's steps. */
+struct fw_pkt {
+	void *data;
+	void *data_end;
+	__u64 len;
+	__u8 dir;
+	__u8 local_is_src; /* sent by this host (egress) */
+	__u8 family;
+	__u8 proto;
+	__u8 icmp_error;   /* an ICMP error: judged alone, never tracked */
+	__u8 pad[3];
+	__be16 pport;      /* the policy port: tcp/udp destination, icmp type << 8 | code */
+	__u8 pad2[2];
+	__u32 ifindex;
+};
+
+/* Keep judging (not a FW_STAT_* reason: those are < FW_STAT_MAX). */
+#define FW_NEXT 0xFFFFu
+
+/* Forgets a conntrack entry and its presence-filter mark (only a delete that
+ * succeeded gives the mark back, so the filter never says "absent" wrongly). */
+static __always_inline void fw_ct_forget(const struct fw_ct_key *k, __u32 *seen)
 {
-	__u64 len = data_end - data;
-	struct fw_frag_key fk = {};
-	struct fw_ct_val *ct;
+	if (bpf_map_delete_elem(&fw_ct, k) == 0 && seen)
+		__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
+}
+
+/* Step 1: the network layer. Addresses into the fragment key; non-IP passes,
+ * a stack too deep or a broken header drops. */
+static __always_inline __u32 fw_step_l3(struct fw_pkt *p, __u32 offs, __u32 meta,
+					struct fw_frag_key *fk)
+{
 	__u16 eth_proto = meta & 0xFFFF;
-	__u8 family, proto;
-	__u32 action;
-	__u8 *src, *dst, *l4;
-	__be16 dport = 0, pport = 0;
-	__u32 rule = 0, off, reason, seen_slot;
-	__u32 *seen;
-	__u8 flags = 0;
-	__u8 icmp_error = 0;
-	int local_is_src = dir == FW_DIR_EGRESS;
+	__u32 off = offs & 0xFFFF;
+	__u8 *ip;
 
 	/* A frame passes unjudged only if the kernel cannot deliver it as IP. */
 	if (meta & META_VLAN_DEEP)
 		return FW_STAT_DROP_VLAN_DEPTH;
 	if (eth_proto != ETH_P_IP && eth_proto != ETH_P_IPV6)
 		return FW_STAT_PASS_NON_IP;
-	if (!(meta & META_L3_OK))
+	if (!(meta & META_L3_OK) || off > FW_MAX_OFF)
 		return FW_STAT_DROP_MALFORMED;
-
-	off = offs & 0xFFFF;
-	if (off > FW_MAX_OFF)
-		return FW_STAT_DROP_MALFORMED;
+	ip = p->data + off;
 	if (eth_proto == ETH_P_IP) {
-		__u8 *ip = data + off;
-		if ((void *)(ip + 20) > data_end)
+		if ((void *)(ip + 20) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
-		family = 4;
-		__builtin_memcpy(fk.src, ip + 12, 4);
-		__builtin_memcpy(fk.dst, ip + 16, 4);
+		p->family = 4;
+		__builtin_memcpy(fk->src, ip + 12, 4);
+		__builtin_memcpy(fk->dst, ip + 16, 4);
 	} else {
-		__u8 *ip = data + off;
-		if ((void *)(ip + 40) > data_end)
+		if ((void *)(ip + 40) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
-		family = 6;
-		__builtin_memcpy(fk.src, ip + 8, 16);
-		__builtin_memcpy(fk.dst, ip + 24, 16);
+		p->family = 6;
+		__builtin_memcpy(fk->src, ip + 8, 16);
+		__builtin_memcpy(fk->dst, ip + 24, 16);
 	}
-	proto = (meta >> 16) & 0xFF;
-	fk.family = family;
-	fk.proto = proto;
-	fk.id = frag_id;
-	src = fk.src;
-	dst = fk.dst;
+	p->proto = (meta >> 16) & 0xFF;
+	fk->family = p->family;
+	fk->proto = p->proto;
+	return FW_NEXT;
+}
 
-	if (meta & META_FRAG_LATER) {
-		if (bpf_map_lookup_elem(&fw_frag, &fk))
-			return FW_STAT_PASS_FRAGMENT;
-		return FW_STAT_DROP_FRAGMENT;
-	}
+/* Step 2: the transport header. Ports (or the echo id) into the connection
+ * key, the policy port; NDP passes, ICMP errors quoting a tracked connection
+ * pass, cut headers drop. */
+static __always_inline __u32 fw_step_l4(void *ctx, struct fw_pkt *p, __u32 offs,
+					struct fw_ct_key *k)
+{
+	__u32 off = offs >> 16;
+	__be16 dport = 0;
+	__u8 *l4;
 
-	__builtin_memcpy(k->local, local_is_src ? src : dst, 16);
-	__builtin_memcpy(k->remote, local_is_src ? dst : src, 16);
-	k->proto = proto;
-	k->family = family;
-
-	off = offs >> 16;
 	if (off > FW_MAX_OFF)
 		return FW_STAT_DROP_MALFORMED;
-	l4 = data + off;
-	if (proto == IPPROTO_TCP) {
-		if ((void *)(l4 + sizeof(struct tcphdr)) > data_end)
-			return FW_STAT_DROP_MALFORMED;
-	} else if (proto == IPPROTO_UDP || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
-		if ((void *)(l4 + 8) > data_end)
+	l4 = p->data + off;
+	if (p->proto == IPPROTO_TCP) {
+		if ((void *)(l4 + sizeof(struct tcphdr)) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
 	}
-
-	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-		if ((void *)(l4 + 8) > data_end)
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 8) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
-		fw_ct_ports(proto, l4, local_is_src, k, &dport);
-		pport = dport;
-	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
-		if ((void *)(l4 + 8) > data_end)
+		fw_ct_ports(p->proto, l4, p->local_is_src, k, &dport);
+		p->pport = dport;
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		if ((void *)(l4 + 8) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
-		if (proto == IPPROTO_ICMPV6 && family == 6 && icmp6_is_ndp(l4[0]))
+		if (p->proto == IPPROTO_ICMPV6 && p->family == 6 && icmp6_is_ndp(l4[0]))
 			return FW_STAT_PASS_NDP;
-		icmp_error = icmp_is_error(proto, l4[0]);
-		if (icmp_error &&
-		    (dir == FW_DIR_INGRESS ? fw_related_xdp(ctx, off + 8, family)
-					   : fw_related_tc(ctx, off + 8, family)))
+		p->icmp_error = icmp_is_error(p->proto, l4[0]);
+		if (p->icmp_error &&
+		    (p->dir == FW_DIR_INGRESS ? fw_related_xdp(ctx, off + 8, p->family)
+					      : fw_related_tc(ctx, off + 8, p->family)))
 			return FW_STAT_PASS_RELATED;
-		fw_ct_ports(proto, l4, local_is_src, k, &dport);
-		pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
+		fw_ct_ports(p->proto, l4, p->local_is_src, k, &dport);
+		p->pport = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
 	}
+	return FW_NEXT;
+}
 
-	/* The presence filter first: a zero slot means no entry has this hash. */
-	seen_slot = fw_ct_hash(k);
-	seen = bpf_map_lookup_elem(&fw_ctseen, &seen_slot);
+/* Step 3: the tracked connection, if any and not idle past its timeout (an
+ * expired one is forgotten: this packet is then a first packet). The
+ * presence filter answers "certainly not tracked" without the lookup. */
+static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config *cfg,
+							 const struct fw_pkt *p,
+							 const struct fw_ct_key *k,
+							 __u32 **seen_out)
+{
+	__u32 seen_slot = fw_ct_hash(k);
+	__u32 *seen = bpf_map_lookup_elem(&fw_ctseen, &seen_slot);
+	struct fw_ct_val *ct;
+
+	*seen_out = seen;
 	ct = seen && *seen == 0 ? NULL : bpf_map_lookup_elem(&fw_ct, k);
 	if (ct) {
 		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
-		__u32 timeout = proto == IPPROTO_TCP ? cfg->timeout_tcp :
-				proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
+		__u32 timeout = p->proto == IPPROTO_TCP ? cfg->timeout_tcp :
+				p->proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
 
 		/* (another CPU may have stamped the entry after we read the clock) */
 		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
-			/* Idle too long: forget it; this packet is a first packet. */
-			if (bpf_map_delete_elem(&fw_ct, k) == 0 && seen)
-				__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
-			fw_count(&fw_stats, FW_STAT_CT_EXPIRED, len);
+			fw_ct_forget(k, seen);
+			fw_count(&fw_stats, FW_STAT_CT_EXPIRED, p->len);
 			ct = NULL;
 		}
 	}
-	if (ct) {
-		if (ct->generation == cfg->generation) {
-			reason = FW_STAT_PASS_ESTABLISHED;
-			rule = ct->rule;
-		} else {
-			action = fw_policy(cfg, k, ct->dir0, ct->port0, &rule);
-			flags = action >> 8;
-			action &= 0xFF;
-			if (action != FW_ACTION_ALLOW) {
-				if (bpf_map_delete_elem(&fw_ct, k) == 0 && seen)
-					__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
-				o->rule = rule;
-				o->has_rule = 1;
-				o->log = flags & FW_FLAG_LOG;
-				o->keyed = 1;
-				return FW_STAT_DROP_REVOKED;
-			}
-			ct->generation = cfg->generation;
-			ct->rule = rule;
-			ct->flags = flags;
-			reason = FW_STAT_PASS_RECHECKED;
-		}
-		ct->last_seen_ns = bpf_ktime_get_coarse_ns();
-		__sync_fetch_and_add(&ct->packets, 1);
-		__sync_fetch_and_add(&ct->bytes, len);
+	return ct;
+}
+
+/* Step 4a: a packet of a tracked connection. Current generation: passes;
+ * else the connection's first packet is judged by the policy in force, and
+ * a connection it no longer allows is cut. */
+static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const struct fw_pkt *p,
+					     struct fw_ct_val *ct, const struct fw_ct_key *k,
+					     __u32 *seen, struct fw_out *o)
+{
+	__u32 reason, rule = 0, action;
+
+	if (ct->generation == cfg->generation) {
+		reason = FW_STAT_PASS_ESTABLISHED;
+		rule = ct->rule;
 	} else {
-		action = fw_policy(cfg, k, dir, pport, &rule);
-		flags = action >> 8;
-		action &= 0xFF;
-		o->rule = rule;
-		o->has_rule = 1;
-		o->log = flags & FW_FLAG_LOG;
-		if (action != FW_ACTION_ALLOW) {
+		action = fw_policy(cfg, k, ct->dir0, ct->port0, &rule);
+		if ((action & 0xFF) != FW_ACTION_ALLOW) {
+			fw_ct_forget(k, seen);
+			o->rule = rule;
+			o->has_rule = 1;
+			o->log = (action >> 8) & FW_FLAG_LOG;
 			o->keyed = 1;
-			return rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT;
+			return FW_STAT_DROP_REVOKED;
 		}
-		reason = rule ? FW_STAT_PASS_RULE : FW_STAT_PASS_DEFAULT;
-		/* ICMP errors are judged alone, never tracked as connections. */
-		if (!icmp_error) {
-			struct fw_ct_val v = {};
-			v.first_seen_ns = bpf_ktime_get_coarse_ns();
-			v.last_seen_ns = v.first_seen_ns;
-			v.packets = 1;
-			v.bytes = len;
-			v.generation = cfg->generation;
-			v.rule = rule;
-			v.port0 = pport;
-			v.dir0 = dir;
-			v.flags = flags;
-			v.ifindex = ifindex;
-			/* Count before inserting: a reader never sees the entry
-			 * with its slot at zero. */
-			if (seen)
-				__sync_fetch_and_add(seen, 1);
-			if (bpf_map_update_elem(&fw_ct, k, &v, BPF_ANY) && seen)
-				__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
-		}
+		ct->generation = cfg->generation;
+		ct->rule = rule;
+		ct->flags = action >> 8;
+		reason = FW_STAT_PASS_RECHECKED;
 	}
-	if (meta & META_FRAG_MORE) {
+	ct->last_seen_ns = bpf_ktime_get_coarse_ns();
+	__sync_fetch_and_add(&ct->packets, 1);
+	__sync_fetch_and_add(&ct->bytes, p->len);
+	o->rule = rule;
+	o->has_rule = 1;
+	return reason;
+}
+
+/* Step 4b: a new connection. The policy decides; an allowed one is tracked
+ * (not ICMP errors). */
+static __always_inline __u32 fw_step_new(const struct fw_config *cfg, const struct fw_pkt *p,
+					 const struct fw_ct_key *k, __u32 *seen, struct fw_out *o)
+{
+	__u32 rule = 0;
+	__u32 action = fw_policy(cfg, k, p->dir, p->pport, &rule);
+	__u8 flags = action >> 8;
+
+	o->rule = rule;
+	o->has_rule = 1;
+	o->log = flags & FW_FLAG_LOG;
+	if ((action & 0xFF) != FW_ACTION_ALLOW) {
+		o->keyed = 1;
+		return rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT;
+	}
+	if (!p->icmp_error) {
+		struct fw_ct_val v = {};
+		v.first_seen_ns = bpf_ktime_get_coarse_ns();
+		v.last_seen_ns = v.first_seen_ns;
+		v.packets = 1;
+		v.bytes = p->len;
+		v.generation = cfg->generation;
+		v.rule = rule;
+		v.port0 = p->pport;
+		v.dir0 = p->dir;
+		v.flags = flags;
+		v.ifindex = p->ifindex;
+		/* Count before inserting: a reader never sees the entry with its
+		 * slot at zero. */
+		if (seen)
+			__sync_fetch_and_add(seen, 1);
+		if (bpf_map_update_elem(&fw_ct, k, &v, BPF_ANY) && seen)
+			__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
+	}
+	return rule ? FW_STAT_PASS_RULE : FW_STAT_PASS_DEFAULT;
+}
+
+/*
+ * The decision for one parsed packet, in steps: network layer, later
+ * fragments, transport layer, tracked connection or new connection, then
+ * the fragment record. Returns the FW_STAT_* reason (its verdict:
+ * fw_reason_verdict), builds the connection key in *k (zeroed by the caller)
+ * and fills *o. Counting, flows and events are the caller's.
+ */
+static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u32 offs,
+				      __u32 meta, __u32 frag_id, __u8 dir, __u32 ifindex,
+				      const struct fw_config *cfg, struct fw_ct_key *k,
+				      struct fw_out *o)
+{
+	struct fw_pkt p = {
+		.data = data,
+		.data_end = data_end,
+		.len = data_end - data,
+		.dir = dir,
+		.local_is_src = dir == FW_DIR_EGRESS,
+		.ifindex = ifindex,
+	};
+	struct fw_frag_key fk = {};
+	struct fw_ct_val *ct;
+	__u32 reason, *seen;
+
+	reason = fw_step_l3(&p, offs, meta, &fk);
+	if (reason != FW_NEXT)
+		return reason;
+	fk.id = frag_id;
+	if (meta & META_FRAG_LATER)
+		return bpf_map_lookup_elem(&fw_frag, &fk) ? FW_STAT_PASS_FRAGMENT
+							  : FW_STAT_DROP_FRAGMENT;
+
+	__builtin_memcpy(k->local, p.local_is_src ? fk.src : fk.dst, 16);
+	__builtin_memcpy(k->remote, p.local_is_src ? fk.dst : fk.src, 16);
+	k->proto = p.proto;
+	k->family = p.family;
+	reason = fw_step_l4(ctx, &p, offs, k);
+	if (reason != FW_NEXT)
+		return reason;
+
+	ct = fw_step_ct_find(cfg, &p, k, &seen);
+	reason = ct ? fw_step_tracked(cfg, &p, ct, k, seen, o) : fw_step_new(cfg, &p, k, seen, o);
+	if (fw_reason_verdict(reason) == FW_PASS && (meta & META_FRAG_MORE)) {
 		__u32 one = 1;
 		bpf_map_update_elem(&fw_frag, &fk, &one, BPF_ANY);
 	}
-	o->rule = rule;
-	o->has_rule = 1;
 	return reason;
 }
 

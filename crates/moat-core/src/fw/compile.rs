@@ -1,5 +1,7 @@
-//! The policy compiler: rules in, BPF map entries out, so that a packet costs
-//! two bounded LPM lookups whatever the number of rules.
+//! The policy compiler: rules in, logical map entries out (prefix -> class,
+//! {class, dir, proto, port prefix} -> verdict), so that a packet costs a
+//! bounded number of lookups whatever the number of rules. Which kernel map
+//! each entry lands in (hash or trie) is [`super::encode`]'s business.
 //!
 //! 1. **Address classes.** Every prefix named by a rule (remote or except) is
 //!    an entry of an LPM trie. An address's longest match is prefix `p`; the

@@ -354,6 +354,7 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         inst.seed_ctseen()?;
     }
     carry_rule_counters(paths, file.state(), &p, &mut inst)?;
+    let encoded = moat_core::fw::encode::Encoded::of(&p, &c);
     let state = State {
         generation,
         policy: std::fs::canonicalize(&o.policy).unwrap_or_else(|_| o.policy.clone()),
@@ -377,11 +378,8 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         addr6_entries: c.addr6.len(),
         verdict_entries: c.verdicts.len(),
         classes: c.classes.len(),
-        memory_bytes: c.memory_bytes(),
-        maps: {
-            let e = moat_core::fw::encode::Encoded::of(&p, &c);
-            state::MapFill::of(&e, &e.sizes())
-        },
+        memory_bytes: encoded.memory_bytes(),
+        maps: state::MapFill::of(&encoded, &encoded.sizes()),
     };
     let staged = StagedState::write(paths, &state)
         .map_err(|e| anyhow!("{e:#}; nothing was changed (the firewall runs as before)"))?;
@@ -451,8 +449,8 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<()> {
         generation,
         rules: p.rules.len(),
         classes: c.classes.len(),
-        entries: c.addr4.len() + c.addr6.len() + c.verdicts.len(),
-        memory_bytes: c.memory_bytes(),
+        entries: encoded.entries(),
+        memory_bytes: encoded.memory_bytes(),
         default_ingress: p.default_ingress.name(),
         default_egress: p.default_egress.name(),
         interfaces: report,
