@@ -7,6 +7,22 @@ use std::{collections::BTreeMap, path::Path};
 use aya_obj::Object;
 use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, fw, parse};
 
+/// bpf/common/abi.h and every part it includes (abi/*.h), as one text.
+fn abi_text() -> String {
+    let common = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bpf/common");
+    let umbrella = std::fs::read_to_string(common.join("abi.h")).unwrap();
+    let mut text = umbrella.clone();
+    for line in umbrella.lines() {
+        if let Some(inc) = line
+            .strip_prefix("#include \"")
+            .and_then(|r| r.strip_suffix('"'))
+        {
+            text.push_str(&std::fs::read_to_string(common.join(inc)).unwrap());
+        }
+    }
+    text
+}
+
 fn object(name: &str) -> Object {
     let bytes = moat_ebpf::object(name).unwrap_or_else(|| panic!("object {name} not embedded"));
     Object::parse(bytes).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
@@ -73,10 +89,7 @@ fn every_object_name_fits_the_kernel_limit() {
 /// mirror with the same value, and vice versa for the listed ones.
 #[test]
 fn abi_header_defines_match_rust_constants() {
-    let header = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bpf/common/abi.h"),
-    )
-    .unwrap();
+    let header = abi_text();
     let mut defines = BTreeMap::new();
     for line in header.lines() {
         let mut w = line.split_whitespace();
@@ -272,10 +285,7 @@ fn struct_layouts_match_the_btf_of_the_objects() {
     for (name, _) in moat_ebpf::ALL {
         btf.extend(btf_structs(moat_ebpf::object(name).unwrap()));
     }
-    let header = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bpf/common/abi.h"),
-    )
-    .unwrap();
+    let header = abi_text();
     for l in moat_abi::LAYOUTS {
         let Some((size, members)) = btf.get(l.c_name) else {
             // Not in BTF (a ring-buffer record): abi.h must pin every

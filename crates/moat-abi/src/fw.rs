@@ -1,0 +1,289 @@
+//! Stateful firewall (`bpf/fw/fw.bpf.c`).
+
+pub const PROG_XDP: &str = "fw_xdp";
+pub const PROG_TC: &str = "fw_tc_egress";
+pub const MAP_ADDR4: &str = "fw_addr4";
+pub const MAP_ADDR6: &str = "fw_addr6";
+pub const MAP_VERDICT: &str = "fw_verdict";
+pub const MAP_HOST4: &str = "fw_host4";
+pub const MAP_HOST6: &str = "fw_host6";
+pub const MAP_PORTS: &str = "fw_ports";
+pub const MAP_CONFIG: &str = "fw_config";
+pub const MAP_CT: &str = "fw_ct";
+pub const MAP_FRAG: &str = "fw_frag";
+pub const MAP_RULE_STATS: &str = "fw_rule_stats";
+pub const MAP_STATS: &str = "fw_stats";
+pub const MAP_FLOWS: &str = "fw_flows";
+pub const MAP_EVENTS: &str = "fw_events";
+pub const MAP_EVSTATE: &str = "fw_evstate";
+pub const MAP_EVSTATS: &str = "fw_evstats";
+pub const MAP_IFSTATS: &str = "fw_ifstats";
+pub const MAP_CTSEEN: &str = "fw_ctseen";
+/// The last generation handed out (pinned; written by moat, not the programs).
+pub const MAP_GEN: &str = "fw_gen";
+pub const CTSEEN_SLOTS: u32 = 65536;
+/// Interface slots of `fw_ifstats` (index: see [`ifstat_idx`]).
+pub const IF_SLOTS: u32 = 256;
+
+/// `FW_IFSTAT_IDX`: the `fw_ifstats` entry of an interface, direction
+/// (`DIR_*`) and verdict.
+pub const fn ifstat_idx(ifindex: u32, dir: u8, dropped: bool) -> u32 {
+    ((ifindex & (IF_SLOTS - 1)) << 2) | ((dir as u32) << 1) | dropped as u32
+}
+pub const PIN_DIR: &str = "/sys/fs/bpf/moat/fw";
+
+pub const STAT_PASS_ESTABLISHED: u32 = 0;
+pub const STAT_PASS_RULE: u32 = 1;
+pub const STAT_PASS_DEFAULT: u32 = 2;
+pub const STAT_PASS_RECHECKED: u32 = 3;
+pub const STAT_PASS_RELATED: u32 = 4;
+pub const STAT_PASS_FRAGMENT: u32 = 5;
+pub const STAT_PASS_NDP: u32 = 6;
+pub const STAT_PASS_NON_IP: u32 = 7;
+pub const STAT_DROP_RULE: u32 = 8;
+pub const STAT_DROP_DEFAULT: u32 = 9;
+pub const STAT_DROP_REVOKED: u32 = 10;
+pub const STAT_DROP_MALFORMED: u32 = 11;
+pub const STAT_DROP_FRAGMENT: u32 = 12;
+/// Not a verdict: a tracked connection was idle past its timeout.
+pub const STAT_CT_EXPIRED: u32 = 13;
+/// More VLAN tags than the parser follows: dropped (Linux would deliver it).
+pub const STAT_DROP_VLAN_DEPTH: u32 = 14;
+pub const STAT_MAX: u32 = 15;
+/// Names of the reasons, indexed by `STAT_*`.
+pub const STAT_NAMES: [&str; STAT_MAX as usize] = [
+    "pass_established",
+    "pass_rule",
+    "pass_default",
+    "pass_rechecked",
+    "pass_related",
+    "pass_fragment",
+    "pass_ndp",
+    "pass_non_ip",
+    "drop_rule",
+    "drop_default",
+    "drop_revoked",
+    "drop_malformed",
+    "drop_fragment",
+    "ct_expired",
+    "drop_vlan_depth",
+];
+
+/// Index into `fw_evstats`.
+pub const EV_SEEN: u32 = 0;
+pub const EV_EMITTED: u32 = 1;
+pub const EV_SAMPLED_OUT: u32 = 2;
+pub const EV_RATE_LIMITED: u32 = 3;
+pub const EV_LOST: u32 = 4;
+/// Not an event: new denied flows not recorded (flow bucket empty).
+pub const EV_FLOWS_SKIPPED: u32 = 5;
+pub const EV_MAX: u32 = 6;
+/// Names of `fw_evstats` entries, indexed by `EV_*`.
+pub const EV_NAMES: [&str; EV_MAX as usize] = [
+    "seen",
+    "emitted",
+    "sampled_out",
+    "rate_limited",
+    "lost",
+    "flows_skipped",
+];
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_LOG: u8 = 2;
+pub const EVENT_CAP: usize = 128;
+pub const FLAG_LOG: u8 = 1;
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+pub const ACTION_ALLOW: u8 = 1;
+pub const ACTION_DENY: u8 = 2;
+pub const PROTO_OTHER: u8 = 255;
+pub const RULE_DEFAULT: u32 = 0;
+
+pub const HAS_ADDR4: u8 = 1;
+pub const HAS_ADDR6: u8 = 2;
+pub const HAS_HOST4: u8 = 4;
+pub const HAS_HOST6: u8 = 8;
+pub const HAS_PORT_EXACT: u8 = 16;
+pub const HAS_PORT_ANY: u8 = 32;
+pub const HAS_VERDICT: u8 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwAddr4Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwAddr6Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwClass {
+    pub class_id: u32,
+}
+
+/// `class_id` and `port` in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwVerdictKey {
+    pub prefixlen: u32,
+    pub class_id: u32,
+    pub dir: u8,
+    pub proto: u8,
+    pub port: u16,
+}
+
+/// `class_id` and `port` in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwPortKey {
+    pub class_id: u32,
+    pub dir: u8,
+    pub proto: u8,
+    pub plen: u8,
+    pub pad: u8,
+    pub port: u16,
+    pub pad2: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwVerdict {
+    pub rule: u32,
+    pub action: u8,
+    /// `FLAG_*`
+    pub flags: u8,
+    pub pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwConfig {
+    pub generation: u32,
+    pub default_ingress: u8,
+    pub default_egress: u8,
+    /// `HAS_*` bits: which policy maps hold entries.
+    pub maps: u8,
+    pub pad: u8,
+    pub timeout_tcp: u32,
+    pub timeout_udp: u32,
+    pub timeout_other: u32,
+    /// One event per `ev_sample` qualifying packets.
+    pub ev_sample: u32,
+    /// Per-CPU token buckets: ns of credit one event / new denied flow
+    /// costs (0: none), and the credit cap (the burst).
+    pub ev_cost_ns: u64,
+    pub ev_cap_ns: u64,
+    pub flow_cost_ns: u64,
+    pub flow_cap_ns: u64,
+    /// 1: every drop qualifies for an event.
+    pub log_drops: u8,
+    pub pad2: [u8; 7],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwCtKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub lport: u16,
+    pub rport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwCtVal {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub generation: u32,
+    pub rule: u32,
+    pub port0: u16,
+    pub dir0: u8,
+    /// `FLAG_*` of the deciding rule.
+    pub flags: u8,
+    pub ifindex: u32,
+}
+
+/// A denied flow (key: `FwCtKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwFlowVal {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub rule: u32,
+    pub ifindex: u32,
+    /// `STAT_*` of the last drop.
+    pub reason: u8,
+    pub dir: u8,
+    pub pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwBucket {
+    pub last_ns: u64,
+    pub credit_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwEvstate {
+    pub ev: FwBucket,
+    pub flow: FwBucket,
+    pub seq: u64,
+}
+
+/// One ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwEvent {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub rule: u32,
+    pub pkt_len: u32,
+    pub cap_len: u16,
+    pub kind: u8,
+    pub reason: u8,
+    pub dir: u8,
+    pub pad: [u8; 7],
+    pub data: [u8; EVENT_CAP],
+}
+
+impl FwEvent {
+    /// Reads a record as the ring buffer hands it over (None if short).
+    pub fn from_bytes(b: &[u8]) -> Option<FwEvent> {
+        if b.len() < core::mem::size_of::<FwEvent>() {
+            return None;
+        }
+        // SAFETY: length checked; every bit pattern is a valid FwEvent;
+        // read_unaligned copes with any alignment.
+        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<FwEvent>()) })
+    }
+    /// The captured bytes of the frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.data[..usize::from(self.cap_len).min(EVENT_CAP)]
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwFragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
