@@ -9,11 +9,11 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use aya::{TestRun, TestRunOptions, programs::Xdp};
-use moat::{
+use moat_core::fw::{Action, Cidr, Dir, Policy, Proto, Rule, compile::compile, frame_between};
+use moat_host::{
     fw::instance::FwInstance,
     loader::{self, LogOpts},
 };
-use moat_core::fw::{Action, Cidr, Dir, Policy, Proto, Rule, compile::compile, frame_between};
 
 pub mod live;
 pub mod report;
@@ -227,9 +227,9 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
     // The peer: xdp-filter with N listed source addresses, loaded by its own
     // CLI on a lab interface and run on the same packet as moat's blocklist.
     if o.xdp_filter {
-        let lab = moat::netlab::Lab::create(
+        let lab = moat_host::netlab::Lab::create(
             &format!("pc{}", std::process::id() % 100_000),
-            &moat::netlab::LabConfig {
+            &moat_host::netlab::LabConfig {
                 addresses: false,
                 ipv6: false,
                 gro: false,

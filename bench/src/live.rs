@@ -18,12 +18,12 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{TestRun, TestRunAttrs, TestRunOptions, programs::Xdp};
-use moat::{
+use moat_core::packet::{ETH_P_IP, IPPROTO_UDP, Ips, ethernet, ipv4, udp};
+use moat_host::{
     loader::{self, LogOpts},
     netlab::{Lab, LabConfig},
     sys::NetnsGuard,
 };
-use moat_core::packet::{ETH_P_IP, IPPROTO_UDP, Ips, ethernet, ipv4, udp};
 
 /// The filters compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl Rig {
                     self.lab.if_b
                 ));
                 self.pins = Some(pins.clone());
-                let inst = moat::fw::instance::FwInstance::load(
+                let inst = moat_host::fw::instance::FwInstance::load(
                     &p,
                     &c,
                     1,
@@ -238,7 +238,7 @@ impl Rig {
                 let arr: aya::maps::PerCpuArray<_, moat_abi::count::CountValue> =
                     aya::maps::PerCpuArray::try_from(stats)?;
                 Ok(Box::new(move || {
-                    let v = moat::fw::instance::sum_percpu(&arr)?;
+                    let v = moat_host::fw::instance::sum_percpu(&arr)?;
                     Ok(v[moat_abi::fw::STAT_DROP_DEFAULT as usize].packets
                         + v[moat_abi::fw::STAT_DROP_RULE as usize].packets)
                 }))
@@ -326,7 +326,10 @@ impl Rig {
     pub fn measure(&mut self, packets: u32, max: Duration, stop: &AtomicBool) -> Result<f64> {
         let before = (self.count)()?;
         let prog: &mut Xdp = self.generator.program_mut("gen_xdp").unwrap().try_into()?;
-        let (a, b): (Ipv4Addr, Ipv4Addr) = (moat::netlab::A4.parse()?, moat::netlab::B4.parse()?);
+        let (a, b): (Ipv4Addr, Ipv4Addr) = (
+            moat_host::netlab::A4.parse()?,
+            moat_host::netlab::B4.parse()?,
+        );
         let frame = ethernet(
             self.lab.mac_b,
             self.lab.mac_a,
@@ -336,7 +339,7 @@ impl Rig {
         );
         let elapsed = {
             let _g = NetnsGuard::enter(&self.lab.ns_a)?;
-            let ifindex = moat::traffic::ifindex(&self.lab.if_a)?;
+            let ifindex = moat_host::traffic::ifindex(&self.lab.if_a)?;
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
             let mut ctx = [0u8; 24];
             ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());

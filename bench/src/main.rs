@@ -139,7 +139,7 @@ fn machine() -> String {
     format!(
         "{cpu}, {cores} cores, {mem} GiB, Linux {}, JIT {}",
         kernel.trim(),
-        moat::sys::jit_status()
+        moat_host::sys::jit_status()
     )
 }
 
@@ -177,7 +177,7 @@ fn live_opts(a: &LiveArgs) -> Result<LiveOpts> {
             .collect::<Result<Vec<_>>>()?,
         max_install_secs: a.max_install_secs,
         max_secs: a.max_secs,
-        stop: moat::sys::stop_flag()?,
+        stop: moat_host::sys::stop_flag()?,
     })
 }
 
@@ -191,8 +191,8 @@ fn run_updates(a: &UpdateArgs) -> Result<(Vec<updates::ApplyTime>, updates::Unde
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    moat::sys::require_privileges("moat-bench")?;
-    moat::sys::ensure_bpffs()?;
+    moat_host::sys::require_privileges("moat-bench")?;
+    moat_host::sys::ensure_bpffs()?;
     match cli.cmd {
         Cmd::ProgCost { cost } => {
             let o = cost_opts(&cost)?;

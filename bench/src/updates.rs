@@ -8,9 +8,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use moat::{
+use moat_host::{
     count::Mode,
-    fw::cmd::{ApplyOpts, Paths, apply_at},
+    fw::{
+        apply::{ApplyOpts, apply_at},
+        state::Paths,
+    },
     loader::LogOpts,
     netlab::{self, Lab, LabConfig},
     traffic::{EchoServers, Lockstep},
@@ -49,7 +52,7 @@ impl Scratch {
             pins: PathBuf::from(format!("/sys/fs/bpf/moat-bench-{tag}")),
             state: std::env::temp_dir().join(format!("moat-bench-{tag}")),
         };
-        moat::sys::private_dir(&s.state)?;
+        moat_host::sys::private_dir(&s.state)?;
         Ok(s)
     }
     fn paths(&self) -> Paths {
@@ -104,6 +107,7 @@ fn apply(s: &Scratch, lab: &Lab, policy: &Path) -> Result<f64> {
             memory_budget: None,
         },
         &LogOpts::default(),
+        &mut |_, _, _| {},
     )?;
     Ok(t.elapsed().as_secs_f64())
 }

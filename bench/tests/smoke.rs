@@ -6,7 +6,7 @@ fn prog_cost_smoke() {
     if !privileged("prog_cost_smoke") {
         return;
     }
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     let pins = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/moat-bench-smoke-{}",
         std::process::id()
@@ -45,7 +45,7 @@ fn live_smoke() {
         return;
     }
     use moat_bench::live::{Filter, LiveOpts, run_all};
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     let o = LiveOpts {
         sizes: vec![1, 20],
         packets: 20_000,
@@ -92,7 +92,7 @@ fn updates_smoke() {
     if !privileged("updates_smoke") {
         return;
     }
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     let tag = format!("us{}", std::process::id() % 100_000);
     let times = moat_bench::updates::apply_times(&[10], &tag, |_| {}).unwrap();
     assert_eq!(times.len(), 1);

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use moat_core::counters::Report;
 
-use crate::{
+use moat_host::{
     count::{Counter, Mode},
     loader::LogOpts,
     netlab::{self, Lab, LabConfig},
@@ -191,9 +191,9 @@ rules:
 /// Second act: the firewall on b's interface (private instance: no pins,
 /// detached when it ends), probed from a.
 fn firewall_phase(lab: &Lab, json: bool, log: &LogOpts) -> Result<()> {
-    use crate::fw::instance::FwInstance;
     use aya::programs::{TcAttachType, XdpMode};
     use moat_core::fw::{compile, policy};
+    use moat_host::fw::instance::FwInstance;
 
     let p = policy::parse(DEMO_POLICY, std::path::Path::new("demo-policy.yaml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

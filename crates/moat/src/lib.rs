@@ -1,13 +1,9 @@
-//! The `moat` binary's library: loader, commands, labs. The binary
-//! (`main.rs`) is only the command line; the privileged tests call these
-//! modules directly too.
+//! The `moat` command line: reads what the user asks, calls the operations of
+//! `moat_host` (which talk to the kernel and return values) and renders the
+//! results as text, JSON lines, a terminal view (`top`), Prometheus text over
+//! HTTP (`metrics`) or pcap (`capture`). `main.rs` is only the argument parser.
 
-pub mod bpfsys;
 pub mod count;
 pub mod demo;
 pub mod fw;
 pub mod http;
-pub mod loader;
-pub mod netlab;
-pub mod sys;
-pub mod traffic;

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use moat::{
     count, demo,
     fw::{cmd, observe},
-    loader::LogOpts,
 };
+use moat_host::{count::Mode, fw::observe::FlowFilter, loader::LogOpts};
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +45,7 @@ enum Cmd {
         json: bool,
         /// XDP mode: native (in the driver) or skb (generic, works everywhere).
         #[arg(long, value_enum, default_value = "native")]
-        mode: count::Mode,
+        mode: Mode,
         /// Attach inside the network namespace /run/netns/NAME.
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
@@ -145,7 +145,7 @@ enum FwCmd {
         netns: Option<String>,
         /// XDP mode for new attachments.
         #[arg(long, value_enum, default_value = "native")]
-        mode: count::Mode,
+        mode: Mode,
         /// Kernel memory the policy's maps may take (e.g. 512MiB, 4G; default: 1GiB or 1/8 of RAM).
         #[arg(long, value_name = "SIZE", value_parser = size_arg)]
         memory_budget: Option<u64>,
@@ -231,7 +231,7 @@ fn main() -> ExitCode {
             json,
             follow,
             duration,
-            filter: observe::FlowFilter {
+            filter: FlowFilter {
                 remote,
                 port,
                 verdict,

@@ -351,12 +351,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let log = moat::loader::LogOpts {
+        let log = moat_host::loader::LogOpts {
             verbose: 2,
             verifier_log: None,
         };
-        let mut bpf = moat::loader::open(moat_ebpf::COUNT, &log).expect("open count object");
-        moat::loader::load_xdp(&mut bpf, PROG_XDP, &log).unwrap_or_else(|e| panic!("{e}"));
+        let mut bpf = moat_host::loader::open(moat_ebpf::COUNT, &log).expect("open count object");
+        moat_host::loader::load_xdp(&mut bpf, PROG_XDP, &log).unwrap_or_else(|e| panic!("{e}"));
         Harness { bpf }
     }
 

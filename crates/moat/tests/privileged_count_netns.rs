@@ -9,9 +9,9 @@ use std::{
 };
 
 use common::{MoatProc, moat_pins, prog_id, prog_loaded};
-use moat::netlab::{Lab, LabConfig};
 use moat_abi::count::*;
 use moat_core::{classify::classify, packet::*};
+use moat_host::netlab::{Lab, LabConfig};
 use serde_json::Value;
 
 const A4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -161,12 +161,12 @@ fn count_json_totals_equal_what_was_sent() {
     // here: 20 ms always sufficed; wait 10x that.
     std::thread::sleep(Duration::from_millis(200));
     let frames = traffic(&lab);
-    moat::traffic::send_frames(&lab.ns_a, &lab.if_a, &frames).expect("sending frames");
+    moat_host::traffic::send_frames(&lab.ns_a, &lab.if_a, &frames).expect("sending frames");
     let link_stats = format!(
         "{}\n{}",
-        moat::netlab::ip(&["-n", &lab.ns_a, "-s", "link", "show", "dev", &lab.if_a])
+        moat_host::netlab::ip(&["-n", &lab.ns_a, "-s", "link", "show", "dev", &lab.if_a])
             .unwrap_or_default(),
-        moat::netlab::ip(&[
+        moat_host::netlab::ip(&[
             "-n", &lab.ns_b, "-s", "-d", "link", "show", "dev", &lab.if_b
         ])
         .unwrap_or_default()

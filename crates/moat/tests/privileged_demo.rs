@@ -9,7 +9,7 @@ use common::{MoatProc, moat_pins, prog_id, prog_loaded};
 use serde_json::Value;
 
 fn demo_namespaces(pid: u32) -> Vec<String> {
-    moat::netlab::ip(&["netns", "list"])
+    moat_host::netlab::ip(&["netns", "list"])
         .unwrap()
         .lines()
         .filter(|l| l.starts_with(&format!("moat-demo{pid}-")))

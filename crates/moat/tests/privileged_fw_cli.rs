@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{FwRoot, MoatProc, policy_file};
-use moat::netlab::{self, Lab, LabConfig};
+use moat_host::netlab::{self, Lab, LabConfig};
 use serde_json::Value;
 
 fn example() -> String {

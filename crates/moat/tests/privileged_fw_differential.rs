@@ -8,12 +8,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use moat::{
-    fw::instance::{FwInstance, Sizes},
-    loader::LogOpts,
-};
 use moat_core::fw::{
     Action, Decision, Flow, Policy, compile::compile, frame_for, policy, random, reference,
+};
+use moat_host::{
+    fw::instance::{FwInstance, Sizes},
+    loader::LogOpts,
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
@@ -80,7 +80,7 @@ fn bpf_verdicts_equal_reference_on_random_policies() {
     if !common::privileged("bpf_verdicts_equal_reference_on_random_policies") {
         return;
     }
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     let seed = env("MOAT_SEED", 0x66_77);
     let policies = env("MOAT_POLICIES", 300);
     let packets = env("MOAT_PACKETS", 350);

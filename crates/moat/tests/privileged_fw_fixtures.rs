@@ -9,12 +9,12 @@ mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use moat::{fw::instance::FwInstance, loader::LogOpts};
 use moat_abi::fw::STAT_NAMES;
 use moat_core::{
     fw::{Dir, compile::compile, policy},
     packet::*,
 };
+use moat_host::{fw::instance::FwInstance, loader::LogOpts};
 
 const POLICY: &str = "
 default: { ingress: deny, egress: allow }
@@ -461,7 +461,7 @@ fn every_fixture_gets_its_reason_and_rule() {
     if !common::privileged("every_fixture_gets_its_reason_and_rule") {
         return;
     }
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     let pins =
         std::path::PathBuf::from(format!("/sys/fs/bpf/moat-fixtures-{}", std::process::id()));
     struct Rm(std::path::PathBuf);

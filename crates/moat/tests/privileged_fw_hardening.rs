@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{FwRoot, MoatProc, in_ns, ping_ok, policy_file, policy_file_as};
-use moat::netlab::{self, Lab, LabConfig};
+use moat_host::netlab::{self, Lab, LabConfig};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

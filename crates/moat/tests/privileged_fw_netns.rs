@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{FwRoot, in_ns, ping_ok, policy_file, prog_loaded};
-use moat::{
+use moat_host::{
     netlab::{self, Lab, LabConfig},
     sys::NetnsGuard,
     traffic::{EchoServers, Lockstep},
@@ -343,7 +343,7 @@ fn malformed_truncated_and_fragmented_packets_are_handled_as_documented() {
         ), // ext header cut
     ];
     let before = root.status()["reasons"].clone();
-    moat::traffic::send_frames(&lab.ns_a, &lab.if_a, &malformed).unwrap();
+    moat_host::traffic::send_frames(&lab.ns_a, &lab.if_a, &malformed).unwrap();
     // Fragments of an allowed UDP datagram (port 7001): the later fragment
     // follows the first; an orphan later fragment is dropped.
     let payload = udp(Ips::V4(a4, b4), 40001, 7001, &[7u8; 64]);
@@ -379,7 +379,7 @@ fn malformed_truncated_and_fragmented_packets_are_handled_as_documented() {
             &ipv4_with(a4, b4, IPPROTO_UDP, &orphan, &payload[40..]),
         ),
     ];
-    moat::traffic::send_frames(&lab.ns_a, &lab.if_a, &frags).unwrap();
+    moat_host::traffic::send_frames(&lab.ns_a, &lab.if_a, &frags).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let after = root.status()["reasons"].clone();
     let d =

@@ -11,12 +11,12 @@ use std::{
 };
 
 use common::{FwRoot, MoatProc, policy_file};
-use moat::{
+use moat_abi::fw as abi;
+use moat_host::{
     netlab::{self, Lab, LabConfig},
     sys::NetnsGuard,
     traffic::EchoServers,
 };
-use moat_abi::fw as abi;
 
 const POLICY: &str = "
 default: { ingress: deny, egress: allow }
@@ -376,7 +376,7 @@ fn a_flood_of_denied_packets_stays_within_the_event_rate_and_every_packet_is_acc
         return;
     }
     use aya::{TestRun, TestRunOptions};
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     const N: u32 = 1_000_000;
     let frame = moat_core::fw::frame_between(
         "192.0.2.7".parse().unwrap(),
@@ -403,12 +403,12 @@ fn a_flood_of_denied_packets_stays_within_the_event_rate_and_every_packet_is_acc
             "/sys/fs/bpf/moat-test-flood-{}-{i}",
             std::process::id()
         ));
-        let inst = moat::fw::instance::FwInstance::load(
+        let inst = moat_host::fw::instance::FwInstance::load(
             &p,
             &c,
             1,
             &pins,
-            &moat::loader::LogOpts::default(),
+            &moat_host::loader::LogOpts::default(),
             &mut |_, _, _| {},
         );
         let result = (|| {

@@ -10,9 +10,9 @@ use std::{
 };
 
 use aya::maps::HashMap as BpfHashMap;
-use moat::{fw::instance::FwInstance, loader::LogOpts};
 use moat_abi::fw::{self as abi, FwCtKey, FwCtVal};
 use moat_core::fw::{Dir, compile::compile, frame_between, policy};
+use moat_host::{fw::instance::FwInstance, loader::LogOpts};
 
 struct PinDir(PathBuf);
 impl Drop for PinDir {
@@ -41,7 +41,7 @@ fn idle_connections_expire_and_replies_are_judged_again() {
     if !common::privileged("idle_connections_expire_and_replies_are_judged_again") {
         return;
     }
-    moat::sys::ensure_bpffs().unwrap();
+    moat_host::sys::ensure_bpffs().unwrap();
     let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/moat-ctstate-{}",
         std::process::id()
@@ -68,7 +68,8 @@ fn idle_connections_expire_and_replies_are_judged_again() {
     for (proto, timeout) in [(17u8, 20u64), (6, 60)] {
         let out = frame_between(local, remote, proto, 40000, 53);
         let reply = frame_between(remote, local, proto, 53, 40000);
-        let reason = |r: moat::fw::instance::RunResult| abi::STAT_NAMES[r.reason.unwrap() as usize];
+        let reason =
+            |r: moat_host::fw::instance::RunResult| abi::STAT_NAMES[r.reason.unwrap() as usize];
         assert!(
             inst.run(Dir::Egress, &out).unwrap().passed,
             "egress allowed by default"

@@ -13,11 +13,11 @@ use std::{
 };
 
 use common::{FwRoot, policy_file};
-use moat::{
+use moat_core::packet::*;
+use moat_host::{
     netlab::{self, Lab, LabConfig},
     sys::NetnsGuard,
 };
-use moat_core::packet::*;
 
 const POLICY: &str = "
 default: { ingress: deny, egress: allow }
@@ -246,7 +246,7 @@ fn vlan_stacks_of_any_depth_are_judged_or_dropped() {
 
     let send_all = |cases: &[Case]| -> HashSet<String> {
         let frames: Vec<Vec<u8>> = cases.iter().map(|c| c.frame.clone()).collect();
-        moat::traffic::send_frames(&lab.ns_a, &lab.if_a, &frames).unwrap();
+        moat_host::traffic::send_frames(&lab.ns_a, &lab.if_a, &frames).unwrap();
         let mut got = HashSet::new();
         let deadline = Instant::now() + Duration::from_millis(800);
         while Instant::now() < deadline {

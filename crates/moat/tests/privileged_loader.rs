@@ -4,7 +4,7 @@
 
 mod common;
 
-use moat::loader::{self, LogOpts, VerifierError};
+use moat_host::loader::{self, LogOpts, VerifierError};
 
 #[test]
 fn verifier_rejection_is_readable() {

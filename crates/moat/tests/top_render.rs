@@ -2,11 +2,9 @@
 //! counters and flows, checked cell by cell for the key figures; and its
 //! refusal to run without a terminal.
 
-use moat::fw::{
-    observe::{Counters, Flow},
-    top::{Show, SortBy, model, render},
-};
+use moat::fw::top::{Show, SortBy, model, render};
 use moat_abi::{count::CountValue, fw as abi};
+use moat_host::fw::observe::{Counters, Flow};
 use ratatui::{Terminal, backend::TestBackend};
 
 fn cv(packets: u64, bytes: u64) -> CountValue {

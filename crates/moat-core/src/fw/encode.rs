@@ -104,6 +104,17 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// The smallest maps the kernel takes (one entry each).
+    pub const SMALLEST: Sizes = Sizes {
+        addr4: 1,
+        addr6: 1,
+        host4: 1,
+        host6: 1,
+        verdict: 1,
+        ports: 1,
+        rules: 1,
+    };
+
     /// Each size at least `min`'s (maps that must take other policies later).
     pub fn at_least(self, min: &Sizes) -> Sizes {
         Sizes {

@@ -6,7 +6,9 @@
 pub mod addr;
 pub mod compile;
 pub mod encode;
+pub mod flowspec;
 pub mod policy;
+#[cfg(any(test, feature = "random"))]
 pub mod random;
 pub mod reference;
 

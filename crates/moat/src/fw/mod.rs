@@ -1,7 +1,6 @@
-//! `moat fw`: the stateful firewall's control plane.
+//! `moat fw` and the firewall's views (flows, metrics, capture, top): command
+//! line and rendering; the operations and readers are in `moat_host::fw`.
 
 pub mod cmd;
-pub mod instance;
 pub mod observe;
-pub mod state;
 pub mod top;

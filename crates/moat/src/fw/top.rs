@@ -24,11 +24,13 @@ use ratatui::{
     widgets::{Block, Borders, Paragraph, Row, Table},
 };
 
-use super::{
-    cmd::Paths,
-    observe::{Counters, Flow, counters, flows},
+use moat_host::{
+    fw::{
+        observe::{Counters, Flow, counters, flows},
+        state::Paths,
+    },
+    sys,
 };
-use crate::sys;
 
 /// What the talkers list is sorted by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

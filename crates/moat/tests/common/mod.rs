@@ -5,7 +5,7 @@
 //! (set by CI), where not being able to run is a failure.
 #![allow(dead_code)]
 
-use moat::sys::NetnsGuard;
+use moat_host::sys::NetnsGuard;
 use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},

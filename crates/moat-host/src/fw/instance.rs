@@ -51,9 +51,15 @@ impl FwInstance {
         log: &LogOpts,
         progress: Progress<'_>,
     ) -> Result<FwInstance> {
-        let e = Encoded::of(policy, compiled);
-        let sizes = e.sizes();
-        Self::load_encoded(policy, &e, sizes, generation, pin_dir, log, progress)
+        Self::load_with_capacity(
+            policy,
+            compiled,
+            generation,
+            pin_dir,
+            log,
+            progress,
+            &Sizes::SMALLEST,
+        )
     }
 
     /// Like [`FwInstance::load`], with policy maps of at least `min` entries
@@ -136,65 +142,49 @@ impl FwInstance {
     fn fill(&mut self, policy: &Policy, e: &Encoded, progress: Progress<'_>) -> Result<()> {
         let total = e.entries();
         let mut done = 0usize;
-        let mut tick = |done: &mut usize| {
-            *done += 1;
-            if done.is_multiple_of(STEP) {
-                progress("filling maps", *done, total);
+        let mut tick = |n: usize| {
+            let before = done;
+            done += n;
+            if done / STEP != before / STEP || done == total {
+                progress("filling maps", done, total);
             }
         };
-        {
-            let mut h: BpfHashMap<_, [u8; 4], FwClass> =
-                BpfHashMap::try_from(self.map_mut(abi::MAP_HOST4)?)?;
-            for (a, c) in &e.host4 {
-                h.insert(*a, *c, 0)
-                    .with_context(|| format!("inserting {a:?} into {}", abi::MAP_HOST4))?;
-                tick(&mut done);
-            }
-        }
-        {
-            let mut h: BpfHashMap<_, [u8; 16], FwClass> =
-                BpfHashMap::try_from(self.map_mut(abi::MAP_HOST6)?)?;
-            for (a, c) in &e.host6 {
-                h.insert(*a, *c, 0)
-                    .with_context(|| format!("inserting {a:?} into {}", abi::MAP_HOST6))?;
-                tick(&mut done);
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 4], FwClass> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR4)?)?;
-            for (plen, a, c) in &e.addr4 {
-                t.insert(&Key::new(*plen, *a), *c, 0)
-                    .with_context(|| format!("inserting {a:?}/{plen} into {}", abi::MAP_ADDR4))?;
-                tick(&mut done);
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 16], FwClass> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_ADDR6)?)?;
-            for (plen, a, c) in &e.addr6 {
-                t.insert(&Key::new(*plen, *a), *c, 0)
-                    .with_context(|| format!("inserting {a:?}/{plen} into {}", abi::MAP_ADDR6))?;
-                tick(&mut done);
-            }
-        }
-        {
-            let mut h: BpfHashMap<_, FwPortKey, FwVerdict> =
-                BpfHashMap::try_from(self.map_mut(abi::MAP_PORTS)?)?;
-            for (k, v) in &e.ports {
-                h.insert(*k, *v, 0).context("inserting a port verdict")?;
-                tick(&mut done);
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 8], FwVerdict> =
-                LpmTrie::try_from(self.map_mut(abi::MAP_VERDICT)?)?;
-            for (plen, k, v) in &e.verdict {
-                t.insert(&Key::new(*plen, *k), *v, 0)
-                    .context("inserting a port-range verdict")?;
-                tick(&mut done);
-            }
-        }
+        fill_hash(
+            self.map_mut(abi::MAP_HOST4)?,
+            abi::MAP_HOST4,
+            &e.host4,
+            &mut tick,
+        )?;
+        fill_hash(
+            self.map_mut(abi::MAP_HOST6)?,
+            abi::MAP_HOST6,
+            &e.host6,
+            &mut tick,
+        )?;
+        fill_trie(
+            self.map_mut(abi::MAP_ADDR4)?,
+            abi::MAP_ADDR4,
+            &e.addr4,
+            &mut tick,
+        )?;
+        fill_trie(
+            self.map_mut(abi::MAP_ADDR6)?,
+            abi::MAP_ADDR6,
+            &e.addr6,
+            &mut tick,
+        )?;
+        fill_hash(
+            self.map_mut(abi::MAP_PORTS)?,
+            abi::MAP_PORTS,
+            &e.ports,
+            &mut tick,
+        )?;
+        fill_trie(
+            self.map_mut(abi::MAP_VERDICT)?,
+            abi::MAP_VERDICT,
+            &e.verdict,
+            &mut tick,
+        )?;
         progress("filling maps", total, total);
         let cfg = moat_core::fw::encode::config(policy, e, self.generation, cpus()? as u32);
         let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
@@ -343,6 +333,44 @@ impl FwInstance {
             reason: reason.map(|r| r as u32),
         })
     }
+}
+
+/// Inserts (key, value) entries into the hash map `name`.
+fn fill_hash<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    name: &str,
+    entries: &[(K, V)],
+    tick: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let mut h: BpfHashMap<_, K, V> = BpfHashMap::try_from(map)?;
+    for (i, (k, v)) in entries.iter().enumerate() {
+        h.insert(*k, *v, 0)
+            .with_context(|| format!("inserting {k:?} into {name}"))?;
+        if i % STEP == STEP - 1 {
+            tick(STEP);
+        }
+    }
+    tick(entries.len() % STEP);
+    Ok(())
+}
+
+/// Inserts (prefix length, key data, value) entries into the LPM trie `name`.
+fn fill_trie<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    name: &str,
+    entries: &[(u32, K, V)],
+    tick: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let mut t: LpmTrie<_, K, V> = LpmTrie::try_from(map)?;
+    for (i, (plen, k, v)) in entries.iter().enumerate() {
+        t.insert(&Key::new(*plen, *k), *v, 0)
+            .with_context(|| format!("inserting {k:?}/{plen} into {name}"))?;
+        if i % STEP == STEP - 1 {
+            tick(STEP);
+        }
+    }
+    tick(entries.len() % STEP);
+    Ok(())
 }
 
 fn clear_trie<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {

@@ -30,6 +30,12 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, Map, MapData};
+
+/// A map pinned at `path`.
+pub fn pinned_map(path: &Path) -> Result<Map> {
+    let data = MapData::from_pin(path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
+    Map::from_map_data(data).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
 use moat_abi::fw::{self as abi, FwConfig};
 use serde::{Deserialize, Serialize};
 

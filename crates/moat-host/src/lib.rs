@@ -1,0 +1,21 @@
+//! moat's host side: everything that talks to the kernel, as values, never
+//! printing. The CLI (`crates/moat`), the daemon to come and the benchmarks
+//! (`bench/`) all build on it.
+//!
+//! - [`loader`]: BPF objects in, verified programs out (readable verifier errors).
+//! - [`sys`]: privileges, bpffs, root-only directories, network namespaces.
+//! - [`bpfsys`]: the bpf(2) link commands aya does not expose on pins.
+//! - [`count`]: the packet counter attached to one interface.
+//! - [`fw`]: the firewall: instances, state (pins, lock, generations),
+//!   apply / detach / status / explain as operations, and the readers
+//!   behind flows, top and metrics.
+//! - [`netlab`], [`traffic`]: throwaway namespaces and bounded traffic (the
+//!   demo, the tests, the benchmarks).
+
+pub mod bpfsys;
+pub mod count;
+pub mod fw;
+pub mod loader;
+pub mod netlab;
+pub mod sys;
+pub mod traffic;
