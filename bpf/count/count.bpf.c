@@ -9,6 +9,7 @@
 
 #include "../common/abi.h"
 #include "../common/parse.h"
+#include "../common/stats.h"
 
 /* count_stats: see abi.h (COUNT_MAP_STATS). */
 struct {
@@ -53,16 +54,9 @@ int count_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct moat_l3 r;
-	struct count_value *v;
-	__u32 class;
 
 	moat_parse(data, data_end, &r);
-	class = count_class(&r);
-	v = bpf_map_lookup_elem(&count_stats, &class);
-	if (v) {
-		v->packets += 1;
-		v->bytes += (__u64)(data_end - data);
-	}
+	moat_count_add(&count_stats, count_class(&r), (__u64)(data_end - data));
 	return XDP_PASS;
 }
 

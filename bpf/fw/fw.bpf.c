@@ -17,7 +17,9 @@
 #include <bpf/bpf_endian.h>
 
 #include "../common/abi.h"
+#include "../common/bucket.h"
 #include "../common/parse.h"
+#include "../common/stats.h"
 
 #define PIN_BY_NAME 1 /* LIBBPF_PIN_BY_NAME */
 
@@ -169,15 +171,6 @@ struct {
 /* Largest header offset the parser may hand us (bounds for the verifier). */
 #define FW_MAX_OFF 4000
 
-static __always_inline void fw_count(void *map, __u32 idx, __u64 len)
-{
-	struct count_value *v = bpf_map_lookup_elem(map, &idx);
-
-	if (v) {
-		v->packets += 1;
-		v->bytes += len;
-	}
-}
 
 /* The verdict of each reason, spelled out (not inferred from the order). */
 static __always_inline int fw_reason_verdict(__u32 reason)
@@ -196,7 +189,7 @@ static __always_inline int fw_reason_verdict(__u32 reason)
 
 static __always_inline int fw_stat(__u32 reason, __u64 len)
 {
-	fw_count(&fw_stats, reason, len);
+	moat_count_add(&fw_stats, reason, len);
 	return fw_reason_verdict(reason);
 }
 
@@ -551,7 +544,7 @@ static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config 
 		/* (another CPU may have stamped the entry after we read the clock) */
 		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
 			fw_ct_forget(k, seen);
-			fw_count(&fw_stats, FW_STAT_CT_EXPIRED, p->len);
+			moat_count_add(&fw_stats, FW_STAT_CT_EXPIRED, p->len);
 			ct = NULL;
 		}
 	}
@@ -680,35 +673,15 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	return reason;
 }
 
-/*
- * Takes one event's worth of credit (cost ns) from a token bucket whose
- * credit grows with time up to cap; 0 if empty (or cost is 0: none allowed).
- * Costs are precomputed by the loader: no division here.
- */
+/* One event's (or new denied flow's) worth of credit from a per-CPU bucket. */
 static __always_inline int fw_take(struct fw_bucket *b, __u64 now, __u64 cost, __u64 cap)
 {
-	__u64 credit;
-
-	if (!cost)
-		return 0;
-	credit = b->credit_ns + (now > b->last_ns ? now - b->last_ns : 0);
-	if (credit > cap)
-		credit = cap;
-	b->last_ns = now;
-	if (credit < cost) {
-		b->credit_ns = credit;
-		return 0;
-	}
-	b->credit_ns = credit - cost;
-	return 1;
+	return moat_bucket_take(&b->last_ns, &b->credit_ns, now, cost, cap);
 }
 
 static __always_inline void fw_evcount(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&fw_evstats, &idx);
-
-	if (v)
-		*v += 1;
+	moat_count_one(&fw_evstats, idx);
 }
 
 /* Records a dropped packet in its denied flow (new flows: if the flow bucket allows). */
@@ -811,9 +784,9 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 		return FW_PASS;
 	reason = fw_judge(ctx, data, data_end, offs, meta, frag_id, dir, ifindex, cfg, &k, &o);
 	if (o.has_rule)
-		fw_count(&fw_rule_stats, o.rule, len);
+		moat_count_add(&fw_rule_stats, o.rule, len);
 	verdict = fw_stat(reason, len);
-	fw_count(&fw_ifstats, (ifindex & (FW_IF_SLOTS - 1)) << 2 | (__u32)dir << 1 | (verdict == FW_DROP),
+	moat_count_add(&fw_ifstats, (ifindex & (FW_IF_SLOTS - 1)) << 2 | (__u32)dir << 1 | (verdict == FW_DROP),
 		 len);
 	if (verdict == FW_DROP && (o.keyed || cfg->log_drops || o.log)) {
 		/* One clock read and one state lookup for flows and events. */
