@@ -431,7 +431,8 @@ struct fw_pkt {
 	__u8 family;
 	__u8 proto;
 	__u8 icmp_error;   /* an ICMP error: judged alone, never tracked */
-	__u8 pad[3];
+	__u8 tcp_flags;    /* TCP header byte 13 (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 pad[2];
 	__be16 pport;      /* the policy port: tcp/udp destination, icmp type << 8 | code */
 	__u8 pad2[2];
 	__u32 ifindex;
@@ -500,6 +501,7 @@ static __always_inline __u32 fw_step_l4(void *ctx, struct fw_pkt *p, __u32 offs,
 	if (p->proto == IPPROTO_TCP) {
 		if ((void *)(l4 + sizeof(struct tcphdr)) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
+		p->tcp_flags = l4[13];
 	}
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
 		if ((void *)(l4 + 8) > p->data_end)
@@ -538,8 +540,15 @@ static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config 
 	ct = seen && *seen == 0 ? NULL : bpf_map_lookup_elem(&fw_ct, k);
 	if (ct) {
 		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
-		__u32 timeout = p->proto == IPPROTO_TCP ? cfg->timeout_tcp :
-				p->proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
+		__u32 timeout = p->proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
+
+		if (p->proto == IPPROTO_TCP) {
+			__u32 st = ct->tcp_state;
+
+			/* Unknown states (and NONE: entries of an older program) read
+			 * timeout_tcp from their slot. */
+			timeout = cfg->tcp_timeouts[st & (FW_TCP_TIMEOUT_SLOTS - 1)];
+		}
 
 		/* (another CPU may have stamped the entry after we read the clock) */
 		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
@@ -549,6 +558,61 @@ static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config 
 		}
 	}
 	return ct;
+}
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* The TCP state a connection moves to with this packet (see abi/fw.h);
+ * FW_TCP_NONE: the entry admits nothing (a closed tuple): forget it and judge
+ * the packet as a new connection. */
+static __always_inline __u8 fw_tcp_next(__u8 s, __u8 flags, int orig)
+{
+	if (flags & TCP_RST)
+		return FW_TCP_CLOSE;
+	if ((flags & TCP_SYN) && (s == FW_TCP_TIME_WAIT || s == FW_TCP_CLOSE))
+		return FW_TCP_NONE;
+	switch (s) {
+	case FW_TCP_CLOSE:
+		return FW_TCP_NONE;
+	case FW_TCP_SYN_SENT:
+		if ((flags & TCP_SYN) && (flags & TCP_ACK) && !orig)
+			return FW_TCP_SYN_RECV;
+		break;
+	case FW_TCP_SYN_RECV:
+		if (flags & TCP_FIN)
+			return orig ? FW_TCP_FIN_WAIT : FW_TCP_CLOSE_WAIT;
+		if ((flags & TCP_ACK) && !(flags & TCP_SYN) && orig)
+			return FW_TCP_ESTABLISHED;
+		break;
+	case FW_TCP_ESTABLISHED:
+		if (flags & TCP_FIN)
+			return orig ? FW_TCP_FIN_WAIT : FW_TCP_CLOSE_WAIT;
+		break;
+	case FW_TCP_FIN_WAIT:
+		if ((flags & TCP_FIN) && !orig)
+			return FW_TCP_LAST_ACK;
+		break;
+	case FW_TCP_CLOSE_WAIT:
+		if ((flags & TCP_FIN) && orig)
+			return FW_TCP_LAST_ACK;
+		break;
+	case FW_TCP_LAST_ACK:
+		if ((flags & TCP_ACK) && !(flags & TCP_FIN))
+			return FW_TCP_TIME_WAIT;
+		break;
+	}
+	return s;
+}
+
+/* The state of a new TCP connection admitted with this packet. */
+static __always_inline __u8 fw_tcp_first(__u8 flags)
+{
+	if ((flags & TCP_SYN) && !(flags & TCP_ACK))
+		return FW_TCP_SYN_SENT;
+	return FW_TCP_ESTABLISHED; /* picked up mid-stream (loose, as nf_conntrack) */
 }
 
 /* Step 4a: a packet of a tracked connection. Current generation: passes;
@@ -578,6 +642,8 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const 
 		ct->flags = action >> 8;
 		reason = FW_STAT_PASS_RECHECKED;
 	}
+	if (p->proto == IPPROTO_TCP)
+		ct->tcp_state = fw_tcp_next(ct->tcp_state, p->tcp_flags, p->dir == ct->dir0);
 	ct->last_seen_ns = bpf_ktime_get_coarse_ns();
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
@@ -602,7 +668,7 @@ static __always_inline __u32 fw_step_new(const struct fw_config *cfg, const stru
 		o->keyed = 1;
 		return rule ? FW_STAT_DROP_RULE : FW_STAT_DROP_DEFAULT;
 	}
-	if (!p->icmp_error) {
+	if (!p->icmp_error && !(p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))) {
 		struct fw_ct_val v = {};
 		v.first_seen_ns = bpf_ktime_get_coarse_ns();
 		v.last_seen_ns = v.first_seen_ns;
@@ -614,6 +680,7 @@ static __always_inline __u32 fw_step_new(const struct fw_config *cfg, const stru
 		v.dir0 = p->dir;
 		v.flags = flags;
 		v.ifindex = p->ifindex;
+		v.tcp_state = p->proto == IPPROTO_TCP ? fw_tcp_first(p->tcp_flags) : FW_TCP_NONE;
 		/* Count before inserting: a reader never sees the entry with its
 		 * slot at zero. */
 		if (seen)
@@ -665,6 +732,12 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		return reason;
 
 	ct = fw_step_ct_find(cfg, &p, k, &seen);
+	if (ct && p.proto == IPPROTO_TCP && ct->tcp_state != FW_TCP_NONE &&
+	    fw_tcp_next(ct->tcp_state, p.tcp_flags, p.dir == ct->dir0) == FW_TCP_NONE) {
+		/* A closed tuple admits nothing: this packet is a first packet. */
+		fw_ct_forget(k, seen);
+		ct = NULL;
+	}
 	reason = ct ? fw_step_tracked(cfg, &p, ct, k, seen, o) : fw_step_new(cfg, &p, k, seen, o);
 	if (fw_reason_verdict(reason) == FW_PASS && (meta & META_FRAG_MORE)) {
 		__u32 one = 1;

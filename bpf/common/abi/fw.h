@@ -255,6 +255,34 @@ struct fw_verdict {
 	__u8 pad[2];
 };
 
+/*
+ * TCP connection states (fw_ct_val.tcp_state), in the spirit of nf_conntrack;
+ * "orig" is the side that sent the first packet (fw_ct_val.dir0).
+ *   new, SYN without ACK          -> SYN_SENT    (other first packets: ESTABLISHED,
+ *                                                 the loose pick-up of open connections)
+ *   SYN_SENT, SYN+ACK from reply  -> SYN_RECV
+ *   SYN_RECV, ACK from orig       -> ESTABLISHED
+ *   ESTABLISHED/SYN_*, FIN        -> FIN_WAIT (orig's) / CLOSE_WAIT (reply's)
+ *   FIN_WAIT, FIN from reply; CLOSE_WAIT, FIN from orig -> LAST_ACK
+ *   LAST_ACK, ACK                 -> TIME_WAIT
+ *   any state, RST                -> CLOSE
+ *   TIME_WAIT or CLOSE, SYN       -> the entry is forgotten and the SYN judged
+ *                                    as a new connection (a closed tuple admits nothing)
+ *   CLOSE, anything but RST       -> the same
+ * Sequence numbers and windows are not checked.
+ */
+#define FW_TCP_NONE        0
+#define FW_TCP_SYN_SENT    1
+#define FW_TCP_SYN_RECV    2
+#define FW_TCP_ESTABLISHED 3
+#define FW_TCP_FIN_WAIT    4
+#define FW_TCP_CLOSE_WAIT  5
+#define FW_TCP_LAST_ACK    6
+#define FW_TCP_TIME_WAIT   7
+#define FW_TCP_CLOSE       8
+#define FW_TCP_STATES      9
+#define FW_TCP_TIMEOUT_SLOTS 16
+
 struct fw_config {
 	__u32 generation;       /* policy generation of this program instance */
 	__u8 default_ingress;   /* FW_ACTION_* */
@@ -277,6 +305,11 @@ struct fw_config {
 	__u64 flow_cap_ns;
 	__u8 log_drops;         /* 1: every drop qualifies for an event */
 	__u8 pad2[7];
+	/* Idle seconds per TCP state (FW_TCP_*; [FW_TCP_NONE] and the slots past
+	 * FW_TCP_STATES = timeout_tcp), like nf_conntrack's
+	 * nf_conntrack_tcp_timeout_* (timeout_tcp is ESTABLISHED's). A power of two
+	 * of slots, so that state & (slots - 1) is always a valid index. */
+	__u32 tcp_timeouts[FW_TCP_TIMEOUT_SLOTS];
 };
 
 /* One connection, as the host sees it (same key in both directions). */
@@ -301,6 +334,8 @@ struct fw_ct_val {
 	__u8 dir0;         /* FW_DIR_* of the first packet */
 	__u8 flags;        /* FW_FLAG_* of the deciding rule */
 	__u32 ifindex;     /* interface of the first packet */
+	__u8 tcp_state;    /* FW_TCP_* (FW_TCP_NONE for other protocols) */
+	__u8 pad[7];
 };
 
 /* A denied flow (same key as fw_ct). */

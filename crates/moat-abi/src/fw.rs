@@ -92,6 +92,32 @@ pub const EVENT_LOG: u8 = 2;
 pub const EVENT_CAP: usize = 128;
 pub const FLAG_LOG: u8 = 1;
 
+/// TCP connection states (`FwCtVal::tcp_state`); see bpf/common/abi/fw.h.
+pub const TCP_NONE: u8 = 0;
+pub const TCP_SYN_SENT: u8 = 1;
+pub const TCP_SYN_RECV: u8 = 2;
+pub const TCP_ESTABLISHED: u8 = 3;
+pub const TCP_FIN_WAIT: u8 = 4;
+pub const TCP_CLOSE_WAIT: u8 = 5;
+pub const TCP_LAST_ACK: u8 = 6;
+pub const TCP_TIME_WAIT: u8 = 7;
+pub const TCP_CLOSE: u8 = 8;
+pub const TCP_STATES: u8 = 9;
+/// Slots of `FwConfig::tcp_timeouts` (a power of two: the kernel masks the index).
+pub const TCP_TIMEOUT_SLOTS: u8 = 16;
+/// Names of the TCP states, indexed by `TCP_*`.
+pub const TCP_STATE_NAMES: [&str; TCP_STATES as usize] = [
+    "none",
+    "syn_sent",
+    "syn_recv",
+    "established",
+    "fin_wait",
+    "close_wait",
+    "last_ack",
+    "time_wait",
+    "close",
+];
+
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;
 pub const ACTION_ALLOW: u8 = 1;
@@ -184,6 +210,9 @@ pub struct FwConfig {
     /// 1: every drop qualifies for an event.
     pub log_drops: u8,
     pub pad2: [u8; 7],
+    /// Idle seconds per TCP state (`TCP_*`; `[TCP_NONE]` and the slots past
+    /// `TCP_STATES` = `timeout_tcp`).
+    pub tcp_timeouts: [u32; TCP_TIMEOUT_SLOTS as usize],
 }
 
 #[repr(C)]
@@ -212,6 +241,9 @@ pub struct FwCtVal {
     /// `FLAG_*` of the deciding rule.
     pub flags: u8,
     pub ifindex: u32,
+    /// `TCP_*` (`TCP_NONE` for other protocols).
+    pub tcp_state: u8,
+    pub pad: [u8; 7],
 }
 
 /// A denied flow (key: `FwCtKey`).

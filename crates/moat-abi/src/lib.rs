@@ -68,7 +68,8 @@ pub const LAYOUTS: &[StructLayout] = &[
             flow_cost_ns,
             flow_cap_ns,
             log_drops,
-            pad2
+            pad2,
+            tcp_timeouts
         ]
     ),
     layout!(
@@ -89,7 +90,9 @@ pub const LAYOUTS: &[StructLayout] = &[
             port0,
             dir0,
             flags,
-            ifindex
+            ifindex,
+            tcp_state,
+            pad
         ]
     ),
     layout!(

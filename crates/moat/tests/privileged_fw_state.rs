@@ -47,7 +47,7 @@ fn idle_connections_expire_and_replies_are_judged_again() {
         std::process::id()
     )));
     let p = policy::parse(
-        "default: { ingress: deny, egress: allow }\nconntrack: { udp_timeout: 20s, tcp_timeout: 1m }\nrules: []\n",
+        "default: { ingress: deny, egress: allow }\nconntrack: { udp_timeout: 20s, tcp_timeout: 1m, tcp_syn_sent_timeout: 1m }\nrules: []\n",
         Path::new("ct.yaml"),
     )
     .unwrap();
@@ -112,4 +112,180 @@ fn idle_connections_expire_and_replies_are_judged_again() {
         );
         inst.clear_state().unwrap();
     }
+}
+
+/// The TCP state of the only conntrack entry (None if there is none).
+fn tcp_state(inst: &mut FwInstance) -> Option<&'static str> {
+    let ct: BpfHashMap<_, FwCtKey, FwCtVal> =
+        BpfHashMap::try_from(inst.bpf.map(abi::MAP_CT).unwrap()).unwrap();
+    let all: Vec<FwCtVal> = ct.iter().filter_map(Result::ok).map(|(_, v)| v).collect();
+    assert!(all.len() <= 1, "{} entries", all.len());
+    all.first()
+        .map(|v| abi::TCP_STATE_NAMES[v.tcp_state as usize])
+}
+
+/// A whole TCP connection's life through the real programs: states follow
+/// SYN, SYN+ACK, ACK, FIN, FIN, ACK; the closed tuple admits nothing, so the
+/// peer reusing it in the other direction (the port-reuse hole of loose
+/// tracking) is judged by the policy and denied; RST closes at once; a
+/// TIME_WAIT entry expires with its own timeout.
+#[test]
+fn tcp_states_follow_the_connection_and_a_closed_tuple_admits_nothing() {
+    use moat_core::packet::*;
+    use std::net::Ipv4Addr;
+    if !common::privileged("tcp_states_follow_the_connection_and_a_closed_tuple_admits_nothing") {
+        return;
+    }
+    moat_host::sys::ensure_bpffs().unwrap();
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/moat-tcpstate-{}",
+        std::process::id()
+    )));
+    let p = policy::parse(
+        "default: { ingress: deny, egress: allow }\nconntrack: { tcp_time_wait_timeout: 20s }\nrules: []\n",
+        Path::new("tcp.yaml"),
+    )
+    .unwrap();
+    let mut inst = FwInstance::load(
+        &p,
+        &compile(&p),
+        1,
+        &pins.0,
+        &LogOpts::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    inst.clear_state().unwrap();
+    let local = Ipv4Addr::new(100, 64, 0, 1);
+    let remote = Ipv4Addr::new(192, 0, 2, 9);
+    let out = |flags: u8| {
+        eth(
+            ETH_P_IP,
+            &ipv4(
+                local,
+                remote,
+                IPPROTO_TCP,
+                &tcp(Ips::V4(local, remote), 46000, 5555, flags, 1, 1, &[]),
+            ),
+        )
+    };
+    let inn = |flags: u8| {
+        eth(
+            ETH_P_IP,
+            &ipv4(
+                remote,
+                local,
+                IPPROTO_TCP,
+                &tcp(Ips::V4(remote, local), 5555, 46000, flags, 1, 1, &[]),
+            ),
+        )
+    };
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    let reason =
+        |r: moat_host::fw::instance::RunResult| abi::STAT_NAMES[r.reason.unwrap() as usize];
+    let steps: [(&str, Dir, Vec<u8>, bool, Option<&str>); 8] = [
+        ("our SYN", Dir::Egress, out(TCP_SYN), true, Some("syn_sent")),
+        (
+            "their SYN+ACK",
+            Dir::Ingress,
+            inn(TCP_SYN | ACK),
+            true,
+            Some("syn_recv"),
+        ),
+        ("our ACK", Dir::Egress, out(ACK), true, Some("established")),
+        (
+            "data from them",
+            Dir::Ingress,
+            inn(ACK),
+            true,
+            Some("established"),
+        ),
+        (
+            "our FIN",
+            Dir::Egress,
+            out(FIN | ACK),
+            true,
+            Some("fin_wait"),
+        ),
+        (
+            "their FIN",
+            Dir::Ingress,
+            inn(FIN | ACK),
+            true,
+            Some("last_ack"),
+        ),
+        (
+            "our last ACK",
+            Dir::Egress,
+            out(ACK),
+            true,
+            Some("time_wait"),
+        ),
+        // The peer opens a new connection on the closed tuple, the other way
+        // round: judged as new, and the ingress default denies it.
+        (
+            "their SYN on the closed tuple",
+            Dir::Ingress,
+            inn(TCP_SYN),
+            false,
+            None,
+        ),
+    ];
+    for (what, dir, frame, pass, state) in steps {
+        let r = inst.run(dir, &frame).unwrap();
+        assert_eq!(r.passed, pass, "{what}: {}", reason(r));
+        assert_eq!(tcp_state(&mut inst), state, "state after {what}");
+    }
+    // RST closes; a closed tuple admits nothing either (not even our ACK,
+    // which is judged as new and picked up only because egress allows it).
+    inst.clear_state().unwrap();
+    assert!(inst.run(Dir::Egress, &out(TCP_SYN)).unwrap().passed);
+    assert!(inst.run(Dir::Ingress, &inn(TCP_SYN | ACK)).unwrap().passed);
+    assert!(inst.run(Dir::Ingress, &inn(RST)).unwrap().passed);
+    assert_eq!(tcp_state(&mut inst), Some("close"));
+    let r = inst.run(Dir::Ingress, &inn(ACK)).unwrap();
+    assert!(
+        !r.passed && reason(r) == "drop_default",
+        "after RST their packets are new: {}",
+        reason(r)
+    );
+    assert_eq!(tcp_state(&mut inst), None, "the closed entry is forgotten");
+    // A connection picked up mid-stream (no SYN seen) starts established,
+    // and only where the policy allows it as new.
+    let r = inst.run(Dir::Egress, &out(ACK)).unwrap();
+    assert!(r.passed);
+    assert_eq!(tcp_state(&mut inst), Some("established"));
+    inst.clear_state().unwrap();
+    let r = inst.run(Dir::Ingress, &inn(ACK)).unwrap();
+    assert!(
+        !r.passed,
+        "an ingress mid-stream packet the policy denies is not picked up"
+    );
+    // TIME_WAIT expires with its own timeout (20 s here), not the 5 days of established.
+    inst.clear_state().unwrap();
+    for f in [
+        out(TCP_SYN),
+        inn(TCP_SYN | ACK),
+        out(ACK),
+        out(FIN | ACK),
+        inn(FIN | ACK),
+        out(ACK),
+    ] {
+        let dir = if f[26..30] == local.octets() {
+            Dir::Egress
+        } else {
+            Dir::Ingress
+        };
+        assert!(inst.run(dir, &f).unwrap().passed);
+    }
+    assert_eq!(tcp_state(&mut inst), Some("time_wait"));
+    age_conntrack(&mut inst, 25);
+    let r = inst.run(Dir::Ingress, &inn(ACK)).unwrap();
+    assert!(
+        !r.passed,
+        "after its TIME_WAIT timeout the tuple is forgotten: {}",
+        reason(r)
+    );
 }

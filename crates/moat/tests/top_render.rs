@@ -27,6 +27,7 @@ fn flow(verdict: &'static str, remote: &str, packets: u64, bytes: u64) -> Flow {
         last_seen_secs_ago: 1.0,
         rule: "web".into(),
         reason: None,
+        tcp_state: None,
     }
 }
 

@@ -395,6 +395,7 @@ pub fn config(policy: &Policy, e: &Encoded, generation: u32, cpus: u32) -> abi::
         flow_cap_ns: cost_ns(l.flow_rate, cpus) * u64::from(per_cpu(l.flow_rate, cpus)),
         log_drops: u8::from(l.drops),
         pad2: [0; 7],
+        tcp_timeouts: policy.timeouts.tcp_by_state(),
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Flow {
     /// Denied flows: why the last packet was dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// Tracked TCP connections: their state (`syn_sent`, `established`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_state: Option<&'static str>,
 }
 
 /// `moat flows` filters.
@@ -193,11 +196,12 @@ pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
             last_seen_secs_ago: ago(last),
             rule: rule_name(&state, rule),
             reason,
+            tcp_state: None,
         };
     let mut out = Vec::new();
     let (ct, _) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
     for (k, v) in ct.iter().filter_map(Result::ok) {
-        out.push(flow(
+        let mut f = flow(
             &k,
             "allow",
             v.dir0,
@@ -206,7 +210,11 @@ pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
             (v.first_seen_ns, v.last_seen_ns),
             v.rule,
             None,
-        ));
+        );
+        if k.proto == 6 && v.tcp_state != abi::TCP_NONE {
+            f.tcp_state = abi::TCP_STATE_NAMES.get(v.tcp_state as usize).copied();
+        }
+        out.push(f);
     }
     let (fl, _) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
     for (k, v) in fl.iter().filter_map(Result::ok) {

@@ -35,7 +35,10 @@ fn flow_line(f: &Flow) -> String {
         f.bytes,
         f.last_seen_secs_ago,
         f.rule,
-        f.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        f.reason
+            .or(f.tcp_state)
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
     )
 }
 

@@ -163,22 +163,56 @@ impl Rule {
     }
 }
 
-/// Idle seconds after which a tracked connection is forgotten.
+/// Idle seconds after which a tracked connection is forgotten (TCP: per state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
+    /// TCP ESTABLISHED (`tcp_timeout`).
     pub tcp: u32,
     pub udp: u32,
     pub other: u32,
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
 }
 
 impl Default for Timeouts {
-    /// tcp 5 days (as netfilter's established TCP), udp 120 s, other 60 s.
+    /// nf_conntrack's defaults: TCP established 5 days, syn_sent 120 s,
+    /// syn_recv 60 s, fin_wait 120 s, close_wait 60 s, last_ack 30 s,
+    /// time_wait 120 s, close 10 s; udp 120 s, other 60 s.
     fn default() -> Self {
         Timeouts {
             tcp: 432_000,
             udp: 120,
             other: 60,
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
         }
+    }
+}
+
+impl Timeouts {
+    /// Per TCP state, indexed by `moat_abi::fw::TCP_*`; NONE and the unused
+    /// slots get established's.
+    pub fn tcp_by_state(&self) -> [u32; moat_abi::fw::TCP_TIMEOUT_SLOTS as usize] {
+        use moat_abi::fw::*;
+        let mut t = [self.tcp; TCP_TIMEOUT_SLOTS as usize];
+        t[TCP_SYN_SENT as usize] = self.tcp_syn_sent;
+        t[TCP_SYN_RECV as usize] = self.tcp_syn_recv;
+        t[TCP_FIN_WAIT as usize] = self.tcp_fin_wait;
+        t[TCP_CLOSE_WAIT as usize] = self.tcp_close_wait;
+        t[TCP_LAST_ACK as usize] = self.tcp_last_ack;
+        t[TCP_TIME_WAIT as usize] = self.tcp_time_wait;
+        t[TCP_CLOSE as usize] = self.tcp_close;
+        t
     }
 }
 

@@ -262,7 +262,7 @@ impl Parser {
         let Some(m) = n.as_mapping() else {
             self.err(
                 node_pos(n),
-                "conntrack must be a mapping (tcp_timeout, udp_timeout, other_timeout)",
+                "conntrack must be a mapping (tcp_timeout, tcp_<state>_timeout, udp_timeout, other_timeout)",
             );
             return t;
         };
@@ -271,8 +271,15 @@ impl Parser {
                 "tcp_timeout" => &mut t.tcp,
                 "udp_timeout" => &mut t.udp,
                 "other_timeout" => &mut t.other,
+                "tcp_syn_sent_timeout" => &mut t.tcp_syn_sent,
+                "tcp_syn_recv_timeout" => &mut t.tcp_syn_recv,
+                "tcp_fin_wait_timeout" => &mut t.tcp_fin_wait,
+                "tcp_close_wait_timeout" => &mut t.tcp_close_wait,
+                "tcp_last_ack_timeout" => &mut t.tcp_last_ack,
+                "tcp_time_wait_timeout" => &mut t.tcp_time_wait,
+                "tcp_close_timeout" => &mut t.tcp_close,
                 other => {
-                    self.err(pos(k.span()), format!("unknown key {other:?} in conntrack (expected tcp_timeout, udp_timeout, other_timeout)"));
+                    self.err(pos(k.span()), format!("unknown key {other:?} in conntrack (expected tcp_timeout, udp_timeout, other_timeout, tcp_{{syn_sent,syn_recv,fin_wait,close_wait,last_ack,time_wait,close}}_timeout)"));
                     continue;
                 }
             };

@@ -157,7 +157,7 @@ fn log_section_and_rule_log_flag() {
 #[test]
 fn conntrack_timeouts() {
     let p = parse(
-        "conntrack: { tcp_timeout: 2h, udp_timeout: 90s, other_timeout: 30 }\nrules: []\n",
+        "conntrack: { tcp_timeout: 2h, udp_timeout: 90s, other_timeout: 30, tcp_time_wait_timeout: 5s, tcp_syn_sent_timeout: 1m }\nrules: []\n",
         Path::new("p.yaml"),
     )
     .unwrap();
@@ -166,9 +166,16 @@ fn conntrack_timeouts() {
         Timeouts {
             tcp: 7200,
             udp: 90,
-            other: 30
+            other: 30,
+            tcp_time_wait: 5,
+            tcp_syn_sent: 60,
+            ..Timeouts::default()
         }
     );
+    let by = p.timeouts.tcp_by_state();
+    assert_eq!(by[moat_abi::fw::TCP_ESTABLISHED as usize], 7200);
+    assert_eq!(by[moat_abi::fw::TCP_TIME_WAIT as usize], 5);
+    assert_eq!(by[moat_abi::fw::TCP_CLOSE as usize], 10);
     assert_eq!(
         parse("rules: []\n", Path::new("p.yaml")).unwrap().timeouts,
         Timeouts::default()
