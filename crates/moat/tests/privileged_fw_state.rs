@@ -185,7 +185,9 @@ fn tcp_states_follow_the_connection_and_a_closed_tuple_admits_nothing() {
     const RST: u8 = 0x04;
     let reason =
         |r: moat_host::fw::instance::RunResult| abi::STAT_NAMES[r.reason.unwrap() as usize];
-    let steps: [(&str, Dir, Vec<u8>, bool, Option<&str>); 8] = [
+    // (what, direction, frame, passes, state after)
+    type Step<'a> = (&'a str, Dir, Vec<u8>, bool, Option<&'a str>);
+    let steps: [Step; 8] = [
         ("our SYN", Dir::Egress, out(TCP_SYN), true, Some("syn_sent")),
         (
             "their SYN+ACK",
