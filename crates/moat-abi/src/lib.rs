@@ -217,7 +217,8 @@ mod tests {
         assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
         assert_eq!(size_of::<fw::FwVerdict>(), 8);
         assert_eq!(size_of::<fw::FwPortKey>(), 12);
-        assert_eq!(size_of::<fw::FwConfig>(), 64);
+        assert_eq!(size_of::<fw::FwConfig>(), 128);
+        assert_eq!(core::mem::offset_of!(fw::FwConfig, tcp_timeouts), 64);
         assert_eq!(core::mem::offset_of!(fw::FwConfig, ev_cost_ns), 24);
         assert_eq!(size_of::<fw::FwFlowVal>(), 48);
         assert_eq!(size_of::<fw::FwEvstate>(), 40);
@@ -226,7 +227,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(fw::FwCtVal, ifindex), 44);
         assert_eq!(fw::EV_NAMES.len(), fw::EV_MAX as usize);
         assert_eq!(size_of::<fw::FwCtKey>(), 40);
-        assert_eq!(size_of::<fw::FwCtVal>(), 48);
+        assert_eq!(size_of::<fw::FwCtVal>(), 56);
+        assert_eq!(core::mem::offset_of!(fw::FwCtVal, tcp_state), 48);
         assert_eq!(size_of::<fw::FwFragKey>(), 40);
         assert_eq!(core::mem::offset_of!(fw::FwCtVal, port0), 40);
         assert_eq!(fw::STAT_NAMES.len(), fw::STAT_MAX as usize);
