@@ -139,3 +139,64 @@ fn tcp_states_show_and_a_closed_tuple_cannot_be_reused_backwards() {
     assert!(c.is_some(), "allowed by the policy, the connection is made");
     drop(accept(&ours_listen));
 }
+
+/// Connections open before the firewall came up are picked up (as
+/// established) only where the policy allows them as new connections.
+#[test]
+fn connections_open_before_apply_are_picked_up_only_where_allowed() {
+    if !common::privileged("connections_open_before_apply_are_picked_up_only_where_allowed") {
+        return;
+    }
+    let t = common::tag("pick");
+    let lab = Lab::create(&t, &LabConfig::default()).expect("creating lab");
+    let root = FwRoot::new(&t);
+    let a = |port| SocketAddr::new(ip(netlab::A4), port);
+    let b = |port| SocketAddr::new(ip(netlab::B4), port);
+    let l_ok = listen(&lab.ns_b, b(7000));
+    let l_no = listen(&lab.ns_b, b(7100));
+    let mut c_ok = connect(&lab.ns_a, a(41000), b(7000)).unwrap();
+    let mut c_no = connect(&lab.ns_a, a(41001), b(7100)).unwrap();
+    let mut s_ok = accept(&l_ok);
+    let mut s_no = accept(&l_no);
+    let round = |c: &mut TcpStream, s: &mut TcpStream| -> bool {
+        let mut buf = [0u8; 4];
+        c.write_all(b"ping").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && s.write_all(b"pong").is_ok()
+            && c.read_exact(&mut buf).is_ok()
+    };
+    assert!(
+        round(&mut c_ok, &mut s_ok) && round(&mut c_no, &mut s_no),
+        "both work before"
+    );
+    let pol = policy_file(
+        &t,
+        "default: { ingress: deny, egress: allow }\nrules:\n  - { name: web, direction: ingress, action: allow, proto: tcp, ports: [7000] }\n",
+    );
+    root.ok(&[
+        "fw",
+        "apply",
+        "-q",
+        "-f",
+        pol.to_str().unwrap(),
+        "-i",
+        &lab.if_b,
+        "--netns",
+        &lab.ns_b,
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        round(&mut c_ok, &mut s_ok),
+        "the allowed connection is picked up mid-stream"
+    );
+    assert_eq!(
+        state_of(&root, 7000, 41000).as_deref(),
+        Some("established"),
+        "picked up as established"
+    );
+    assert!(
+        !round(&mut c_no, &mut s_no),
+        "the one the policy denies is not"
+    );
+    assert_eq!(state_of(&root, 7100, 41001), None, "and not tracked");
+}
