@@ -32,8 +32,10 @@ const PIN_DIR: &str = "/sys/fs/bpf/xdp-filter";
 impl XdpFilter {
     /// `xdp-filter load IFACE` (default policy allow, all features).
     pub fn load(ns: &str, iface: &str) -> Result<XdpFilter> {
-        // Held until drop: other benchmark runs (parallel tests) wait.
-        let lock = std::fs::File::create("/run/moat-bench-xdp-filter.lock")?;
+        // Held until drop: other benchmark runs (parallel tests) wait. The
+        // lock is on bpffs' root, where xdp-filter pins its state (a lock
+        // file would be left behind).
+        let lock = std::fs::File::open("/sys/fs/bpf")?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
             return Err(std::io::Error::last_os_error().into());
