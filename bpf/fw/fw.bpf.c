@@ -617,10 +617,11 @@ static __always_inline __u8 fw_tcp_first(__u8 flags)
 
 /* Step 4a: a packet of a tracked connection. Current generation: passes;
  * else the connection's first packet is judged by the policy in force, and
- * a connection it no longer allows is cut. */
+ * a connection it no longer allows is cut. tcp_next: the TCP state this
+ * packet moves the connection to (computed once by the caller). */
 static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const struct fw_pkt *p,
 					     struct fw_ct_val *ct, const struct fw_ct_key *k,
-					     __u32 *seen, struct fw_out *o)
+					     __u32 *seen, __u8 tcp_next, struct fw_out *o)
 {
 	__u32 reason, rule = 0, action;
 
@@ -643,7 +644,7 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const 
 		reason = FW_STAT_PASS_RECHECKED;
 	}
 	if (p->proto == IPPROTO_TCP)
-		ct->tcp_state = fw_tcp_next(ct->tcp_state, p->tcp_flags, p->dir == ct->dir0);
+		ct->tcp_state = tcp_next;
 	ct->last_seen_ns = bpf_ktime_get_coarse_ns();
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
@@ -714,6 +715,7 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	struct fw_frag_key fk = {};
 	struct fw_ct_val *ct;
 	__u32 reason, *seen;
+	__u8 tcp_next = FW_TCP_NONE;
 
 	reason = fw_step_l3(&p, offs, meta, &fk);
 	if (reason != FW_NEXT)
@@ -732,13 +734,16 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		return reason;
 
 	ct = fw_step_ct_find(cfg, &p, k, &seen);
-	if (ct && p.proto == IPPROTO_TCP && ct->tcp_state != FW_TCP_NONE &&
-	    fw_tcp_next(ct->tcp_state, p.tcp_flags, p.dir == ct->dir0) == FW_TCP_NONE) {
-		/* A closed tuple admits nothing: this packet is a first packet. */
-		fw_ct_forget(k, seen);
-		ct = NULL;
+	if (ct && p.proto == IPPROTO_TCP) {
+		tcp_next = fw_tcp_next(ct->tcp_state, p.tcp_flags, p.dir == ct->dir0);
+		if (ct->tcp_state != FW_TCP_NONE && tcp_next == FW_TCP_NONE) {
+			/* A closed tuple admits nothing: this packet is a first packet. */
+			fw_ct_forget(k, seen);
+			ct = NULL;
+		}
 	}
-	reason = ct ? fw_step_tracked(cfg, &p, ct, k, seen, o) : fw_step_new(cfg, &p, k, seen, o);
+	reason = ct ? fw_step_tracked(cfg, &p, ct, k, seen, tcp_next, o)
+		    : fw_step_new(cfg, &p, k, seen, o);
 	if (fw_reason_verdict(reason) == FW_PASS && (meta & META_FRAG_MORE)) {
 		__u32 one = 1;
 		bpf_map_update_elem(&fw_frag, &fk, &one, BPF_ANY);
