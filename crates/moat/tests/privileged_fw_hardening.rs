@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FwRoot, MoatProc, in_ns, ping_ok, policy_file, policy_file_as};
+use common::{FwRoot, MoatProc, apply_args, in_ns, ping_ok, policy_file, policy_file_as};
 use moat_host::netlab::{self, Lab, LabConfig};
 
 fn ip(s: &str) -> IpAddr {
@@ -133,21 +133,6 @@ fn udp_ok(ns: &str, port: u16) -> bool {
         let mut buf = [0u8; 16];
         matches!(u.recv_from(&mut buf), Ok((4, _)))
     })
-}
-
-fn apply_args<'a>(policy: &'a Path, lab: &'a Lab, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "fw",
-        "apply",
-        "-q",
-        "-f",
-        policy.to_str().unwrap(),
-        "-i",
-        &lab.if_b,
-    ];
-    v.extend_from_slice(extra);
-    v.extend_from_slice(&["--netns", &lab.ns_b]);
-    v
 }
 
 const ALLOW_7000: &str = "

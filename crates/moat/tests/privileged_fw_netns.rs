@@ -59,17 +59,7 @@ fn lab(prefix: &str) -> Lab {
 }
 
 fn apply(root: &FwRoot, lab: &Lab, policy: &std::path::Path) -> String {
-    root.ok(&[
-        "fw",
-        "apply",
-        "-q",
-        "-f",
-        policy.to_str().unwrap(),
-        "-i",
-        &lab.if_b,
-        "--netns",
-        &lab.ns_b,
-    ])
+    root.apply(lab, policy)
 }
 
 const DEFAULT_DENY: &str = "

@@ -137,17 +137,7 @@ fn flows_metrics_and_capture_match_the_traffic_sent() {
     let root = FwRoot::new(&t);
     let _servers = EchoServers::start(&lab.ns_b, &[netlab::B4.parse().unwrap()], 7000).unwrap();
     let p = policy_file(&t, POLICY);
-    root.ok(&[
-        "fw",
-        "apply",
-        "-q",
-        "-f",
-        p.to_str().unwrap(),
-        "-i",
-        &lab.if_b,
-        "--netns",
-        &lab.ns_b,
-    ]);
+    root.apply(&lab, &p);
     std::thread::sleep(Duration::from_millis(200));
 
     // Known traffic: 5 echoed datagrams of 100 bytes (allowed), 3 of 50 to a

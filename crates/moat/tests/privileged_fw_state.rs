@@ -21,6 +21,28 @@ impl Drop for PinDir {
     }
 }
 
+/// A private firewall instance of `yaml` with empty state; its pins go
+/// with the returned guard.
+fn private_instance(name: &str, yaml: &str) -> (PinDir, FwInstance) {
+    moat_host::sys::ensure_bpffs().unwrap();
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/moat-{name}-{}",
+        std::process::id()
+    )));
+    let p = policy::parse(yaml, Path::new("state.yaml")).unwrap();
+    let mut inst = FwInstance::load(
+        &p,
+        &compile(&p),
+        1,
+        &pins.0,
+        &LogOpts::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    inst.clear_state().unwrap();
+    (pins, inst)
+}
+
 /// Moves every conntrack entry's last-seen stamp `secs` into the past.
 fn age_conntrack(inst: &mut FwInstance, secs: u64) -> usize {
     let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> =
@@ -41,26 +63,10 @@ fn idle_connections_expire_and_replies_are_judged_again() {
     if !common::privileged("idle_connections_expire_and_replies_are_judged_again") {
         return;
     }
-    moat_host::sys::ensure_bpffs().unwrap();
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/moat-ctstate-{}",
-        std::process::id()
-    )));
-    let p = policy::parse(
+    let (_pins, mut inst) = private_instance(
+        "ctstate",
         "default: { ingress: deny, egress: allow }\nconntrack: { udp_timeout: 20s, tcp_timeout: 1m, tcp_syn_sent_timeout: 1m }\nrules: []\n",
-        Path::new("ct.yaml"),
-    )
-    .unwrap();
-    let mut inst = FwInstance::load(
-        &p,
-        &compile(&p),
-        1,
-        &pins.0,
-        &LogOpts::default(),
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    inst.clear_state().unwrap();
+    );
     let local: IpAddr = "100.64.0.1".parse().unwrap();
     let remote: IpAddr = "192.0.2.9".parse().unwrap();
     // Timeouts below the uptime of any machine that got this far (the stamps
@@ -136,26 +142,10 @@ fn tcp_states_follow_the_connection_and_a_closed_tuple_admits_nothing() {
     if !common::privileged("tcp_states_follow_the_connection_and_a_closed_tuple_admits_nothing") {
         return;
     }
-    moat_host::sys::ensure_bpffs().unwrap();
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/moat-tcpstate-{}",
-        std::process::id()
-    )));
-    let p = policy::parse(
+    let (_pins, mut inst) = private_instance(
+        "tcpstate",
         "default: { ingress: deny, egress: allow }\nconntrack: { tcp_time_wait_timeout: 20s }\nrules: []\n",
-        Path::new("tcp.yaml"),
-    )
-    .unwrap();
-    let mut inst = FwInstance::load(
-        &p,
-        &compile(&p),
-        1,
-        &pins.0,
-        &LogOpts::default(),
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    inst.clear_state().unwrap();
+    );
     let local = Ipv4Addr::new(100, 64, 0, 1);
     let remote = Ipv4Addr::new(192, 0, 2, 9);
     let out = |flags: u8| {

@@ -75,19 +75,7 @@ fn tcp_states_show_and_a_closed_tuple_cannot_be_reused_backwards() {
     let lab = Lab::create(&t, &LabConfig::default()).expect("creating lab");
     let root = FwRoot::new(&t);
     let deny_in = policy_file(&t, "default: { ingress: deny, egress: allow }\nrules: []\n");
-    let apply = |p: &std::path::Path| {
-        root.ok(&[
-            "fw",
-            "apply",
-            "-q",
-            "-f",
-            p.to_str().unwrap(),
-            "-i",
-            &lab.if_b,
-            "--netns",
-            &lab.ns_b,
-        ])
-    };
+    let apply = |p: &std::path::Path| root.apply(&lab, &p);
     apply(&deny_in);
     let a = |port| SocketAddr::new(ip(netlab::A4), port);
     let b = |port| SocketAddr::new(ip(netlab::B4), port);
@@ -173,17 +161,7 @@ fn connections_open_before_apply_are_picked_up_only_where_allowed() {
         &t,
         "default: { ingress: deny, egress: allow }\nrules:\n  - { name: web, direction: ingress, action: allow, proto: tcp, ports: [7000] }\n",
     );
-    root.ok(&[
-        "fw",
-        "apply",
-        "-q",
-        "-f",
-        pol.to_str().unwrap(),
-        "-i",
-        &lab.if_b,
-        "--netns",
-        &lab.ns_b,
-    ]);
+    root.apply(&lab, &pol);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         round(&mut c_ok, &mut s_ok),

@@ -276,17 +276,7 @@ fn vlan_stacks_of_any_depth_are_judged_or_dropped() {
     // With the firewall: nothing to the denied port arrives, whatever the
     // tags; what Linux delivers to the allowed port still arrives, up to the
     // parser's depth; deeper stacks are dropped and counted.
-    root.ok(&[
-        "fw",
-        "apply",
-        "-q",
-        "-f",
-        policy_file(&t, POLICY).to_str().unwrap(),
-        "-i",
-        &lab.if_b,
-        "--netns",
-        &lab.ns_b,
-    ]);
+    root.apply(&lab, &policy_file(&t, POLICY));
     std::thread::sleep(Duration::from_millis(200));
     let before = root.reason("drop_vlan_depth");
     let got = send_all(&cases);

@@ -186,14 +186,23 @@ pub fn apply_at(
     // swap (the old program may add entries in between).
     let seed_filter =
         paths.pins.join(abi::MAP_CT).exists() && !paths.pins.join(abi::MAP_CTSEEN).exists();
-    let mut inst = FwInstance::load(&p, &c, generation, &paths.pins, log, progress)?;
+    // Encoded once: the maps get its entries, the state file its sizes.
+    let encoded = moat_core::fw::encode::Encoded::of(&p, &c);
+    let mut inst = FwInstance::load_encoded(
+        &p,
+        &encoded,
+        encoded.sizes(),
+        generation,
+        &paths.pins,
+        log,
+        progress,
+    )?;
     // From here on this generation is spent, whatever happens next.
     state::record_generation(&mut inst.bpf, generation)?;
     if seed_filter {
         inst.seed_ctseen()?;
     }
     carry_rule_counters(paths, file.state(), &p, &mut inst)?;
-    let encoded = moat_core::fw::encode::Encoded::of(&p, &c);
     let state = State {
         generation,
         policy: std::fs::canonicalize(&o.policy).unwrap_or_else(|_| o.policy.clone()),

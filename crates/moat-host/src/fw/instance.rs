@@ -78,7 +78,8 @@ impl FwInstance {
         Self::load_encoded(policy, &e, sizes, generation, pin_dir, log, progress)
     }
 
-    fn load_encoded(
+    /// Loads both programs with maps of `sizes` and fills them with `e`.
+    pub fn load_encoded(
         policy: &Policy,
         e: &Encoded,
         sizes: Sizes,

@@ -151,10 +151,15 @@ pub fn running(paths: &Paths) -> Result<State> {
     if kernel.is_empty() {
         bail!("the firewall is not attached (moat fw apply -f POLICY -i IFACE)");
     }
+    Ok(running_from(&kernel, read_state_file(paths)))
+}
+
+/// [`running`] from a kernel view and a state file already read.
+pub fn running_from(kernel: &Kernel, file: StateFile) -> State {
     let gens = kernel.generations();
-    match read_state_file(paths) {
-        StateFile::Ok(s) if gens == [s.generation] => Ok(s),
-        _ => Ok(State {
+    match file {
+        StateFile::Ok(s) if gens == [s.generation] => s,
+        _ => State {
             generation: gens.last().copied().unwrap_or(0),
             policy: PathBuf::new(),
             applied_unix: 0,
@@ -168,7 +173,7 @@ pub fn running(paths: &Paths) -> Result<State> {
             classes: 0,
             memory_bytes: 0,
             maps: Vec::new(),
-        }),
+        },
     }
 }
 
@@ -442,7 +447,11 @@ pub struct Counters {
 
 /// Reads every counter of the running firewall.
 pub fn counters(paths: &Paths) -> Result<Counters> {
-    let state = running(paths)?;
+    counters_of(paths, &running(paths)?)
+}
+
+/// [`counters`] of the firewall `state` describes (from [`running_from`]).
+pub fn counters_of(paths: &Paths, state: &State) -> Result<Counters> {
     let stats_map = pinned_map(&paths.pins.join(abi::MAP_STATS))?;
     let reasons = sum_percpu(&PerCpuArray::<_, CountValue>::try_from(&stats_map)?)?;
     let rules_map = pinned_map(&paths.rule_stats())?;
@@ -502,7 +511,7 @@ pub fn counters(paths: &Paths) -> Result<Counters> {
     let if_map = pinned_map(&paths.pins.join(abi::MAP_IFSTATS))?;
     let if_arr = PerCpuArray::<_, CountValue>::try_from(&if_map)?;
     let mut slots: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
-    for (idx, name) in iface_names(&state) {
+    for (idx, name) in iface_names(state) {
         slots.entry(idx % abi::IF_SLOTS).or_default().push(name);
     }
     let mut ifaces = Vec::new();

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::{
     apply::mode_from_file,
-    observe::{Counters, counters},
+    observe::{Counters, counters_of, running_from},
     state::{Iface, Kernel, Paths, State, StateFile, read_state_file},
 };
 
@@ -86,6 +86,7 @@ pub fn status_at(paths: &Paths) -> Result<FwStatus> {
         generations: gens,
         state_file,
         described,
-        counters: Some(counters(paths)?),
+        // The kernel view and state file read above, not read again.
+        counters: Some(counters_of(paths, &running_from(&kernel, file))?),
     })
 }

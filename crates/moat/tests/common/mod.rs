@@ -5,7 +5,7 @@
 //! (set by CI), where not being able to run is a failure.
 #![allow(dead_code)]
 
-use moat_host::sys::NetnsGuard;
+use moat_host::{netlab::Lab, sys::NetnsGuard};
 use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},
@@ -181,6 +181,11 @@ impl FwRoot {
         out
     }
 
+    /// `moat fw apply -q -f POLICY -i if_b --netns ns_b` on `lab`; panics unless it succeeds.
+    pub fn apply(&self, lab: &Lab, policy: &std::path::Path) -> String {
+        self.ok(&apply_args(policy, lab, &[]))
+    }
+
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["fw", "status", "--json"])).expect("status JSON")
     }
@@ -197,6 +202,26 @@ impl Drop for FwRoot {
         let _ = std::fs::remove_dir_all(&self.state_root);
         let _ = std::fs::remove_dir_all(&self.policy_dir);
     }
+}
+
+/// The arguments of `moat fw apply -q -f POLICY -i if_b [EXTRA] --netns ns_b`.
+pub fn apply_args<'a>(
+    policy: &'a std::path::Path,
+    lab: &'a Lab,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "fw",
+        "apply",
+        "-q",
+        "-f",
+        policy.to_str().unwrap(),
+        "-i",
+        &lab.if_b,
+    ];
+    v.extend_from_slice(extra);
+    v.extend_from_slice(&["--netns", &lab.ns_b]);
+    v
 }
 
 /// Where [`policy_file`] writes the policies of a tag.
