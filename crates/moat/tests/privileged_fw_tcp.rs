@@ -75,7 +75,7 @@ fn tcp_states_show_and_a_closed_tuple_cannot_be_reused_backwards() {
     let lab = Lab::create(&t, &LabConfig::default()).expect("creating lab");
     let root = FwRoot::new(&t);
     let deny_in = policy_file(&t, "default: { ingress: deny, egress: allow }\nrules: []\n");
-    let apply = |p: &std::path::Path| root.apply(&lab, &p);
+    let apply = |p: &std::path::Path| root.apply(&lab, p);
     apply(&deny_in);
     let a = |port| SocketAddr::new(ip(netlab::A4), port);
     let b = |port| SocketAddr::new(ip(netlab::B4), port);
