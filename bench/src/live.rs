@@ -325,6 +325,7 @@ impl Rig {
     /// packets per second b dropped while they were sent.
     pub fn measure(&mut self, packets: u32, max: Duration, stop: &AtomicBool) -> Result<f64> {
         let before = (self.count)()?;
+        let stats0 = prog_stats();
         let prog: &mut Xdp = self.generator.program_mut("gen_xdp").unwrap().try_into()?;
         let (a, b): (Ipv4Addr, Ipv4Addr) = (
             moat_host::netlab::A4.parse()?,
@@ -374,6 +375,18 @@ impl Rig {
         // ring) and are counted; the rate is over the generator's time.
         std::thread::sleep(Duration::from_millis(20));
         let dropped = (self.count)()?.saturating_sub(before);
+        if let (Some(a), Some(b)) = (stats0, prog_stats()) {
+            for (name, (ns1, n1)) in &b {
+                let (ns0, n0) = a.get(name).copied().unwrap_or((0, 0));
+                if n1 > &n0 {
+                    eprintln!(
+                        "  prog {name}: {:.1} ns/run over {} runs",
+                        (ns1 - ns0) as f64 / (n1 - n0) as f64,
+                        n1 - n0
+                    );
+                }
+            }
+        }
         Ok(dropped as f64 / elapsed.as_secs_f64())
     }
 }
@@ -385,6 +398,32 @@ impl Drop for Rig {
             let _ = std::fs::remove_dir_all(p);
         }
     }
+}
+
+/// With MOAT_BENCH_PROG_STATS=1 (and kernel.bpf_stats_enabled=1): run time
+/// and run count per XDP program name, to see each filter's own cost under
+/// the flood (a diagnostic: the stats themselves cost two clock reads a run).
+fn prog_stats() -> Option<std::collections::BTreeMap<String, (u64, u64)>> {
+    std::env::var_os("MOAT_BENCH_PROG_STATS")?;
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut m = std::collections::BTreeMap::new();
+    for p in v.as_array()? {
+        let (Some(name), Some(ns), Some(n)) = (
+            p["name"].as_str(),
+            p["run_time_ns"].as_u64(),
+            p["run_cnt"].as_u64(),
+        ) else {
+            continue;
+        };
+        let e = m.entry(format!("{name}#{}", p["id"])).or_insert((0, 0));
+        e.0 += ns;
+        e.1 += n;
+    }
+    Some(m)
 }
 
 fn attach(bpf: &mut aya::Ebpf, name: &str, lab: &Lab) -> Result<()> {

@@ -79,6 +79,7 @@ struct {
 	__type(value, struct fw_config);
 } fw_config SEC(".maps");
 
+/* Sized by the loader from the policy's conntrack max (see abi/fw.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -86,6 +87,14 @@ struct {
 	__type(key, struct fw_ct_key);
 	__type(value, struct fw_ct_val);
 } fw_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, struct fw_ct_key);
+	__type(value, struct fw_ct_val);
+} fw_ct_assured SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -128,12 +137,11 @@ struct {
 } fw_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	/* Small enough for its buckets to stay in cache under a flood of new flows. */
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_FLOW_SLOTS);
 	__uint(pinning, PIN_BY_NAME);
-	__type(key, struct fw_ct_key);
-	__type(value, struct fw_flow_val);
+	__type(key, __u32);
+	__type(value, struct fw_flow_slot);
 } fw_flows SEC(".maps");
 
 struct {
@@ -193,7 +201,8 @@ static __always_inline int fw_stat(__u32 reason, __u64 len)
 	return fw_reason_verdict(reason);
 }
 
-/* FNV-1a over the key's 32-bit words: the fw_ctseen slot of a connection. */
+/* FNV-1a over the key's 32-bit words: masked, the fw_ctseen slot and the
+ * fw_flows slot of a connection. */
 static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
 {
 	const __u32 *w = (const __u32 *)k;
@@ -202,7 +211,7 @@ static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
 #pragma unroll
 	for (int i = 0; i < (int)(sizeof(*k) / 4); i++)
 		h = (h ^ w[i]) * 0x01000193;
-	return (h ^ (h >> 16)) & (FW_CTSEEN_SLOTS - 1);
+	return h ^ (h >> 16);
 }
 
 static __always_inline __u8 fw_proto_key(__u8 proto)
@@ -218,24 +227,17 @@ static __always_inline __u8 fw_proto_key(__u8 proto)
 }
 
 /*
- * The compiled policy's verdict for a connection's first packet: remote
- * address, family and protocol from *k; dir and the policy port as given.
- * Returns FW_ACTION_* | the rule's FW_FLAG_* << 8 (five arguments at most).
- * Global, so the verifier checks it once however often it is called.
+ * The remote address's class (*out; all zero: class 0, no rule selects it):
+ * exact host entry first (always the longest match), then the prefix trie.
+ * Maps the policy left empty are not probed. Global: verified once.
  */
-__noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k, __u32 dir,
-			 __u32 port_be, __u32 *rule)
+__noinline int fw_class_of(const struct fw_config *cfg, const struct fw_ct_key *k,
+			   struct fw_class *out)
 {
-	struct fw_verdict_key vk = {};
-	struct fw_port_key pk = {};
-	struct fw_class *cls;
-	struct fw_verdict *v;
+	struct fw_class *cls = NULL;
 
-	if (!cfg || !k || !rule)
-		return FW_ACTION_DENY;
-	/* Address class: exact host entry first (always the longest match).
-	 * Maps the policy left empty are not probed. */
-	cls = NULL;
+	if (!cfg || !k || !out)
+		return 0;
 	if (k->family == 4) {
 		struct fw_addr4_key a = { .prefixlen = 32 };
 		__builtin_memcpy(a.addr, k->remote, 4);
@@ -251,12 +253,38 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_ct_key *k,
 		if (!cls && (cfg->maps & FW_HAS_ADDR6))
 			cls = bpf_map_lookup_elem(&fw_addr6, &a);
 	}
+	if (cls) {
+		*out = *cls;
+	} else {
+		__builtin_memset(out, 0, sizeof(*out));
+	}
+	return 0;
+}
+
+/*
+ * The compiled policy's verdict for a connection's first packet of protocol
+ * proto from a remote of class *cls; dir_port = dir << 16 | the policy port
+ * (network order). Returns FW_ACTION_* | the rule's FW_FLAG_* << 8 (five
+ * arguments at most). Global, so the verifier checks it once however often
+ * it is called.
+ */
+__noinline int fw_policy(const struct fw_config *cfg, const struct fw_class *cls, __u32 proto,
+			 __u32 dir_port, __u32 *rule)
+{
+	struct fw_verdict_key vk = {};
+	struct fw_port_key pk = {};
+	struct fw_verdict *v;
+	__u32 dir = dir_port >> 16;
+	__u32 port_be = dir_port & 0xFFFF;
+
+	if (!cfg || !cls || !rule)
+		return FW_ACTION_DENY;
 	/* Verdict: exact port, then every port, then port ranges (the three
 	 * hold disjoint port sets, so the first hit is the answer). */
 	v = NULL;
-	pk.class_id = bpf_htonl(cls ? cls->class_id : 0);
+	pk.class_id = bpf_htonl(cls->class_id);
 	pk.dir = dir;
-	pk.proto = fw_proto_key(k->proto);
+	pk.proto = fw_proto_key(proto);
 	if (cfg->maps & FW_HAS_PORT_EXACT) {
 		pk.plen = 16;
 		pk.port = port_be;
@@ -379,7 +407,8 @@ static __always_inline int fw_related(void *data, void *data_end, __u32 inner_of
 	if (data + l4_off + 8 > data_end)
 		return 0;
 	fw_ct_ports(k.proto, data + l4_off, local_is_src, &k, &dport);
-	return bpf_map_lookup_elem(&fw_ct, &k) != NULL;
+	return bpf_map_lookup_elem(&fw_ct_assured, &k) != NULL ||
+	       bpf_map_lookup_elem(&fw_ct, &k) != NULL;
 }
 
 __noinline int fw_related_xdp(struct xdp_md *ctx, __u32 inner_off, __u32 family)
@@ -419,6 +448,7 @@ struct fw_out {
 	__u8 has_rule;   /* count the packet for that rule */
 	__u8 log;        /* the deciding rule has log: true (and this packet is its verdict) */
 	__u8 keyed;      /* dropped with its connection key complete in *k */
+	__u32 hash;      /* fw_ct_hash(k), once the key is complete */
 };
 
 /* One packet on its way through fw_judge's steps. */
@@ -432,21 +462,40 @@ struct fw_pkt {
 	__u8 proto;
 	__u8 icmp_error;   /* an ICMP error: judged alone, never tracked */
 	__u8 tcp_flags;    /* TCP header byte 13 (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
-	__u8 pad[2];
+	__u8 ct_assured;   /* the tracked entry found lives in fw_ct_assured */
+	__u8 cls_known;    /* cls holds the remote's class */
+	struct fw_class cls;
 	__be16 pport;      /* the policy port: tcp/udp destination, icmp type << 8 | code */
 	__u8 pad2[2];
 	__u32 ifindex;
 };
+
+/* The remote's class, looked up once per packet at most. */
+static __always_inline const struct fw_class *fw_pkt_class(const struct fw_config *cfg,
+							  struct fw_pkt *p,
+							  const struct fw_ct_key *k)
+{
+	if (!p->cls_known) {
+		fw_class_of(cfg, k, &p->cls);
+		p->cls_known = 1;
+	}
+	return &p->cls;
+}
 
 /* Keep judging (not a FW_STAT_* reason: those are < FW_STAT_MAX). */
 #define FW_NEXT 0xFFFFu
 
 /* Forgets a conntrack entry and its presence-filter mark (only a delete that
  * succeeded gives the mark back, so the filter never says "absent" wrongly). */
-static __always_inline void fw_ct_forget(const struct fw_ct_key *k, __u32 *seen)
+static __always_inline void fw_ct_forget(int assured, const struct fw_ct_key *k, __u32 *seen)
 {
-	if (bpf_map_delete_elem(&fw_ct, k) == 0 && seen)
-		__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
+	long err = assured ? bpf_map_delete_elem(&fw_ct_assured, k) : bpf_map_delete_elem(&fw_ct, k);
+
+	if (err == 0) {
+		if (seen)
+			__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
+		moat_count_add(&fw_stats, assured ? FW_STAT_CT_FORGOT_ASSURED : FW_STAT_CT_FORGOT_NEW, 0);
+	}
 }
 
 /* Step 1: the network layer. Addresses into the fragment key; non-IP passes,
@@ -528,16 +577,22 @@ static __always_inline __u32 fw_step_l4(void *ctx, struct fw_pkt *p, __u32 offs,
  * expired one is forgotten: this packet is then a first packet). The
  * presence filter answers "certainly not tracked" without the lookup. */
 static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config *cfg,
-							 const struct fw_pkt *p,
+							 struct fw_pkt *p,
 							 const struct fw_ct_key *k,
-							 __u32 **seen_out)
+							 __u32 hash, __u32 **seen_out)
 {
-	__u32 seen_slot = fw_ct_hash(k);
+	__u32 seen_slot = hash & (FW_CTSEEN_SLOTS - 1);
 	__u32 *seen = bpf_map_lookup_elem(&fw_ctseen, &seen_slot);
-	struct fw_ct_val *ct;
+	struct fw_ct_val *ct = NULL;
 
 	*seen_out = seen;
-	ct = seen && *seen == 0 ? NULL : bpf_map_lookup_elem(&fw_ct, k);
+	if (!seen || *seen != 0) {
+		/* Assured connections first: they carry most packets. */
+		ct = bpf_map_lookup_elem(&fw_ct_assured, k);
+		p->ct_assured = ct != NULL;
+		if (!ct)
+			ct = bpf_map_lookup_elem(&fw_ct, k);
+	}
 	if (ct) {
 		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
 		__u32 timeout = p->proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
@@ -552,7 +607,7 @@ static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config 
 
 		/* (another CPU may have stamped the entry after we read the clock) */
 		if (now > last && now - last > (__u64)timeout * 1000000000ULL) {
-			fw_ct_forget(k, seen);
+			fw_ct_forget(p->ct_assured, k, seen);
 			moat_count_add(&fw_stats, FW_STAT_CT_EXPIRED, p->len);
 			ct = NULL;
 		}
@@ -615,11 +670,26 @@ static __always_inline __u8 fw_tcp_first(__u8 flags)
 	return FW_TCP_ESTABLISHED; /* picked up mid-stream (loose, as nf_conntrack) */
 }
 
+/* A connection that saw traffic both ways (TCP: and got through its
+ * handshake) moves to fw_ct_assured, where floods of one-sided new flows
+ * (which only ever insert into fw_ct) cannot evict it. The presence filter
+ * is untouched: the entry moves, its count stays. */
+static __always_inline void fw_ct_assure(const struct fw_ct_val *ct, const struct fw_ct_key *k)
+{
+	struct fw_ct_val v = *ct;
+
+	if (bpf_map_update_elem(&fw_ct_assured, k, &v, BPF_NOEXIST) == 0) {
+		moat_count_add(&fw_stats, FW_STAT_CT_ASSURED, 0);
+		if (bpf_map_delete_elem(&fw_ct, k) == 0)
+			moat_count_add(&fw_stats, FW_STAT_CT_MOVED, 0);
+	}
+}
+
 /* Step 4a: a packet of a tracked connection. Current generation: passes;
  * else the connection's first packet is judged by the policy in force, and
  * a connection it no longer allows is cut. tcp_next: the TCP state this
  * packet moves the connection to (computed once by the caller). */
-static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const struct fw_pkt *p,
+static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, struct fw_pkt *p,
 					     struct fw_ct_val *ct, const struct fw_ct_key *k,
 					     __u32 *seen, __u8 tcp_next, struct fw_out *o)
 {
@@ -629,9 +699,10 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const 
 		reason = FW_STAT_PASS_ESTABLISHED;
 		rule = ct->rule;
 	} else {
-		action = fw_policy(cfg, k, ct->dir0, ct->port0, &rule);
+		action = fw_policy(cfg, fw_pkt_class(cfg, p, k), k->proto,
+				   (__u32)ct->dir0 << 16 | ct->port0, &rule);
 		if ((action & 0xFF) != FW_ACTION_ALLOW) {
-			fw_ct_forget(k, seen);
+			fw_ct_forget(p->ct_assured, k, seen);
 			o->rule = rule;
 			o->has_rule = 1;
 			o->log = (action >> 8) & FW_FLAG_LOG;
@@ -648,6 +719,12 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const 
 	ct->last_seen_ns = bpf_ktime_get_coarse_ns();
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
+	if (p->dir != ct->dir0)
+		ct->replied = 1;
+	if (!p->ct_assured && ct->replied &&
+	    (p->proto != IPPROTO_TCP ||
+	     (tcp_next >= FW_TCP_ESTABLISHED && tcp_next <= FW_TCP_LAST_ACK)))
+		fw_ct_assure(ct, k);
 	o->rule = rule;
 	o->has_rule = 1;
 	return reason;
@@ -655,11 +732,12 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, const 
 
 /* Step 4b: a new connection. The policy decides; an allowed one is tracked
  * (not ICMP errors). */
-static __always_inline __u32 fw_step_new(const struct fw_config *cfg, const struct fw_pkt *p,
+static __always_inline __u32 fw_step_new(const struct fw_config *cfg, struct fw_pkt *p,
 					 const struct fw_ct_key *k, __u32 *seen, struct fw_out *o)
 {
 	__u32 rule = 0;
-	__u32 action = fw_policy(cfg, k, p->dir, p->pport, &rule);
+	__u32 action = fw_policy(cfg, fw_pkt_class(cfg, p, k), k->proto,
+				 (__u32)p->dir << 16 | p->pport, &rule);
 	__u8 flags = action >> 8;
 
 	o->rule = rule;
@@ -686,7 +764,9 @@ static __always_inline __u32 fw_step_new(const struct fw_config *cfg, const stru
 		 * slot at zero. */
 		if (seen)
 			__sync_fetch_and_add(seen, 1);
-		if (bpf_map_update_elem(&fw_ct, k, &v, BPF_ANY) && seen)
+		if (bpf_map_update_elem(&fw_ct, k, &v, BPF_NOEXIST) == 0)
+			moat_count_add(&fw_stats, FW_STAT_CT_NEW, 0);
+		else if (seen)
 			__sync_fetch_and_add(seen, (__u32)-1); /* atomic decrement */
 	}
 	return rule ? FW_STAT_PASS_RULE : FW_STAT_PASS_DEFAULT;
@@ -733,12 +813,32 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	if (reason != FW_NEXT)
 		return reason;
 
-	ct = fw_step_ct_find(cfg, &p, k, &seen);
+	o->hash = fw_ct_hash(k);
+	if (cfg->maps & FW_HAS_BLOCK) {
+		/* A blocklisted remote drops before any connection state. */
+		const struct fw_class *cls = fw_pkt_class(cfg, &p, k);
+
+		if (cls->block_rule[0]) {
+			/* (branches, not an index: the verifier refuses clang's
+			 * pointer arithmetic on the stack copy) */
+			if (p.dir == FW_DIR_EGRESS) {
+				o->rule = cls->block_rule[1];
+				o->log = cls->block_flags[1] & FW_FLAG_LOG;
+			} else {
+				o->rule = cls->block_rule[0];
+				o->log = cls->block_flags[0] & FW_FLAG_LOG;
+			}
+			o->has_rule = 1;
+			o->keyed = 1;
+			return FW_STAT_DROP_RULE;
+		}
+	}
+	ct = fw_step_ct_find(cfg, &p, k, o->hash, &seen);
 	if (ct && p.proto == IPPROTO_TCP) {
 		tcp_next = fw_tcp_next(ct->tcp_state, p.tcp_flags, p.dir == ct->dir0);
 		if (ct->tcp_state != FW_TCP_NONE && tcp_next == FW_TCP_NONE) {
 			/* A closed tuple admits nothing: this packet is a first packet. */
-			fw_ct_forget(k, seen);
+			fw_ct_forget(p.ct_assured, k, seen);
 			ct = NULL;
 		}
 	}
@@ -762,37 +862,55 @@ static __always_inline void fw_evcount(__u32 idx)
 	moat_count_one(&fw_evstats, idx);
 }
 
-/* Records a dropped packet in its denied flow (new flows: if the flow bucket allows). */
-static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct fw_evstate *st,
-					   __u64 now, const struct fw_ct_key *k, __u32 reason,
-					   __u32 rule, __u8 dir, __u32 ifindex, __u64 len)
+static __always_inline int fw_key_eq(const struct fw_ct_key *a, const struct fw_ct_key *b)
 {
-	struct fw_flow_val *f = bpf_map_lookup_elem(&fw_flows, k);
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
-	if (f) {
-		f->last_seen_ns = now;
-		f->reason = reason;
-		f->rule = rule;
-		__sync_fetch_and_add(&f->packets, 1);
-		__sync_fetch_and_add(&f->bytes, len);
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/*
+ * Records a dropped packet in its denied flow: fw_flows is direct-mapped by
+ * the connection hash, so this is one array slot whatever the flood. A flow
+ * in its slot is updated; another flow takes the slot only if the flow
+ * bucket allows (a new denied flow costs credit), and a flow it pushes out
+ * is counted (FW_EV_FLOWS_REPLACED).
+ */
+static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct fw_evstate *st,
+					   __u64 now, const struct fw_ct_key *k, __u32 hash,
+					   __u32 reason, __u32 rule, __u8 dir, __u32 ifindex,
+					   __u64 len)
+{
+	__u32 slot = hash & (FW_FLOW_SLOTS - 1);
+	struct fw_flow_slot *f = bpf_map_lookup_elem(&fw_flows, &slot);
+
+	if (!f)
+		return;
+	if (f->val.first_seen_ns && fw_key_eq(&f->key, k)) {
+		f->val.last_seen_ns = now;
+		f->val.reason = reason;
+		f->val.rule = rule;
+		__sync_fetch_and_add(&f->val.packets, 1);
+		__sync_fetch_and_add(&f->val.bytes, len);
 		return;
 	}
 	if (!fw_take(&st->flow, now, cfg->flow_cost_ns, cfg->flow_cap_ns)) {
 		fw_evcount(FW_EV_FLOWS_SKIPPED);
 		return;
 	}
-	{
-		struct fw_flow_val v = {};
-		v.first_seen_ns = now;
-		v.last_seen_ns = now;
-		v.packets = 1;
-		v.bytes = len;
-		v.rule = rule;
-		v.ifindex = ifindex;
-		v.reason = reason;
-		v.dir = dir;
-		bpf_map_update_elem(&fw_flows, k, &v, BPF_ANY);
-	}
+	if (f->val.first_seen_ns)
+		fw_evcount(FW_EV_FLOWS_REPLACED);
+	/* (two CPUs taking one slot at once may mix their records: a flow
+	 * record is a sample; the exact counts are fw_stats and fw_rule_stats) */
+	f->key = *k;
+	f->val.first_seen_ns = now;
+	f->val.last_seen_ns = now;
+	f->val.packets = 1;
+	f->val.bytes = len;
+	f->val.rule = rule;
+	f->val.ifindex = ifindex;
+	f->val.reason = reason;
+	f->val.dir = dir;
 }
 
 /*
@@ -874,7 +992,7 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 		if (!st)
 			return verdict;
 		if (o.keyed)
-			fw_flow_denied(cfg, st, now, &k, reason, o.rule, dir, ifindex, len);
+			fw_flow_denied(cfg, st, now, &k, o.hash, reason, o.rule, dir, ifindex, len);
 		if (cfg->log_drops || o.log)
 			fw_event(ctx, cfg, st, now, dir, ifindex, FW_EVENT_DROP, reason, o.rule, len);
 	} else if (o.log) {

@@ -67,13 +67,23 @@
  */
 #define FW_MAP_CONFIG "fw_config"
 /*
- * fw_ct: BPF_MAP_TYPE_LRU_HASH, pinned by name, shared by every program
- *   generation so that connections survive a policy update.
+ * fw_ct / fw_ct_assured: BPF_MAP_TYPE_LRU_HASH, pinned by name, shared by
+ *   every program generation so that connections survive a policy update;
+ *   both sized by the policy's conntrack max (the loader sets max_entries).
  *   key: struct fw_ct_key (host's view: local/remote); value: struct fw_ct_val
+ *   A new allowed connection goes into fw_ct. Once it has seen traffic both
+ *   ways (TCP: and reached ESTABLISHED or a later state, so a SYN answered by
+ *   our SYN-ACK does not count), it moves to fw_ct_assured (nf_conntrack's
+ *   "assured"). Floods of one-sided new flows only insert into fw_ct, so
+ *   they can evict only other unassured entries; an assured entry is evicted
+ *   only by another assured one, when that table is full. Inserts, moves and
+ *   deletes are counted in fw_stats (FW_STAT_CT_*), so userspace computes
+ *   evictions as inserted - moved/forgotten - live.
  *   writer: fw programs (new allowed connections, re-checks, expiry);
  *   readers: moat fw status, moat flows, moat top, moat metrics
  */
 #define FW_MAP_CT "fw_ct"
+#define FW_MAP_CT_ASSURED "fw_ct_assured"
 /*
  * fw_frag: BPF_MAP_TYPE_LRU_HASH, pinned by name: first fragments that passed,
  *   so later fragments (no transport header) follow their verdict.
@@ -115,14 +125,19 @@
 #define FW_CTSEEN_SLOTS 65536
 
 /*
- * fw_flows: BPF_MAP_TYPE_LRU_HASH, 4096, pinned by name: denied flows
- *   (allowed ones are the fw_ct entries). A new denied flow is recorded only
- *   while the flow token bucket allows (fw_config.flow_cost_ns); the others are counted
- *   in fw_evstats[FW_EV_FLOWS_SKIPPED].
- *   key: struct fw_ct_key; value: struct fw_flow_val
+ * fw_flows: BPF_MAP_TYPE_ARRAY, FW_FLOW_SLOTS, pinned by name: denied flows
+ *   (allowed ones are the conntrack entries), direct-mapped: a flow lives in
+ *   slot fw_ct_hash(key) % FW_FLOW_SLOTS, so recording a drop is one array
+ *   access under any flood. A new denied flow takes its slot only while the
+ *   flow token bucket allows (fw_config.flow_cost_ns; the others are counted
+ *   in fw_evstats[FW_EV_FLOWS_SKIPPED]); a flow it pushes out of the slot is
+ *   counted in fw_evstats[FW_EV_FLOWS_REPLACED]. An empty slot has
+ *   first_seen_ns 0.
+ *   key: __u32 slot; value: struct fw_flow_slot
  *   writer: fw programs; reader: moat flows / top / metrics
  */
 #define FW_MAP_FLOWS "fw_flows"
+#define FW_FLOW_SLOTS 8192
 /*
  * fw_events: BPF_MAP_TYPE_RINGBUF, pinned by name: struct fw_event records
  *   (drops, and verdicts of rules with log: true), sampled and rate limited
@@ -160,7 +175,8 @@
 #define FW_EV_RATE_LIMITED  3 /* skipped: event token bucket empty */
 #define FW_EV_LOST          4 /* ring buffer full */
 #define FW_EV_FLOWS_SKIPPED 5 /* (not an event) new denied flow not recorded: flow bucket empty */
-#define FW_EV_MAX           6
+#define FW_EV_FLOWS_REPLACED 6 /* (not an event) a denied flow record pushed out of its slot */
+#define FW_EV_MAX           7
 
 /* fw_event.kind */
 #define FW_EVENT_DROP 1 /* a dropped packet */
@@ -188,7 +204,13 @@
 #define FW_STAT_DROP_FRAGMENT   12 /* later fragment whose first did not pass */
 #define FW_STAT_CT_EXPIRED      13 /* (not a verdict) tracked connection idle past its timeout */
 #define FW_STAT_DROP_VLAN_DEPTH 14 /* more VLAN tags than MOAT_MAX_VLAN_DEPTH (Linux would deliver it) */
-#define FW_STAT_MAX             15
+/* Not verdicts: conntrack bookkeeping (packets = times; bytes unused). */
+#define FW_STAT_CT_NEW          15 /* inserted into fw_ct */
+#define FW_STAT_CT_ASSURED      16 /* inserted into fw_ct_assured (moved there) */
+#define FW_STAT_CT_MOVED        17 /* deleted from fw_ct after its move */
+#define FW_STAT_CT_FORGOT_NEW   18 /* deleted from fw_ct (expired, closed, revoked) */
+#define FW_STAT_CT_FORGOT_ASSURED 19 /* deleted from fw_ct_assured (the same) */
+#define FW_STAT_MAX             20
 
 #define FW_DIR_INGRESS 0
 #define FW_DIR_EGRESS  1
@@ -207,6 +229,7 @@
 #define FW_HAS_PORT_EXACT 16
 #define FW_HAS_PORT_ANY   32
 #define FW_HAS_VERDICT    64
+#define FW_HAS_BLOCK      128 /* some class has block_rule set: look the remote up before conntrack */
 
 /* Rule id 0 is the direction's default. */
 #define FW_RULE_DEFAULT 0
@@ -221,8 +244,19 @@ struct fw_addr6_key {
 	__u8 addr[16];
 };
 
+/*
+ * block_rule[] != 0 (indexed by FW_DIR_*): the policy denies every packet to
+ * and from these addresses, in both directions, whatever the protocol and
+ * port, by one rule per direction (a blocklist): no connection with them can
+ * be admitted, so their packets drop before any conntrack work (a connection
+ * tracked before the block came is not looked up: its packets drop as
+ * drop_rule and its entry ages out).
+ */
 struct fw_class {
 	__u32 class_id;
+	__u32 block_rule[2];  /* deciding rule id per direction; 0: not a block */
+	__u8 block_flags[2];  /* FW_FLAG_* of those rules */
+	__u8 pad[2];
 };
 
 /*
@@ -335,7 +369,8 @@ struct fw_ct_val {
 	__u8 flags;        /* FW_FLAG_* of the deciding rule */
 	__u32 ifindex;     /* interface of the first packet */
 	__u8 tcp_state;    /* FW_TCP_* (FW_TCP_NONE for other protocols) */
-	__u8 pad[7];
+	__u8 replied;      /* 1 once a packet went the other way (not dir0) */
+	__u8 pad[6];
 };
 
 /* A denied flow (same key as fw_ct). */
@@ -349,6 +384,12 @@ struct fw_flow_val {
 	__u8 reason;       /* FW_STAT_* of the last drop */
 	__u8 dir;          /* FW_DIR_* */
 	__u8 pad[6];
+};
+
+/* One slot of fw_flows. */
+struct fw_flow_slot {
+	struct fw_ct_key key;
+	struct fw_flow_val val;
 };
 
 struct fw_bucket {

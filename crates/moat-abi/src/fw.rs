@@ -10,6 +10,8 @@ pub const MAP_HOST6: &str = "fw_host6";
 pub const MAP_PORTS: &str = "fw_ports";
 pub const MAP_CONFIG: &str = "fw_config";
 pub const MAP_CT: &str = "fw_ct";
+/// Connections that saw traffic both ways (see bpf/common/abi/fw.h).
+pub const MAP_CT_ASSURED: &str = "fw_ct_assured";
 pub const MAP_FRAG: &str = "fw_frag";
 pub const MAP_RULE_STATS: &str = "fw_rule_stats";
 pub const MAP_STATS: &str = "fw_stats";
@@ -22,6 +24,8 @@ pub const MAP_CTSEEN: &str = "fw_ctseen";
 /// The last generation handed out (pinned; written by moat, not the programs).
 pub const MAP_GEN: &str = "fw_gen";
 pub const CTSEEN_SLOTS: u32 = 65536;
+/// Slots of the direct-mapped `fw_flows` array.
+pub const FLOW_SLOTS: u32 = 8192;
 /// Interface slots of `fw_ifstats` (index: see [`ifstat_idx`]).
 pub const IF_SLOTS: u32 = 256;
 
@@ -49,7 +53,17 @@ pub const STAT_DROP_FRAGMENT: u32 = 12;
 pub const STAT_CT_EXPIRED: u32 = 13;
 /// More VLAN tags than the parser follows: dropped (Linux would deliver it).
 pub const STAT_DROP_VLAN_DEPTH: u32 = 14;
-pub const STAT_MAX: u32 = 15;
+/// Not verdicts: conntrack bookkeeping (`packets` counts; bytes unused).
+pub const STAT_CT_NEW: u32 = 15;
+pub const STAT_CT_ASSURED: u32 = 16;
+pub const STAT_CT_MOVED: u32 = 17;
+pub const STAT_CT_FORGOT_NEW: u32 = 18;
+pub const STAT_CT_FORGOT_ASSURED: u32 = 19;
+pub const STAT_MAX: u32 = 20;
+/// Whether reason `i` is a verdict (a packet), not bookkeeping.
+pub const fn stat_is_verdict(i: u32) -> bool {
+    i < STAT_MAX && i != STAT_CT_EXPIRED && i < STAT_CT_NEW
+}
 /// Names of the reasons, indexed by `STAT_*`.
 pub const STAT_NAMES: [&str; STAT_MAX as usize] = [
     "pass_established",
@@ -67,6 +81,11 @@ pub const STAT_NAMES: [&str; STAT_MAX as usize] = [
     "drop_fragment",
     "ct_expired",
     "drop_vlan_depth",
+    "ct_new",
+    "ct_assured",
+    "ct_moved",
+    "ct_forgot_new",
+    "ct_forgot_assured",
 ];
 
 /// Index into `fw_evstats`.
@@ -77,7 +96,9 @@ pub const EV_RATE_LIMITED: u32 = 3;
 pub const EV_LOST: u32 = 4;
 /// Not an event: new denied flows not recorded (flow bucket empty).
 pub const EV_FLOWS_SKIPPED: u32 = 5;
-pub const EV_MAX: u32 = 6;
+/// Not an event: a denied-flow record pushed out of its slot by another flow.
+pub const EV_FLOWS_REPLACED: u32 = 6;
+pub const EV_MAX: u32 = 7;
 /// Names of `fw_evstats` entries, indexed by `EV_*`.
 pub const EV_NAMES: [&str; EV_MAX as usize] = [
     "seen",
@@ -86,6 +107,7 @@ pub const EV_NAMES: [&str; EV_MAX as usize] = [
     "rate_limited",
     "lost",
     "flows_skipped",
+    "flows_replaced",
 ];
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_LOG: u8 = 2;
@@ -132,6 +154,8 @@ pub const HAS_HOST6: u8 = 8;
 pub const HAS_PORT_EXACT: u8 = 16;
 pub const HAS_PORT_ANY: u8 = 32;
 pub const HAS_VERDICT: u8 = 64;
+/// Some class is a blocklist (`FwClass::block_rule`): looked up before conntrack.
+pub const HAS_BLOCK: u8 = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,6 +175,13 @@ pub struct FwAddr6Key {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FwClass {
     pub class_id: u32,
+    /// Not 0 (indexed by `DIR_*`): every packet to and from these addresses
+    /// is denied, whatever protocol and port, by this rule id in each
+    /// direction (a blocklist).
+    pub block_rule: [u32; 2],
+    /// `FLAG_*` of those rules.
+    pub block_flags: [u8; 2],
+    pub pad: [u8; 2],
 }
 
 /// `class_id` and `port` in network byte order.
@@ -243,7 +274,9 @@ pub struct FwCtVal {
     pub ifindex: u32,
     /// `TCP_*` (`TCP_NONE` for other protocols).
     pub tcp_state: u8,
-    pub pad: [u8; 7],
+    /// 1 once a packet went the other way (not `dir0`).
+    pub replied: u8,
+    pub pad: [u8; 6],
 }
 
 /// A denied flow (key: `FwCtKey`).
@@ -260,6 +293,14 @@ pub struct FwFlowVal {
     pub reason: u8,
     pub dir: u8,
     pub pad: [u8; 6],
+}
+
+/// One slot of the direct-mapped `fw_flows` array (empty: `first_seen_ns` 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwFlowSlot {
+    pub key: FwCtKey,
+    pub val: FwFlowVal,
 }
 
 #[repr(C)]

@@ -38,7 +38,11 @@ pub const LAYOUTS: &[StructLayout] = &[
     layout!("count_value", count::CountValue, [packets, bytes]),
     layout!("fw_addr4_key", fw::FwAddr4Key, [prefixlen, addr]),
     layout!("fw_addr6_key", fw::FwAddr6Key, [prefixlen, addr]),
-    layout!("fw_class", fw::FwClass, [class_id]),
+    layout!(
+        "fw_class",
+        fw::FwClass,
+        [class_id, block_rule, block_flags, pad]
+    ),
     layout!(
         "fw_verdict_key",
         fw::FwVerdictKey,
@@ -92,9 +96,11 @@ pub const LAYOUTS: &[StructLayout] = &[
             flags,
             ifindex,
             tcp_state,
+            replied,
             pad
         ]
     ),
+    layout!("fw_flow_slot", fw::FwFlowSlot, [key, val]),
     layout!(
         "fw_flow_val",
         fw::FwFlowVal,
@@ -146,10 +152,11 @@ pub const MAPS: &[MapAbi] = &[
     map::<fw::FwPortKey, fw::FwVerdict>("fw", fw::MAP_PORTS),
     map::<u32, fw::FwConfig>("fw", fw::MAP_CONFIG),
     map::<fw::FwCtKey, fw::FwCtVal>("fw", fw::MAP_CT),
+    map::<fw::FwCtKey, fw::FwCtVal>("fw", fw::MAP_CT_ASSURED),
     map::<fw::FwFragKey, u32>("fw", fw::MAP_FRAG),
     map::<u32, count::CountValue>("fw", fw::MAP_RULE_STATS),
     map::<u32, count::CountValue>("fw", fw::MAP_STATS),
-    map::<fw::FwCtKey, fw::FwFlowVal>("fw", fw::MAP_FLOWS),
+    map::<u32, fw::FwFlowSlot>("fw", fw::MAP_FLOWS),
     map::<(), ()>("fw", fw::MAP_EVENTS),
     map::<u32, fw::FwEvstate>("fw", fw::MAP_EVSTATE),
     map::<u32, u64>("fw", fw::MAP_EVSTATS),
@@ -190,6 +197,7 @@ mod pod {
     unsafe impl aya::Pod for FwConfig {}
     unsafe impl aya::Pod for FwCtKey {}
     unsafe impl aya::Pod for FwCtVal {}
+    unsafe impl aya::Pod for FwFlowSlot {}
     unsafe impl aya::Pod for FwFragKey {}
     unsafe impl aya::Pod for FwFlowVal {}
     unsafe impl aya::Pod for FwEvstate {}

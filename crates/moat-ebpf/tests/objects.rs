@@ -122,6 +122,8 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_MAP_PORTS", fw::MAP_PORTS.into()),
         ("FW_MAP_CONFIG", fw::MAP_CONFIG.into()),
         ("FW_MAP_CT", fw::MAP_CT.into()),
+        ("FW_MAP_CT_ASSURED", fw::MAP_CT_ASSURED.into()),
+        ("FW_FLOW_SLOTS", fw::FLOW_SLOTS.to_string()),
         ("FW_MAP_FRAG", fw::MAP_FRAG.into()),
         ("FW_MAP_RULE_STATS", fw::MAP_RULE_STATS.into()),
         ("FW_MAP_STATS", fw::MAP_STATS.into()),
@@ -165,6 +167,7 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_HAS_PORT_EXACT", fw::HAS_PORT_EXACT.to_string()),
         ("FW_HAS_PORT_ANY", fw::HAS_PORT_ANY.to_string()),
         ("FW_HAS_VERDICT", fw::HAS_VERDICT.to_string()),
+        ("FW_HAS_BLOCK", fw::HAS_BLOCK.to_string()),
     ]);
     for (i, n) in fw::EV_NAMES.iter().enumerate() {
         rust.push((

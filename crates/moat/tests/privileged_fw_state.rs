@@ -45,17 +45,21 @@ fn private_instance(name: &str, yaml: &str) -> (PinDir, FwInstance) {
 
 /// Moves every conntrack entry's last-seen stamp `secs` into the past.
 fn age_conntrack(inst: &mut FwInstance, secs: u64) -> usize {
-    let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> =
-        BpfHashMap::try_from(inst.bpf.map_mut(abi::MAP_CT).unwrap()).unwrap();
-    let entries: Vec<(FwCtKey, FwCtVal)> = ct.iter().filter_map(Result::ok).collect();
-    for (k, mut v) in entries.iter().copied() {
-        v.last_seen_ns = v
-            .last_seen_ns
-            .checked_sub(secs * 1_000_000_000)
-            .expect("the machine has been up longer than the timeout");
-        ct.insert(k, v, 0).unwrap();
+    let mut n = 0;
+    for t in moat_host::fw::instance::CT_TABLES {
+        let mut ct: BpfHashMap<_, FwCtKey, FwCtVal> =
+            BpfHashMap::try_from(inst.bpf.map_mut(t).unwrap()).unwrap();
+        let entries: Vec<(FwCtKey, FwCtVal)> = ct.iter().filter_map(Result::ok).collect();
+        for (k, mut v) in entries.iter().copied() {
+            v.last_seen_ns = v
+                .last_seen_ns
+                .checked_sub(secs * 1_000_000_000)
+                .expect("the machine has been up longer than the timeout");
+            ct.insert(k, v, 0).unwrap();
+        }
+        n += entries.len();
     }
-    entries.len()
+    n
 }
 
 #[test]
@@ -80,11 +84,27 @@ fn idle_connections_expire_and_replies_are_judged_again() {
             inst.run(Dir::Egress, &out).unwrap().passed,
             "egress allowed by default"
         );
+        let key = inst.ct_keys().unwrap()[0];
+        assert!(
+            !inst.ct_get(&key).unwrap().unwrap().1,
+            "one-sided: not assured yet"
+        );
         let r = inst.run(Dir::Ingress, &reply).unwrap();
         assert!(
             r.passed && reason(r) == "pass_established",
             "the reply of a tracked connection passes"
         );
+        let (v, assured) = inst.ct_get(&key).unwrap().unwrap();
+        assert_eq!(v.replied, 1);
+        // UDP seen both ways is assured; a TCP connection only once its
+        // handshake is through (here: a SYN answered by a bare segment).
+        assert_eq!(
+            assured,
+            proto == 17,
+            "assured after the reply (proto {proto}, state {})",
+            v.tcp_state
+        );
+        assert_eq!(inst.ct_entries().unwrap(), 1, "moved, not copied");
         // The presence filter counts the entry in the slot Rust computes for
         // its key, and in no other (the reply did not count it again).
         let seen = inst.ct_keys_seen().unwrap();
@@ -122,9 +142,13 @@ fn idle_connections_expire_and_replies_are_judged_again() {
 
 /// The TCP state of the only conntrack entry (None if there is none).
 fn tcp_state(inst: &mut FwInstance) -> Option<&'static str> {
-    let ct: BpfHashMap<_, FwCtKey, FwCtVal> =
-        BpfHashMap::try_from(inst.bpf.map(abi::MAP_CT).unwrap()).unwrap();
-    let all: Vec<FwCtVal> = ct.iter().filter_map(Result::ok).map(|(_, v)| v).collect();
+    let all: Vec<FwCtVal> = inst
+        .ct_keys()
+        .unwrap()
+        .iter()
+        .filter_map(|k| inst.ct_get(k).unwrap())
+        .map(|(v, _)| v)
+        .collect();
     assert!(all.len() <= 1, "{} entries", all.len());
     all.first()
         .map(|v| abi::TCP_STATE_NAMES[v.tcp_state as usize])

@@ -52,8 +52,9 @@ fn counters(scale: u64) -> Counters {
                 cv(1000 * scale, 1_500_000 * scale),
             ),
         ],
-        events: vec![50, 12, 3, 30, 5, 0],
+        events: vec![50, 12, 3, 30, 5, 0, 0],
         maps: vec![(abi::MAP_CT, 17, 262_144)],
+        conntrack: Default::default(),
         ifaces: vec![
             (
                 "eth0".into(),

@@ -140,10 +140,20 @@ impl Encoded {
             rules: policy.rules.len() as u32 + 1,
             ..Encoded::default()
         };
+        let blocks = blocked_classes(policy, c);
+        let class_val = |class: u32| {
+            let b = blocks.get(&class).copied().unwrap_or_default();
+            FwClass {
+                class_id: class,
+                block_rule: [b[0].0, b[1].0],
+                block_flags: [b[0].1, b[1].1],
+                pad: [0; 2],
+            }
+        };
         for (cidr, class) in &c.addr4 {
             let mut a = [0u8; 4];
             a.copy_from_slice(&cidr.octets());
-            let v = FwClass { class_id: *class };
+            let v = class_val(*class);
             if cidr.prefix_len() == 32 {
                 e.host4.push((a, v));
             } else {
@@ -153,7 +163,7 @@ impl Encoded {
         for (cidr, class) in &c.addr6 {
             let mut a = [0u8; 16];
             a.copy_from_slice(&cidr.octets());
-            let v = FwClass { class_id: *class };
+            let v = class_val(*class);
             if cidr.prefix_len() == 128 {
                 e.host6.push((a, v));
             } else {
@@ -205,6 +215,7 @@ impl Encoded {
         set(e.ports.iter().any(|p| p.0.plen == 16), abi::HAS_PORT_EXACT);
         set(e.ports.iter().any(|p| p.0.plen == 0), abi::HAS_PORT_ANY);
         set(!e.verdict.is_empty(), abi::HAS_VERDICT);
+        set(!blocks.is_empty(), abi::HAS_BLOCK);
         e.maps = m;
         e
     }
@@ -316,6 +327,13 @@ impl Lookup<'_> {
                     })
             }
         };
+        if let Some(c) = cls.filter(|c| has(abi::HAS_BLOCK) && c.block_rule[0] != 0) {
+            // The kernel's blocklist step: denied before anything else.
+            return Decision {
+                action: Action::Deny,
+                rule: RuleId(c.block_rule[usize::from(dir_byte(flow.dir))]).rule_index(),
+            };
+        }
         let class = cls.map_or(0, |c| c.class_id);
         let proto = if PROTO_KEYS[..4].contains(&flow.proto) {
             flow.proto
@@ -362,6 +380,52 @@ impl Lookup<'_> {
             },
         }
     }
+}
+
+/// The blocklists: classes (not 0, which has no map entry) whose every
+/// verdict, in both directions, for every protocol key and every port, is a
+/// deny by one rule per direction. Class id -> per `DIR_*`: (rule id,
+/// `FLAG_*` of that rule).
+pub fn blocked_classes(policy: &Policy, c: &Compiled) -> HashMap<u32, [(u32, u8); 2]> {
+    // class -> per direction (rule index, whole-range deny entries); None: not a block.
+    type Seen = Option<[Option<(usize, usize)>; 2]>;
+    let mut seen: HashMap<u32, Seen> = HashMap::new();
+    for v in &c.verdicts {
+        let slot = seen.entry(v.class).or_insert(Some([None, None]));
+        let Some(dirs) = slot else { continue };
+        let d = usize::from(dir_byte(v.dir));
+        let whole_deny = v.plen == 0 && v.action == Action::Deny;
+        match dirs[d] {
+            _ if !whole_deny => *slot = None,
+            None => dirs[d] = Some((v.rule, 1)),
+            Some((rule, n)) if rule == v.rule => dirs[d] = Some((rule, n + 1)),
+            Some(_) => *slot = None,
+        }
+    }
+    let flags = |rule: usize| {
+        if policy.rules[rule].log {
+            abi::FLAG_LOG
+        } else {
+            0
+        }
+    };
+    seen.into_iter()
+        .filter_map(|(class, s)| {
+            let [Some((r0, n0)), Some((r1, n1))] = s? else {
+                return None;
+            };
+            let whole = PROTO_KEYS.len();
+            (class != 0 && n0 == whole && n1 == whole).then(|| {
+                (
+                    class,
+                    [
+                        (RuleId::of_rule(r0).0, flags(r0)),
+                        (RuleId::of_rule(r1).0, flags(r1)),
+                    ],
+                )
+            })
+        })
+        .collect()
 }
 
 /// Credit one token costs in a per-CPU bucket refilled at the whole-host
@@ -441,6 +505,34 @@ mod tests {
                 assert_eq!(got, want, "policy {n}:\n{yaml}\nflow {f:?}");
             }
         }
+    }
+
+    #[test]
+    fn blocklists_are_found_and_encoded() {
+        let p = policy::parse(
+            "default: { ingress: deny, egress: allow }\nrules:\n  - { name: in, direction: ingress, action: deny, remote: [10.9.0.0/16, 10.8.0.1] }\n  - { name: out, direction: egress, action: deny, remote: [10.9.0.0/16, 10.8.0.1], log: true }\n  - { name: half, direction: ingress, action: deny, remote: [10.7.0.1] }\n  - { name: web, direction: ingress, action: allow, proto: tcp, ports: [80] }\n",
+            std::path::Path::new("b.yaml"),
+        )
+        .unwrap();
+        let e = Encoded::of(&p, &compile(&p));
+        assert_eq!(e.maps & abi::HAS_BLOCK, abi::HAS_BLOCK);
+        let host = |a: [u8; 4]| e.host4.iter().find(|h| h.0 == a).unwrap().1;
+        // Denied both ways whatever the port: a block, one rule per direction.
+        assert_eq!(host([10, 8, 0, 1]).block_rule, [1, 2]);
+        assert_eq!(host([10, 8, 0, 1]).block_flags, [0, abi::FLAG_LOG]);
+        let net = e.addr4.iter().find(|a| a.0 == 16).unwrap();
+        assert_eq!((net.1, net.2.block_rule), ([10, 9, 0, 0], [1, 2]));
+        // Denied one way only: replies to our own connections must pass.
+        assert_eq!(host([10, 7, 0, 1]).block_rule, [0, 0]);
+        // A protocol left to the (allow) default makes it no block.
+        let p = policy::parse(
+            "rules:\n  - { name: in, direction: ingress, action: deny, remote: [10.8.0.1], proto: tcp }\n  - { name: out, direction: egress, action: deny, remote: [10.8.0.1] }\n",
+            std::path::Path::new("b.yaml"),
+        )
+        .unwrap();
+        let e = Encoded::of(&p, &compile(&p));
+        assert_eq!(e.maps & abi::HAS_BLOCK, 0);
+        assert_eq!(e.host4[0].1.block_rule, [0, 0]);
     }
 
     #[test]

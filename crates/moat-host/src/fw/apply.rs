@@ -188,6 +188,9 @@ pub fn apply_at(
         paths.pins.join(abi::MAP_CT).exists() && !paths.pins.join(abi::MAP_CTSEEN).exists();
     // Encoded once: the maps get its entries, the state file its sizes.
     let encoded = moat_core::fw::encode::Encoded::of(&p, &c);
+    // Pins of another shape (conntrack max changed, an older moat's layout)
+    // move aside; the new instance pins fresh ones and gets their contents.
+    let upgrade = super::pins::Upgrade::prepare(&paths.pins, super::pins::ct_max(&p))?;
     let mut inst = FwInstance::load_encoded(
         &p,
         &encoded,
@@ -197,6 +200,9 @@ pub fn apply_at(
         log,
         progress,
     )?;
+    if !upgrade.is_empty() {
+        upgrade.carry_over()?;
+    }
     // From here on this generation is spent, whatever happens next.
     state::record_generation(&mut inst.bpf, generation)?;
     if seed_filter {
@@ -282,6 +288,10 @@ pub fn apply_at(
         let rb = rollback(paths, done);
         return Err(e.context(format!("{rb}: nothing was changed")));
     }
+    // What the old tables got until the swap is carried over too.
+    let notes = upgrade.notes.clone();
+    upgrade.commit()?;
+
     // Interfaces that ran the firewall and are not in the new set: detach.
     for i in running
         .iter()
@@ -302,6 +312,7 @@ pub fn apply_at(
         default_ingress: p.default_ingress.name(),
         default_egress: p.default_egress.name(),
         interfaces: report,
+        notes,
         total: t0.elapsed(),
         fill: t_fill,
         programs: inst
@@ -325,6 +336,8 @@ pub struct ApplyReport {
     pub default_egress: &'static str,
     /// Each interface and what happened to it ("attached", "policy swapped", "detached").
     pub interfaces: Vec<String>,
+    /// Pinned maps resized or replaced (conntrack max changed, older layout).
+    pub notes: Vec<String>,
     pub total: std::time::Duration,
     /// Compile + load + fill (the rest of `total` is the swap).
     pub fill: std::time::Duration,

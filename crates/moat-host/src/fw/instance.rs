@@ -30,6 +30,9 @@ const STEP: usize = 50_000;
 /// loader only copies its entries into the maps.
 pub use moat_core::fw::encode::{Encoded, Sizes};
 
+/// The two conntrack tables: new (one-sided) connections, assured ones.
+pub const CT_TABLES: [&str; 2] = [abi::MAP_CT, abi::MAP_CT_ASSURED];
+
 pub struct FwInstance {
     pub bpf: Ebpf,
     pub generation: u32,
@@ -99,6 +102,8 @@ impl FwInstance {
                 .map_max_entries(abi::MAP_HOST6, sizes.host6)
                 .map_max_entries(abi::MAP_PORTS, sizes.ports)
                 .map_max_entries(abi::MAP_RULE_STATS, sizes.rules)
+                .map_max_entries(abi::MAP_CT, super::pins::ct_max(policy))
+                .map_max_entries(abi::MAP_CT_ASSURED, super::pins::ct_max(policy))
                 .default_map_pin_directory(pin_dir);
         })?;
         let loaded = vec![
@@ -223,19 +228,46 @@ impl FwInstance {
     /// instances only).
     pub fn clear_state(&mut self) -> Result<()> {
         // The presence filter's slots of the entries removed go back to 0.
-        let keys: Vec<FwCtKey> = {
-            let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
-            ct.keys().filter_map(Result::ok).collect()
-        };
-        clear_hash::<FwCtKey, FwCtVal>(self.map_mut(abi::MAP_CT)?)?;
+        let keys = self.ct_keys()?;
+        for t in CT_TABLES {
+            clear_hash::<FwCtKey, FwCtVal>(self.map_mut(t)?)?;
+        }
         {
             let mut seen: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_CTSEEN)?)?;
             for k in &keys {
-                seen.set(ct_hash(k), 0, 0)?;
+                seen.set(ct_hash(k) & (abi::CTSEEN_SLOTS - 1), 0, 0)?;
             }
         }
-        clear_hash::<FwCtKey, moat_abi::fw::FwFlowVal>(self.map_mut(abi::MAP_FLOWS)?)?;
+        {
+            let mut fl: Array<_, abi::FwFlowSlot> = Array::try_from(self.map_mut(abi::MAP_FLOWS)?)?;
+            for i in 0..abi::FLOW_SLOTS {
+                if fl.get(&i, 0)?.val.first_seen_ns != 0 {
+                    fl.set(i, abi::FwFlowSlot::default(), 0)?;
+                }
+            }
+        }
         clear_hash::<FwFragKey, u32>(self.map_mut(abi::MAP_FRAG)?)
+    }
+
+    /// The keys of both conntrack tables.
+    pub fn ct_keys(&self) -> Result<Vec<FwCtKey>> {
+        let mut out = Vec::new();
+        for t in CT_TABLES {
+            let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(t)?)?;
+            out.extend(ct.keys().filter_map(Result::ok));
+        }
+        Ok(out)
+    }
+
+    /// The entry of `k` and whether it is assured (in `fw_ct_assured`).
+    pub fn ct_get(&self, k: &FwCtKey) -> Result<Option<(FwCtVal, bool)>> {
+        for t in CT_TABLES {
+            let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(t)?)?;
+            if let Ok(v) = ct.get(k, 0) {
+                return Ok(Some((v, t == abi::MAP_CT_ASSURED)));
+            }
+        }
+        Ok(None)
     }
 
     /// The event counters (`fw_evstats`, summed over CPUs), indexed by `EV_*`.
@@ -249,11 +281,10 @@ impl FwInstance {
 
     /// The conntrack keys, and the presence-filter counter of each key's slot.
     pub fn ct_keys_seen(&self) -> Result<Vec<(FwCtKey, u32)>> {
-        let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
         let seen: Array<_, u32> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
-        ct.keys()
-            .filter_map(Result::ok)
-            .map(|k| Ok((k, seen.get(&ct_hash(&k), 0)?)))
+        self.ct_keys()?
+            .into_iter()
+            .map(|k| Ok((k, seen.get(&(ct_hash(&k) & (abi::CTSEEN_SLOTS - 1)), 0)?)))
             .collect()
     }
 
@@ -262,14 +293,11 @@ impl FwInstance {
     /// The mark is a count no run of deletes brings back to 0, so racing
     /// the running program's own +1/-1 can only leave a slot too high.
     pub fn seed_ctseen(&mut self) -> Result<usize> {
-        let keys: Vec<FwCtKey> = {
-            let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
-            ct.keys().filter_map(Result::ok).collect()
-        };
+        let keys = self.ct_keys()?;
         let mut seen: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_CTSEEN)?)?;
         let mut n = 0;
         for k in &keys {
-            let slot = ct_hash(k);
+            let slot = ct_hash(k) & (abi::CTSEEN_SLOTS - 1);
             if seen.get(&slot, 0)? == 0 {
                 seen.set(slot, 1 << 30, 0)?;
                 n += 1;
@@ -289,8 +317,7 @@ impl FwInstance {
 
     /// Number of conntrack entries.
     pub fn ct_entries(&self) -> Result<usize> {
-        let ct: BpfHashMap<_, FwCtKey, FwCtVal> = BpfHashMap::try_from(self.map(abi::MAP_CT)?)?;
-        Ok(ct.keys().filter(Result::is_ok).count())
+        Ok(self.ct_keys()?.len())
     }
 
     /// Runs one frame through the program of `dir` with BPF_PROG_TEST_RUN.
@@ -383,8 +410,8 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> 
     Ok(())
 }
 
-/// `fw_ct_hash` of fw.bpf.c: the fw_ctseen slot of a connection (FNV-1a
-/// over the key's native-endian 32-bit words).
+/// `fw_ct_hash` of fw.bpf.c (FNV-1a over the key's native-endian 32-bit
+/// words): masked, the fw_ctseen slot and the fw_flows slot of a connection.
 pub fn ct_hash(k: &FwCtKey) -> u32 {
     // SAFETY: FwCtKey is #[repr(C)], 40 bytes of integers and byte arrays,
     // no padding; reading it as bytes is sound.
@@ -398,7 +425,7 @@ pub fn ct_hash(k: &FwCtKey) -> u32 {
     for w in bytes.chunks_exact(4) {
         h = (h ^ u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).wrapping_mul(0x0100_0193);
     }
-    (h ^ (h >> 16)) & (abi::CTSEEN_SLOTS - 1)
+    h ^ (h >> 16)
 }
 
 fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {

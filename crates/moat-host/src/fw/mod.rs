@@ -9,5 +9,6 @@ pub mod detach;
 pub mod explain;
 pub mod instance;
 pub mod observe;
+pub mod pins;
 pub mod state;
 pub mod status;

@@ -12,16 +12,16 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
 use moat_abi::{
     count::CountValue,
-    fw::{self as abi, FwCtKey, FwCtVal, FwEvent, FwFlowVal},
+    fw::{self as abi, FwCtKey, FwCtVal, FwEvent, FwFlowSlot},
 };
 use moat_core::fw::Cidr;
 use serde::Serialize;
 
 use super::{
-    instance::sum_percpu,
+    instance::{CT_TABLES, sum_percpu},
     state::{Kernel, Paths, State, StateFile, pinned_map, read_state_file},
 };
 
@@ -137,6 +137,60 @@ fn rule_name(state: &State, id: u32) -> String {
     }
 }
 
+/// The denied-flow records (the used slots of the direct-mapped fw_flows).
+fn flow_slots(paths: &Paths) -> Result<Vec<FwFlowSlot>> {
+    let m = pinned_map(&paths.pins.join(abi::MAP_FLOWS))?;
+    let a = Array::<_, FwFlowSlot>::try_from(&m)?;
+    Ok(a.iter()
+        .filter_map(Result::ok)
+        .filter(|s| s.val.first_seen_ns != 0)
+        .collect())
+}
+
+/// The connection tables' pressure, from the kernel's own counts: live
+/// entries and capacity of each table, and what was pushed out. The LRU
+/// tables evict silently, so evictions are computed: inserted - moved or
+/// forgotten - still there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Conntrack {
+    /// New connections (fw_ct: not yet seen both ways).
+    pub new_entries: u64,
+    pub new_max: u64,
+    /// Assured connections (fw_ct_assured).
+    pub assured_entries: u64,
+    pub assured_max: u64,
+    /// Connections admitted and tracked since the tables were made.
+    pub inserted: u64,
+    /// Of those, moved to the assured table.
+    pub assured: u64,
+    /// Forgotten after their idle timeout.
+    pub expired: u64,
+    /// New entries pushed out by newer ones (nf_conntrack's early drops).
+    pub evicted_new: u64,
+    /// Assured entries pushed out by other assured ones (table full).
+    pub evicted_assured: u64,
+}
+
+impl Conntrack {
+    /// From the reason counters (`STAT_*`) and the live entry counts.
+    pub fn of(reasons: &[CountValue], new: (u64, u64), assured: (u64, u64)) -> Conntrack {
+        let c = |i: u32| reasons.get(i as usize).map_or(0, |v| v.packets);
+        Conntrack {
+            new_entries: new.0,
+            new_max: new.1,
+            assured_entries: assured.0,
+            assured_max: assured.1,
+            inserted: c(abi::STAT_CT_NEW),
+            assured: c(abi::STAT_CT_ASSURED),
+            expired: c(abi::STAT_CT_EXPIRED),
+            evicted_new: c(abi::STAT_CT_NEW)
+                .saturating_sub(c(abi::STAT_CT_MOVED) + c(abi::STAT_CT_FORGOT_NEW) + new.0),
+            evicted_assured: c(abi::STAT_CT_ASSURED)
+                .saturating_sub(c(abi::STAT_CT_FORGOT_ASSURED) + assured.0),
+        }
+    }
+}
+
 fn open_hash<V: aya::Pod>(path: &Path) -> Result<(BpfHashMap<MapData, FwCtKey, V>, u32)> {
     let data = MapData::from_pin(path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
     let max = data.info().map(|i| i.max_entries()).unwrap_or(0);
@@ -204,8 +258,12 @@ pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
             tcp_state: None,
         };
     let mut out = Vec::new();
-    let (ct, _) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
-    for (k, v) in ct.iter().filter_map(Result::ok) {
+    let mut tracked = Vec::new();
+    for t in CT_TABLES {
+        let (ct, _) = open_hash::<FwCtVal>(&paths.pins.join(t))?;
+        tracked.extend(ct.iter().filter_map(Result::ok));
+    }
+    for (k, v) in tracked {
         let mut f = flow(
             &k,
             "allow",
@@ -221,8 +279,7 @@ pub fn flows(paths: &Paths) -> Result<Vec<Flow>> {
         }
         out.push(f);
     }
-    let (fl, _) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
-    for (k, v) in fl.iter().filter_map(Result::ok) {
+    for FwFlowSlot { key: k, val: v } in flow_slots(paths)? {
         out.push(flow(
             &k,
             "deny",
@@ -443,6 +500,7 @@ pub struct Counters {
     pub maps: Vec<(&'static str, u64, u64)>,
     /// (interface, direction, verdict "pass"/"drop", packets and bytes).
     pub ifaces: Vec<(String, &'static str, &'static str, CountValue)>,
+    pub conntrack: Conntrack,
 }
 
 /// Reads every counter of the running firewall.
@@ -478,20 +536,26 @@ pub fn counters_of(paths: &Paths, state: &State) -> Result<Counters> {
             *slot = v.iter().sum();
         }
     }
-    let (ct, ct_max) = open_hash::<FwCtVal>(&paths.pins.join(abi::MAP_CT))?;
-    let (fl, fl_max) = open_hash::<FwFlowVal>(&paths.pins.join(abi::MAP_FLOWS))?;
-    let mut maps = vec![
-        (
-            abi::MAP_CT,
+    let mut maps = Vec::new();
+    for t in CT_TABLES {
+        let (ct, max) = open_hash::<FwCtVal>(&paths.pins.join(t))?;
+        maps.push((
+            t,
             ct.keys().filter(Result::is_ok).count() as u64,
-            u64::from(ct_max),
-        ),
-        (
-            abi::MAP_FLOWS,
-            fl.keys().filter(Result::is_ok).count() as u64,
-            u64::from(fl_max),
-        ),
-    ];
+            u64::from(max),
+        ));
+    }
+    maps.push((
+        abi::MAP_FLOWS,
+        flow_slots(paths)?.len() as u64,
+        u64::from(abi::FLOW_SLOTS),
+    ));
+    let fill = |name: &str| {
+        maps.iter()
+            .find(|m| m.0 == name)
+            .map_or((0, 0), |m| (m.1, m.2))
+    };
+    let conntrack = Conntrack::of(&reasons, fill(abi::MAP_CT), fill(abi::MAP_CT_ASSURED));
     // The policy maps: entries and capacity as loaded (recorded at apply).
     const POLICY_MAPS: [&str; 6] = [
         abi::MAP_HOST4,
@@ -547,6 +611,7 @@ pub fn counters_of(paths: &Paths, state: &State) -> Result<Counters> {
         events,
         maps,
         ifaces,
+        conntrack,
     })
 }
 

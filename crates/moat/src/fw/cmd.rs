@@ -185,6 +185,9 @@ fn print_apply(r: &ApplyReport) {
         r.default_egress
     );
     println!("interfaces: {}", r.interfaces.join(", "));
+    for n in &r.notes {
+        println!("  {n}");
+    }
     println!(
         "took {:.2?} (compile + load + fill {:.2?}, swap {:.2?}); programs: {}",
         r.total,
@@ -239,11 +242,7 @@ pub fn status(json_out: bool) -> Result<()> {
     let described = &st.described;
     let gens = &st.generations;
     let stats = &counters.reasons;
-    let (ct_entries, ct_max) = counters
-        .maps
-        .iter()
-        .find(|m| m.0 == abi::MAP_CT)
-        .map_or((0, 0), |m| (m.1 as usize, m.2));
+    let ct = &counters.conntrack;
     let rule_hits: Vec<serde_json::Value> = counters
         .rules
         .iter()
@@ -260,7 +259,9 @@ pub fn status(json_out: bool) -> Result<()> {
         let reasons: serde_json::Map<String, serde_json::Value> = abi::STAT_NAMES
             .iter()
             .zip(stats)
-            .map(|(n, v)| {
+            .enumerate()
+            .filter(|(i, _)| abi::stat_is_verdict(*i as u32))
+            .map(|(_, (n, v))| {
                 (
                     (*n).to_string(),
                     json!({ "packets": v.packets, "bytes": v.bytes }),
@@ -285,7 +286,7 @@ pub fn status(json_out: bool) -> Result<()> {
                 "interfaces": st.interfaces.iter().map(|i| json!({ "name": i.iface.name, "netns": i.iface.netns, "mode": i.iface.mode, "linked": i.linked, "generation": i.generation })).collect::<Vec<_>>(),
                 "rules": rule_hits,
                 "reasons": reasons,
-                "conntrack": { "entries": ct_entries, "max": ct_max },
+                "conntrack": ct,
                 "maps": maps_json,
             })
         );
@@ -349,7 +350,12 @@ pub fn status(json_out: bool) -> Result<()> {
         );
     }
     println!("\n  {:<18} {:>12} {:>12}", "reason", "packets", "bytes");
-    for (n, v) in abi::STAT_NAMES.iter().zip(stats) {
+    for (_, (n, v)) in abi::STAT_NAMES
+        .iter()
+        .zip(stats)
+        .enumerate()
+        .filter(|(i, _)| abi::stat_is_verdict(*i as u32))
+    {
         println!(
             "  {:<18} {:>12} {:>12}",
             n,
@@ -359,6 +365,16 @@ pub fn status(json_out: bool) -> Result<()> {
     }
     let fill =
         |n: u64, max: u64| format!("{n}/{max} ({:.1}%)", n as f64 * 100.0 / max.max(1) as f64);
+    println!(
+        "\n  conntrack: new {}, assured {}; {} admitted, {} assured, {} expired; evicted: {} new (early drops), {} assured",
+        fill(ct.new_entries, ct.new_max),
+        fill(ct.assured_entries, ct.assured_max),
+        ct.inserted,
+        ct.assured,
+        ct.expired,
+        ct.evicted_new,
+        ct.evicted_assured
+    );
     println!(
         "\n  maps: {}",
         counters

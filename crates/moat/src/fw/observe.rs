@@ -199,6 +199,62 @@ pub fn metrics_text(c: &Counters) -> String {
             .get(abi::STAT_CT_EXPIRED as usize)
             .map_or(0, |v| v.packets)
     );
+    let ct = &c.conntrack;
+    for (name, kind, help, v) in [
+        (
+            "moat_conntrack_entries{table=\"new\"}",
+            "gauge",
+            "Tracked connections by table (new: not yet seen both ways; assured: seen both ways).",
+            ct.new_entries,
+        ),
+        (
+            "moat_conntrack_entries{table=\"assured\"}",
+            "",
+            "",
+            ct.assured_entries,
+        ),
+        (
+            "moat_conntrack_max{table=\"new\"}",
+            "gauge",
+            "Capacity of each conntrack table (conntrack: max).",
+            ct.new_max,
+        ),
+        (
+            "moat_conntrack_max{table=\"assured\"}",
+            "",
+            "",
+            ct.assured_max,
+        ),
+        (
+            "moat_conntrack_admitted_total",
+            "counter",
+            "Connections admitted and tracked.",
+            ct.inserted,
+        ),
+        (
+            "moat_conntrack_assured_total",
+            "counter",
+            "Connections that saw traffic both ways and moved to the assured table.",
+            ct.assured,
+        ),
+        (
+            "moat_conntrack_evicted_total{table=\"new\"}",
+            "counter",
+            "Entries pushed out of a full table (new: early drops by newer one-sided flows; assured: by other assured connections).",
+            ct.evicted_new,
+        ),
+        (
+            "moat_conntrack_evicted_total{table=\"assured\"}",
+            "",
+            "",
+            ct.evicted_assured,
+        ),
+    ] {
+        if !kind.is_empty() {
+            family(&mut s, name.split('{').next().unwrap_or(name), kind, help);
+        }
+        let _ = writeln!(s, "{name} {v}");
+    }
     pair(
         &mut s,
         "moat_rule",

@@ -85,7 +85,7 @@ pub fn model(
         .reasons
         .iter()
         .enumerate()
-        .filter(|(i, v)| *i != abi::STAT_CT_EXPIRED as usize && v.packets > 0)
+        .filter(|(i, v)| abi::stat_is_verdict(*i as u32) && v.packets > 0)
         .map(|(i, v)| {
             let p = prev.reasons.get(i).copied().unwrap_or_default();
             (

@@ -177,7 +177,14 @@ pub struct Timeouts {
     pub tcp_last_ack: u32,
     pub tcp_time_wait: u32,
     pub tcp_close: u32,
+    /// `conntrack: { max: N }`: connections each conntrack table holds
+    /// (new ones and assured ones, N each); None: sized from the machine's
+    /// memory when loaded.
+    pub max: Option<u32>,
 }
+
+/// Smallest and largest `conntrack: { max }`.
+pub const CT_MAX_RANGE: (u32, u32) = (1024, 16_777_216);
 
 impl Default for Timeouts {
     /// nf_conntrack's defaults: TCP established 5 days, syn_sent 120 s,
@@ -195,6 +202,7 @@ impl Default for Timeouts {
             tcp_last_ack: 30,
             tcp_time_wait: 120,
             tcp_close: 10,
+            max: None,
         }
     }
 }

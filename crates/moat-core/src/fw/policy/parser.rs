@@ -262,11 +262,25 @@ impl Parser {
         let Some(m) = n.as_mapping() else {
             self.err(
                 node_pos(n),
-                "conntrack must be a mapping (tcp_timeout, tcp_<state>_timeout, udp_timeout, other_timeout)",
+                "conntrack must be a mapping (max, tcp_timeout, tcp_<state>_timeout, udp_timeout, other_timeout)",
             );
             return t;
         };
         for (k, v) in m.iter() {
+            if k.as_str() == "max" {
+                let Some(s) = self.scalar(v, "a number of connections") else {
+                    continue;
+                };
+                let (lo, hi) = super::CT_MAX_RANGE;
+                match s.replace('_', "").parse::<u64>() {
+                    Ok(n) if (u64::from(lo)..=u64::from(hi)).contains(&n) => t.max = Some(n as u32),
+                    _ => self.err(
+                        node_pos(v),
+                        format!("conntrack max {s:?} is not a number of connections between {lo} and {hi}"),
+                    ),
+                }
+                continue;
+            }
             let slot = match k.as_str() {
                 "tcp_timeout" => &mut t.tcp,
                 "udp_timeout" => &mut t.udp,
@@ -279,7 +293,7 @@ impl Parser {
                 "tcp_time_wait_timeout" => &mut t.tcp_time_wait,
                 "tcp_close_timeout" => &mut t.tcp_close,
                 other => {
-                    self.err(pos(k.span()), format!("unknown key {other:?} in conntrack (expected tcp_timeout, udp_timeout, other_timeout, tcp_{{syn_sent,syn_recv,fin_wait,close_wait,last_ack,time_wait,close}}_timeout)"));
+                    self.err(pos(k.span()), format!("unknown key {other:?} in conntrack (expected max, tcp_timeout, udp_timeout, other_timeout, tcp_{{syn_sent,syn_recv,fin_wait,close_wait,last_ack,time_wait,close}}_timeout)"));
                     continue;
                 }
             };

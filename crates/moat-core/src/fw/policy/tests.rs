@@ -192,6 +192,33 @@ fn conntrack_timeouts() {
 }
 
 #[test]
+fn conntrack_max() {
+    let p = parse(
+        "conntrack: { max: 100_000 }\nrules: []\n",
+        Path::new("p.yaml"),
+    )
+    .unwrap();
+    assert_eq!(p.timeouts.max, Some(100_000));
+    assert_eq!(
+        parse("rules: []\n", Path::new("p.yaml"))
+            .unwrap()
+            .timeouts
+            .max,
+        None
+    );
+    let e = errs("conntrack:\n  max: 10\n");
+    assert!(
+        e[0].starts_with("p.yaml:2:8: conntrack max \"10\" is not a number of connections between 1024 and 16777216"),
+        "{e:?}"
+    );
+    let e = errs("conntrack: { max: lots }\nrules: []\n");
+    assert!(
+        e[0].starts_with("p.yaml:1:19: conntrack max \"lots\""),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn yaml_syntax_and_top_level_errors() {
     let e = errs("rules: [\n");
     assert_eq!(e.len(), 1);
