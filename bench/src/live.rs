@@ -34,6 +34,9 @@ pub enum Filter {
     XdpDrop,
     /// moat's firewall: N - 1 deny rules for other sources, then `deny udp 9`.
     Moat,
+    /// moat with a blocklist: N - 1 other addresses and the traffic's /16,
+    /// denied both ways whatever the port (dropped before conntrack).
+    MoatBlocklist,
     /// xdp-filter (xdp-tools): N - 1 source addresses, then port 9.
     XdpFilter,
     /// iptables-legacy: N - 1 non-matching rules, then the matching DROP.
@@ -47,10 +50,11 @@ pub enum Filter {
 }
 
 impl Filter {
-    pub const ALL: [Filter; 8] = [
+    pub const ALL: [Filter; 9] = [
         Filter::XdpDrop,
         Filter::None,
         Filter::Moat,
+        Filter::MoatBlocklist,
         Filter::XdpFilter,
         Filter::IptablesLegacy,
         Filter::IptablesNft,
@@ -63,6 +67,7 @@ impl Filter {
             Filter::None => "no filter",
             Filter::XdpDrop => "xdp-drop (ceiling)",
             Filter::Moat => "moat",
+            Filter::MoatBlocklist => "moat blocklist",
             Filter::XdpFilter => "xdp-filter",
             Filter::IptablesLegacy => "iptables-legacy",
             Filter::IptablesNft => "iptables-nft",
@@ -77,13 +82,14 @@ impl Filter {
             "none" => Filter::None,
             "xdp-drop" => Filter::XdpDrop,
             "moat" => Filter::Moat,
+            "moat-blocklist" => Filter::MoatBlocklist,
             "xdp-filter" => Filter::XdpFilter,
             "iptables-legacy" => Filter::IptablesLegacy,
             "iptables-nft" => Filter::IptablesNft,
             "nft-linear" => Filter::NftLinear,
             "nft-set" => Filter::NftSet,
             o => bail!(
-                "unknown filter {o:?} (none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set)"
+                "unknown filter {o:?} (none, moat, moat-blocklist, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set)"
             ),
         })
     }
@@ -203,15 +209,24 @@ impl Rig {
                         .sum())
                 }))
             }
-            Filter::Moat => {
-                let mut yaml = String::from("default: { ingress: allow, egress: allow }\nrules:\n");
-                if n > 1 {
-                    yaml.push_str("  - { name: others, direction: ingress, action: deny, proto: udp, ports: [9], remote: [");
-                    let list: Vec<String> = (0..n - 1).map(|i| other(i).to_string()).collect();
-                    yaml.push_str(&list.join(", "));
-                    yaml.push_str("] }\n");
+            Filter::Moat | Filter::MoatBlocklist => {
+                let mut yaml = String::from("default: { ingress: allow, egress: allow }\n");
+                let list: Vec<String> = (0..n - 1).map(|i| other(i).to_string()).collect();
+                if self.filter == Filter::MoatBlocklist {
+                    let mut all = list.clone();
+                    all.push("10.199.0.0/16".into());
+                    yaml.push_str(&format!("sets:\n  block: [{}]\nrules:\n", all.join(", ")));
+                    yaml.push_str("  - { name: block-in, direction: ingress, action: deny, remote: [\"@block\"] }\n");
+                    yaml.push_str("  - { name: block-out, direction: egress, action: deny, remote: [\"@block\"] }\n");
+                } else {
+                    yaml.push_str("rules:\n");
+                    if n > 1 {
+                        yaml.push_str("  - { name: others, direction: ingress, action: deny, proto: udp, ports: [9], remote: [");
+                        yaml.push_str(&list.join(", "));
+                        yaml.push_str("] }\n");
+                    }
+                    yaml.push_str("  - { name: discard, direction: ingress, action: deny, proto: udp, ports: [9] }\n");
                 }
-                yaml.push_str("  - { name: discard, direction: ingress, action: deny, proto: udp, ports: [9] }\n");
                 let p = moat_core::fw::policy::parse(&yaml, std::path::Path::new("live.yaml"))
                     .map_err(|e| anyhow!("{e}"))?;
                 let c = moat_core::fw::compile::compile(&p);

@@ -44,7 +44,11 @@ struct CostArgs {
 #[derive(Args, Clone)]
 struct LiveArgs {
     /// Rule counts for the live runs.
-    #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000,100000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,100,1000,10000,100000,1000000"
+    )]
     live_sizes: Vec<usize>,
     /// Frames the generator sends per measurement.
     #[arg(long, default_value = "1000000")]
@@ -56,11 +60,11 @@ struct LiveArgs {
     #[arg(long, default_value = "120")]
     max_install_secs: f64,
     /// Filters to compare (the XDP-drop ceiling is always measured): any of
-    /// none, moat, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set.
+    /// none, moat, moat-blocklist, xdp-filter, iptables-legacy, iptables-nft, nft-linear, nft-set.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,moat,xdp-filter,iptables-legacy,iptables-nft,nft-linear,nft-set"
+        default_value = "none,moat,moat-blocklist,xdp-filter,iptables-legacy,iptables-nft,nft-linear,nft-set"
     )]
     filters: Vec<String>,
     /// Longest generator run per measurement, seconds (slow filters slow the generator).

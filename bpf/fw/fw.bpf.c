@@ -139,6 +139,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FW_FLOW_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE); /* so moat can clear it in one write */
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, __u32);
 	__type(value, struct fw_flow_slot);

@@ -2,7 +2,8 @@
 /*
  * gen.bpf.c — BENCH ONLY. Traffic generator for BPF_PROG_TEST_RUN with
  * BPF_F_TEST_XDP_LIVE_FRAMES: gives each IPv4/UDP frame a new source address
- * (low 16 bits) and source port, then XDP_TX sends it out of the interface
+ * (low 16 bits) and source port (gen2_xdp: every second frame), then XDP_TX
+ * sends it out of the interface
  * the run names, to the veth peer.
  */
 #include <linux/bpf.h>
@@ -30,8 +31,8 @@ static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
 	return ~sum;
 }
 
-SEC("xdp")
-int gen_xdp(struct xdp_md *ctx)
+/* Frame number s of the run becomes flow s / per_flow. */
+static __always_inline int gen(struct xdp_md *ctx, __u32 per_flow)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -45,7 +46,7 @@ int gen_xdp(struct xdp_md *ctx)
 	seq = bpf_map_lookup_elem(&gen_seq, &zero);
 	if (!seq)
 		return XDP_DROP;
-	s = (*seq)++;
+	s = (*seq)++ / per_flow;
 	/* One's-complement sums work on the raw (network-order) words, like
 	 * the checksum field itself. */
 	from = ip->saddr;
@@ -55,6 +56,21 @@ int gen_xdp(struct xdp_md *ctx)
 	udp->source = bpf_htons(1024 + (s % 60000));
 	udp->check = 0;
 	return XDP_TX;
+}
+
+/* Every frame a new flow. */
+SEC("xdp")
+int gen_xdp(struct xdp_md *ctx)
+{
+	return gen(ctx, 1);
+}
+
+/* Two frames per flow (a flow the receiver sees twice, as a real client's
+ * retransmission or second datagram). */
+SEC("xdp")
+int gen2_xdp(struct xdp_md *ctx)
+{
+	return gen(ctx, 2);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

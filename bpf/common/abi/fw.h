@@ -133,7 +133,7 @@
  *   in fw_evstats[FW_EV_FLOWS_SKIPPED]); a flow it pushes out of the slot is
  *   counted in fw_evstats[FW_EV_FLOWS_REPLACED]. An empty slot has
  *   first_seen_ns 0.
- *   key: __u32 slot; value: struct fw_flow_slot
+ *   key: __u32 slot; value: struct fw_flow_slot (BPF_F_MMAPABLE)
  *   writer: fw programs; reader: moat flows / top / metrics
  */
 #define FW_MAP_FLOWS "fw_flows"

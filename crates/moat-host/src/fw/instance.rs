@@ -238,14 +238,10 @@ impl FwInstance {
                 seen.set(ct_hash(k) & (abi::CTSEEN_SLOTS - 1), 0, 0)?;
             }
         }
-        {
-            let mut fl: Array<_, abi::FwFlowSlot> = Array::try_from(self.map_mut(abi::MAP_FLOWS)?)?;
-            for i in 0..abi::FLOW_SLOTS {
-                if fl.get(&i, 0)?.val.first_seen_ns != 0 {
-                    fl.set(i, abi::FwFlowSlot::default(), 0)?;
-                }
-            }
-        }
+        zero_mmapable(
+            self.map(abi::MAP_FLOWS)?,
+            abi::FLOW_SLOTS as usize * std::mem::size_of::<abi::FwFlowSlot>(),
+        )?;
         clear_hash::<FwFragKey, u32>(self.map_mut(abi::MAP_FRAG)?)
     }
 
@@ -426,6 +422,36 @@ pub fn ct_hash(k: &FwCtKey) -> u32 {
         h = (h ^ u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).wrapping_mul(0x0100_0193);
     }
     h ^ (h >> 16)
+}
+
+/// Zeroes the first `bytes` of a BPF_F_MMAPABLE array in one write.
+fn zero_mmapable(map: &aya::maps::Map, bytes: usize) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let aya::maps::Map::Array(data) = map else {
+        return Err(anyhow!("not an array map"));
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    // SAFETY: a shared mapping of the map's own memory, `bytes` long (the
+    // map holds at least that much); written once and unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(anyhow!(
+                "mapping the flow table: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        std::ptr::write_bytes(p.cast::<u8>(), 0, bytes);
+        libc::munmap(p, bytes);
+    }
+    Ok(())
 }
 
 fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> {
