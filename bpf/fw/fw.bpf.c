@@ -79,6 +79,22 @@ struct {
 	__type(value, struct fw_config);
 } fw_config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} fw_dense SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} fw_hostbits SEC(".maps");
+
 /* Sized by the loader from the policy's conntrack max (see abi/fw.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -215,6 +231,22 @@ static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
 	return h ^ (h >> 16);
 }
 
+/* Row of fw_dense: 0 tcp, 1 udp, 2 icmp, 3 icmpv6, 4 any other. */
+static __always_inline __u32 fw_proto_idx(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return 0;
+	case IPPROTO_UDP:
+		return 1;
+	case IPPROTO_ICMP:
+		return 2;
+	case IPPROTO_ICMPV6:
+		return 3;
+	}
+	return 4;
+}
+
 static __always_inline __u8 fw_proto_key(__u8 proto)
 {
 	switch (proto) {
@@ -225,6 +257,33 @@ static __always_inline __u8 fw_proto_key(__u8 proto)
 		return proto;
 	}
 	return FW_PROTO_OTHER;
+}
+
+/* FNV-1a over an address's 32-bit words: its fw_hostbits bit (masked). */
+static __always_inline __u32 fw_addr_hash(const __u8 *a, int words)
+{
+	const __u32 *w = (const __u32 *)a;
+	__u32 h = 0x811c9dc5;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		if (i < words)
+			h = (h ^ w[i]) * 0x01000193;
+	return h ^ (h >> 16);
+}
+
+/* Might fw_host4/6 hold this address? (0: certainly not.) */
+static __always_inline int fw_host_maybe(const struct fw_config *cfg, const __u8 *a, int words)
+{
+	__u32 bit, word;
+	__u64 *w;
+
+	if (!(cfg->maps2 & FW_HAS2_HOSTBITS))
+		return 1;
+	bit = fw_addr_hash(a, words) & cfg->hostbits_mask;
+	word = bit >> 6;
+	w = bpf_map_lookup_elem(&fw_hostbits, &word);
+	return !w || ((*w >> (bit & 63)) & 1);
 }
 
 /*
@@ -242,23 +301,22 @@ __noinline int fw_class_of(const struct fw_config *cfg, const struct fw_ct_key *
 	if (k->family == 4) {
 		struct fw_addr4_key a = { .prefixlen = 32 };
 		__builtin_memcpy(a.addr, k->remote, 4);
-		if (cfg->maps & FW_HAS_HOST4)
+		if ((cfg->maps & FW_HAS_HOST4) && fw_host_maybe(cfg, k->remote, 1))
 			cls = bpf_map_lookup_elem(&fw_host4, a.addr);
 		if (!cls && (cfg->maps & FW_HAS_ADDR4))
 			cls = bpf_map_lookup_elem(&fw_addr4, &a);
 	} else {
 		struct fw_addr6_key a = { .prefixlen = 128 };
 		__builtin_memcpy(a.addr, k->remote, 16);
-		if (cfg->maps & FW_HAS_HOST6)
+		if ((cfg->maps & FW_HAS_HOST6) && fw_host_maybe(cfg, k->remote, 4))
 			cls = bpf_map_lookup_elem(&fw_host6, a.addr);
 		if (!cls && (cfg->maps & FW_HAS_ADDR6))
 			cls = bpf_map_lookup_elem(&fw_addr6, &a);
 	}
-	if (cls) {
+	if (cls)
 		*out = *cls;
-	} else {
-		__builtin_memset(out, 0, sizeof(*out));
-	}
+	else
+		*out = k->family == 4 ? cfg->any4 : cfg->any6;
 	return 0;
 }
 
@@ -280,6 +338,18 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_class *cls
 
 	if (!cfg || !cls || !rule)
 		return FW_ACTION_DENY;
+	if ((cfg->maps2 & FW_HAS2_DENSE) && cls->class_id == cfg->dense_class) {
+		/* Every verdict of this class in one array: one read. */
+		__u32 idx = FW_DENSE_IDX(dir & 1, fw_proto_idx(proto), bpf_ntohs(port_be));
+		__u64 *d = bpf_map_lookup_elem(&fw_dense, &idx);
+
+		if (d && ((*d >> 32) & 0xFF)) {
+			*rule = (__u32)*d;
+			return ((*d >> 32) & 0xFF) | ((*d >> 40) & 0xFF) << 8;
+		}
+		*rule = FW_RULE_DEFAULT;
+		return dir == FW_DIR_INGRESS ? cfg->default_ingress : cfg->default_egress;
+	}
 	/* Verdict: exact port, then every port, then port ranges (the three
 	 * hold disjoint port sets, so the first hit is the answer). */
 	v = NULL;

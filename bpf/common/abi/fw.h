@@ -62,6 +62,28 @@
  */
 #define FW_MAP_VERDICT "fw_verdict"
 /*
+ * fw_dense: BPF_MAP_TYPE_ARRAY (BPF_F_MMAPABLE), FW_DENSE_SLOTS entries of
+ *   __u64 (1 when the policy has no dense class): every verdict of one class
+ *   (fw_config.dense_class, the class of addresses no rule names or only
+ *   "any" rules name: what a flood from anywhere hits), indexed by
+ *   FW_DENSE_IDX(dir, proto, port): one array read instead of hash probes.
+ *   value: rule id | action << 32 | flags << 40 (action 0: the default).
+ *   writer: moat fw apply (one write through mmap); reader: fw programs
+ */
+#define FW_MAP_DENSE "fw_dense"
+#define FW_DENSE_PROTOS 5 /* tcp, udp, icmp, icmpv6, other */
+#define FW_DENSE_SLOTS 655360 /* 2 directions x FW_DENSE_PROTOS x 65536 ports */
+/* proto_idx: 0 tcp, 1 udp, 2 icmp, 3 icmpv6, 4 other; port in host order. */
+#define FW_DENSE_IDX(dir, proto_idx, port) ((((dir) * FW_DENSE_PROTOS + (proto_idx)) << 16) | (port))
+/*
+ * fw_hostbits: BPF_MAP_TYPE_ARRAY (BPF_F_MMAPABLE) of __u64 words, sized by
+ *   the loader (a power of two of bits, 16 per host entry): bit
+ *   fw_addr_hash(addr) & fw_config.hostbits_mask is set for every fw_host4 /
+ *   fw_host6 address, so an address whose bit is clear skips the hash probe
+ *   (never a false "absent"). writer: moat fw apply; reader: fw programs
+ */
+#define FW_MAP_HOSTBITS "fw_hostbits"
+/*
  * fw_config: BPF_MAP_TYPE_ARRAY, 1 entry, key __u32 0, value struct fw_config
  *   writer: moat fw apply (before the program is swapped in); reader: fw programs
  */
@@ -230,6 +252,9 @@
 #define FW_HAS_PORT_ANY   32
 #define FW_HAS_VERDICT    64
 #define FW_HAS_BLOCK      128 /* some class has block_rule set: look the remote up before conntrack */
+/* fw_config.maps2 bits. */
+#define FW_HAS2_DENSE     1 /* fw_dense holds dense_class's verdicts */
+#define FW_HAS2_HOSTBITS  2 /* fw_hostbits filters fw_host4/6 probes */
 
 /* Rule id 0 is the direction's default. */
 #define FW_RULE_DEFAULT 0
@@ -344,6 +369,14 @@ struct fw_config {
 	 * nf_conntrack_tcp_timeout_* (timeout_tcp is ESTABLISHED's). A power of two
 	 * of slots, so that state & (slots - 1) is always a valid index. */
 	__u32 tcp_timeouts[FW_TCP_TIMEOUT_SLOTS];
+	/* The class of an address no trie prefix but /0 covers: 0.0.0.0/0 and
+	 * ::/0 are kept here, not in the tries (a trie miss means this class). */
+	struct fw_class any4;
+	struct fw_class any6;
+	__u32 dense_class;      /* see fw_dense (FW_HAS2_DENSE) */
+	__u32 hostbits_mask;    /* bits of fw_hostbits - 1 (FW_HAS2_HOSTBITS) */
+	__u8 maps2;             /* FW_HAS2_* */
+	__u8 pad3[7];
 };
 
 /* One connection, as the host sees it (same key in both directions). */

@@ -9,6 +9,19 @@ pub const MAP_HOST4: &str = "fw_host4";
 pub const MAP_HOST6: &str = "fw_host6";
 pub const MAP_PORTS: &str = "fw_ports";
 pub const MAP_CONFIG: &str = "fw_config";
+/// Every verdict of the dense class (see bpf/common/abi/fw.h).
+pub const MAP_DENSE: &str = "fw_dense";
+/// Bit filter in front of the host hashes.
+pub const MAP_HOSTBITS: &str = "fw_hostbits";
+pub const DENSE_PROTOS: u32 = 5;
+pub const DENSE_SLOTS: u32 = 2 * DENSE_PROTOS * 65536;
+/// `FW_DENSE_IDX`: dir (`DIR_*`), row (0 tcp, 1 udp, 2 icmp, 3 icmpv6, 4 other), port.
+pub const fn dense_idx(dir: u8, proto_idx: u32, port: u16) -> u32 {
+    ((dir as u32 * DENSE_PROTOS + proto_idx) << 16) | port as u32
+}
+/// `fw_config.maps2` bits.
+pub const HAS2_DENSE: u8 = 1;
+pub const HAS2_HOSTBITS: u8 = 2;
 pub const MAP_CT: &str = "fw_ct";
 /// Connections that saw traffic both ways (see bpf/common/abi/fw.h).
 pub const MAP_CT_ASSURED: &str = "fw_ct_assured";
@@ -244,6 +257,16 @@ pub struct FwConfig {
     /// Idle seconds per TCP state (`TCP_*`; `[TCP_NONE]` and the slots past
     /// `TCP_STATES` = `timeout_tcp`).
     pub tcp_timeouts: [u32; TCP_TIMEOUT_SLOTS as usize],
+    /// The class of addresses only a /0 covers (kept out of the tries).
+    pub any4: FwClass,
+    pub any6: FwClass,
+    /// Class whose verdicts `fw_dense` holds (`HAS2_DENSE`).
+    pub dense_class: u32,
+    /// Bits of `fw_hostbits` - 1 (`HAS2_HOSTBITS`).
+    pub hostbits_mask: u32,
+    /// `HAS2_*` bits.
+    pub maps2: u8,
+    pub pad3: [u8; 7],
 }
 
 #[repr(C)]

@@ -73,7 +73,13 @@ pub const LAYOUTS: &[StructLayout] = &[
             flow_cap_ns,
             log_drops,
             pad2,
-            tcp_timeouts
+            tcp_timeouts,
+            any4,
+            any6,
+            dense_class,
+            hostbits_mask,
+            maps2,
+            pad3
         ]
     ),
     layout!(
@@ -151,6 +157,8 @@ pub const MAPS: &[MapAbi] = &[
     map::<[u8; 16], fw::FwClass>("fw", fw::MAP_HOST6),
     map::<fw::FwPortKey, fw::FwVerdict>("fw", fw::MAP_PORTS),
     map::<u32, fw::FwConfig>("fw", fw::MAP_CONFIG),
+    map::<u32, u64>("fw", fw::MAP_DENSE),
+    map::<u32, u64>("fw", fw::MAP_HOSTBITS),
     map::<fw::FwCtKey, fw::FwCtVal>("fw", fw::MAP_CT),
     map::<fw::FwCtKey, fw::FwCtVal>("fw", fw::MAP_CT_ASSURED),
     map::<fw::FwFragKey, u32>("fw", fw::MAP_FRAG),

@@ -101,6 +101,8 @@ fn bpf_verdicts_equal_reference_on_random_policies() {
         verdict: 65536,
         ports: 65536,
         rules: 64,
+        dense: moat_abi::fw::DENSE_SLOTS,
+        hostbits: 1024,
     };
     let mut inst = FwInstance::load_with_capacity(
         &empty,

@@ -89,6 +89,13 @@ pub struct Encoded {
     pub maps: u8,
     /// Entries of `fw_rule_stats` (the default and one per rule).
     pub rules: u32,
+    /// The class of addresses only a /0 covers: 0.0.0.0/0 and ::/0 stay out
+    /// of the tries (a trie miss means this class).
+    pub any4: FwClass,
+    pub any6: FwClass,
+    /// The dense class (what addresses no rule names, or only "any" rules
+    /// name, get) and its every verdict, `DENSE_SLOTS` values for `fw_dense`.
+    pub dense: Option<(u32, Vec<u64>)>,
 }
 
 /// `max_entries` of each policy map (at least 1: the kernel refuses 0).
@@ -101,6 +108,9 @@ pub struct Sizes {
     pub verdict: u32,
     pub ports: u32,
     pub rules: u32,
+    /// `fw_dense` slots (1: no dense table) and `fw_hostbits` words.
+    pub dense: u32,
+    pub hostbits: u32,
 }
 
 impl Sizes {
@@ -113,6 +123,8 @@ impl Sizes {
         verdict: 1,
         ports: 1,
         rules: 1,
+        dense: 1,
+        hostbits: 1,
     };
 
     /// Each size at least `min`'s (maps that must take other policies later).
@@ -125,6 +137,8 @@ impl Sizes {
             verdict: self.verdict.max(min.verdict),
             ports: self.ports.max(min.ports),
             rules: self.rules.max(min.rules),
+            dense: self.dense.max(min.dense),
+            hostbits: self.hostbits.max(min.hostbits),
         }
     }
 }
@@ -156,6 +170,8 @@ impl Encoded {
             let v = class_val(*class);
             if cidr.prefix_len() == 32 {
                 e.host4.push((a, v));
+            } else if cidr.prefix_len() == 0 {
+                e.any4 = v;
             } else {
                 e.addr4.push((u32::from(cidr.prefix_len()), a, v));
             }
@@ -166,6 +182,8 @@ impl Encoded {
             let v = class_val(*class);
             if cidr.prefix_len() == 128 {
                 e.host6.push((a, v));
+            } else if cidr.prefix_len() == 0 {
+                e.any6 = v;
             } else {
                 e.addr6.push((u32::from(cidr.prefix_len()), a, v));
             }
@@ -217,6 +235,11 @@ impl Encoded {
         set(!e.verdict.is_empty(), abi::HAS_VERDICT);
         set(!blocks.is_empty(), abi::HAS_BLOCK);
         e.maps = m;
+        e.dense = Some(dense_verdicts(
+            policy,
+            c,
+            e.any4.class_id.max(e.any6.class_id),
+        ));
         e
     }
 
@@ -230,7 +253,48 @@ impl Encoded {
             verdict: n(self.verdict.len()),
             ports: n(self.ports.len()),
             rules: self.rules.max(1),
+            dense: if self.dense.is_some() {
+                abi::DENSE_SLOTS
+            } else {
+                1
+            },
+            hostbits: self.hostbits_words(),
         }
+    }
+
+    /// `HAS2_*` bits of this encoding.
+    pub fn maps2(&self) -> u8 {
+        let mut m = 0;
+        if self.dense.is_some() {
+            m |= abi::HAS2_DENSE;
+        }
+        if !self.host4.is_empty() || !self.host6.is_empty() {
+            m |= abi::HAS2_HOSTBITS;
+        }
+        m
+    }
+
+    /// `fw_hostbits` words for this policy's host entries: 16 bits per
+    /// address (a false "maybe" about 1 in 16), a power of two, at least 64.
+    pub fn hostbits_words(&self) -> u32 {
+        let n = self.host4.len() + self.host6.len();
+        if n == 0 {
+            return 1;
+        }
+        ((n * 16).next_power_of_two().max(4096) / 64) as u32
+    }
+
+    /// The `fw_hostbits` words over `words` words (a power of two).
+    pub fn hostbits(&self, words: u32) -> Vec<u64> {
+        let mask = words * 64 - 1;
+        let mut w = vec![0u64; words as usize];
+        let mut set = |a: &[u8]| {
+            let bit = addr_hash(a) & mask;
+            w[(bit >> 6) as usize] |= 1 << (bit & 63);
+        };
+        self.host4.iter().for_each(|(a, _)| set(a));
+        self.host6.iter().for_each(|(a, _)| set(a));
+        w
     }
 
     /// (map, entries) for every policy map, in the order of bpf/common/abi.h.
@@ -257,6 +321,8 @@ impl Encoded {
             + self.addr6.len() * (20 + 4 + LPM_OVERHEAD)
             + self.ports.len() * (12 + 8 + HASH_OVERHEAD)
             + self.verdict.len() * (12 + 8 + LPM_OVERHEAD)
+            + self.dense.as_ref().map_or(0, |d| d.1.len() * 8)
+            + self.hostbits_words() as usize * 8
     }
 
     /// An index over the entries for [`Encoded::lookup`] (hash maps as hash maps).
@@ -266,6 +332,7 @@ impl Encoded {
             host4: self.host4.iter().map(|(a, c)| (*a, *c)).collect(),
             host6: self.host6.iter().map(|(a, c)| (*a, *c)).collect(),
             ports: self.ports.iter().map(|(k, v)| (*k, *v)).collect(),
+            hostbits: self.hostbits(self.hostbits_words()),
         }
     }
 }
@@ -276,6 +343,7 @@ pub struct Lookup<'a> {
     host4: HashMap<[u8; 4], FwClass>,
     host6: HashMap<[u8; 16], FwClass>,
     ports: HashMap<FwPortKey, FwVerdict>,
+    hostbits: Vec<u64>,
 }
 
 /// Do the first `bits` bits of `a` and `b` agree?
@@ -303,10 +371,16 @@ impl Lookup<'_> {
     pub fn lookup(&self, policy: &Policy, flow: &Flow) -> Decision {
         let m = self.e.maps;
         let has = |bit: u8| m & bit != 0;
+        // The host probe is skipped when the address's bit is clear.
+        let maybe = |a: &[u8]| {
+            let bit = addr_hash(a) & (self.hostbits.len() as u32 * 64 - 1);
+            self.e.maps2() & abi::HAS2_HOSTBITS == 0
+                || self.hostbits[(bit >> 6) as usize] >> (bit & 63) & 1 == 1
+        };
         let cls = match flow.remote {
             std::net::IpAddr::V4(a) => {
                 let a = a.octets();
-                has(abi::HAS_HOST4)
+                (has(abi::HAS_HOST4) && maybe(&a))
                     .then(|| self.host4.get(&a))
                     .flatten()
                     .or_else(|| {
@@ -314,10 +388,11 @@ impl Lookup<'_> {
                             .then(|| lpm(&self.e.addr4, &a))
                             .flatten()
                     })
+                    .or(Some(&self.e.any4))
             }
             std::net::IpAddr::V6(a) => {
                 let a = a.octets();
-                has(abi::HAS_HOST6)
+                (has(abi::HAS_HOST6) && maybe(&a))
                     .then(|| self.host6.get(&a))
                     .flatten()
                     .or_else(|| {
@@ -325,6 +400,7 @@ impl Lookup<'_> {
                             .then(|| lpm(&self.e.addr6, &a))
                             .flatten()
                     })
+                    .or(Some(&self.e.any6))
             }
         };
         if let Some(c) = cls.filter(|c| has(abi::HAS_BLOCK) && c.block_rule[0] != 0) {
@@ -341,6 +417,27 @@ impl Lookup<'_> {
             PROTO_OTHER
         };
         let dir = dir_byte(flow.dir);
+        if let Some((_, d)) = self.e.dense.as_ref().filter(|d| d.0 == class) {
+            // The kernel's dense table: one read, 0 meaning the default.
+            let port = if proto == PROTO_OTHER { 0 } else { flow.port };
+            let v = d[abi::dense_idx(dir, dense_row(proto), port) as usize];
+            let action = (v >> 32) as u8;
+            return if action == 0 {
+                Decision {
+                    action: policy.default_for(flow.dir),
+                    rule: None,
+                }
+            } else {
+                Decision {
+                    action: if action == abi::ACTION_ALLOW {
+                        Action::Allow
+                    } else {
+                        Action::Deny
+                    },
+                    rule: RuleId(v as u32).rule_index(),
+                }
+            };
+        }
         let mut pk = FwPortKey {
             class_id: class.to_be(),
             dir,
@@ -380,6 +477,48 @@ impl Lookup<'_> {
             },
         }
     }
+}
+
+/// FNV-1a over an address's native-endian 32-bit words, as `fw_addr_hash`
+/// in fw.bpf.c: its `fw_hostbits` bit, masked.
+pub fn addr_hash(a: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for w in a.chunks_exact(4) {
+        h = (h ^ u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).wrapping_mul(0x0100_0193);
+    }
+    h ^ (h >> 16)
+}
+
+/// Row of `fw_dense` for a protocol key.
+fn dense_row(proto: u8) -> u32 {
+    match proto {
+        6 => 0,
+        17 => 1,
+        1 => 2,
+        58 => 3,
+        _ => 4,
+    }
+}
+
+/// Every verdict of `class`, for `fw_dense` (0: the default).
+fn dense_verdicts(policy: &Policy, c: &Compiled, class: u32) -> (u32, Vec<u64>) {
+    let mut d = vec![0u64; abi::DENSE_SLOTS as usize];
+    for v in c.verdicts.iter().filter(|v| v.class == class) {
+        let flags = if policy.rules[v.rule].log {
+            abi::FLAG_LOG
+        } else {
+            0
+        };
+        let val = u64::from(RuleId::of_rule(v.rule).0)
+            | u64::from(action_byte(v.action)) << 32
+            | u64::from(flags) << 40;
+        let span = 1u32 << (16 - v.plen);
+        let lo = u32::from(v.port) & !(span - 1);
+        for port in lo..lo + span {
+            d[abi::dense_idx(dir_byte(v.dir), dense_row(v.proto), port as u16) as usize] = val;
+        }
+    }
+    (class, d)
 }
 
 /// The blocklists: classes (not 0, which has no map entry) whose every
@@ -460,6 +599,12 @@ pub fn config(policy: &Policy, e: &Encoded, generation: u32, cpus: u32) -> abi::
         log_drops: u8::from(l.drops),
         pad2: [0; 7],
         tcp_timeouts: policy.timeouts.tcp_by_state(),
+        any4: e.any4,
+        any6: e.any6,
+        dense_class: e.dense.as_ref().map_or(0, |d| d.0),
+        hostbits_mask: e.hostbits_words() * 64 - 1,
+        maps2: e.maps2(),
+        pad3: [0; 7],
     }
 }
 

@@ -102,6 +102,8 @@ impl FwInstance {
                 .map_max_entries(abi::MAP_HOST6, sizes.host6)
                 .map_max_entries(abi::MAP_PORTS, sizes.ports)
                 .map_max_entries(abi::MAP_RULE_STATS, sizes.rules)
+                .map_max_entries(abi::MAP_DENSE, sizes.dense)
+                .map_max_entries(abi::MAP_HOSTBITS, sizes.hostbits)
                 .map_max_entries(abi::MAP_CT, super::pins::ct_max(policy))
                 .map_max_entries(abi::MAP_CT_ASSURED, super::pins::ct_max(policy))
                 .default_map_pin_directory(pin_dir);
@@ -192,7 +194,26 @@ impl FwInstance {
             &mut tick,
         )?;
         progress("filling maps", total, total);
-        let cfg = moat_core::fw::encode::config(policy, e, self.generation, cpus()? as u32);
+        let mut cfg = moat_core::fw::encode::config(policy, e, self.generation, cpus()? as u32);
+        // The dense table and the host bits, each in one write, if the maps
+        // (sized when this instance was loaded) can take them.
+        let cap = |m: &aya::maps::Map| match m {
+            aya::maps::Map::Array(d) => d.info().map_or(0, |i| i.max_entries()),
+            _ => 0,
+        };
+        match &e.dense {
+            Some((_, d)) if cap(self.map(abi::MAP_DENSE)?) as usize >= d.len() => {
+                write_mmapable(self.map(abi::MAP_DENSE)?, as_bytes(d))?;
+            }
+            _ => cfg.maps2 &= !abi::HAS2_DENSE,
+        }
+        if cfg.maps2 & abi::HAS2_HOSTBITS != 0 {
+            let have = cap(self.map(abi::MAP_HOSTBITS)?);
+            let words = e.hostbits_words().min(have.max(1));
+            // (a power of two: both are)
+            write_mmapable(self.map(abi::MAP_HOSTBITS)?, as_bytes(&e.hostbits(words)))?;
+            cfg.hostbits_mask = words * 64 - 1;
+        }
         let mut a: Array<_, FwConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
         a.set(0, cfg, 0)?;
         Ok(())
@@ -424,8 +445,30 @@ pub fn ct_hash(k: &FwCtKey) -> u32 {
     h ^ (h >> 16)
 }
 
+fn as_bytes(v: &[u64]) -> &[u8] {
+    // SAFETY: u64s are plain bytes; the slice covers exactly their memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Copies `data` to the start of a BPF_F_MMAPABLE array in one write.
+fn write_mmapable(map: &aya::maps::Map, data: &[u8]) -> Result<()> {
+    with_mmap(map, data.len(), |p| {
+        // SAFETY: p maps at least data.len() bytes (see with_mmap).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
+    })
+}
+
 /// Zeroes the first `bytes` of a BPF_F_MMAPABLE array in one write.
 fn zero_mmapable(map: &aya::maps::Map, bytes: usize) -> Result<()> {
+    with_mmap(map, bytes, |p| {
+        // SAFETY: p maps at least `bytes` bytes (see with_mmap).
+        unsafe { std::ptr::write_bytes(p, 0, bytes) }
+    })
+}
+
+/// Runs `f` on a shared writable mapping of the first `bytes` of an
+/// array map (BPF_F_MMAPABLE; the map must hold at least that much).
+fn with_mmap(map: &aya::maps::Map, bytes: usize, f: impl FnOnce(*mut u8)) -> Result<()> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let aya::maps::Map::Array(data) = map else {
         return Err(anyhow!("not an array map"));
@@ -444,11 +487,11 @@ fn zero_mmapable(map: &aya::maps::Map, bytes: usize) -> Result<()> {
         );
         if p == libc::MAP_FAILED {
             return Err(anyhow!(
-                "mapping the flow table: {}",
+                "mapping an array map: {}",
                 std::io::Error::last_os_error()
             ));
         }
-        std::ptr::write_bytes(p.cast::<u8>(), 0, bytes);
+        f(p.cast::<u8>());
         libc::munmap(p, bytes);
     }
     Ok(())
