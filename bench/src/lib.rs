@@ -17,6 +17,7 @@ use moat_host::{
 
 pub mod live;
 pub mod report;
+pub mod tcplife;
 pub mod updates;
 pub mod xdpfilter;
 
@@ -103,7 +104,8 @@ fn rules_policy(n: usize, six: bool) -> Policy {
     )
 }
 
-/// One deny rule whose remote is a set of N addresses, plus an allow-all-tcp rule.
+/// A blocklist: a set of N addresses denied both ways whatever the protocol
+/// and port (so moat drops it before any conntrack work), plus an allow rule.
 fn blocklist_policy(n: usize, six: bool) -> Policy {
     let set: Vec<Cidr> = (0..n)
         .map(|i| {
@@ -114,8 +116,14 @@ fn blocklist_policy(n: usize, six: bool) -> Policy {
             }
         })
         .collect();
+    let mut block_in = rule("blocklist-in".into(), Action::Deny, Some(set.clone()), None);
+    block_in.protos = vec![Proto::Any];
+    let mut block_out = rule("blocklist-out".into(), Action::Deny, Some(set), None);
+    block_out.protos = vec![Proto::Any];
+    block_out.direction = Dir::Egress;
     policy(vec![
-        rule("blocklist".into(), Action::Deny, Some(set), None),
+        block_in,
+        block_out,
         rule("web".into(), Action::Allow, None, Some(vec![(443, 443)])),
     ])
 }
@@ -147,6 +155,24 @@ fn run_once(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
 }
 
 /// Fastest and slowest round.
+/// Median over `frames` of one run each (distinct packets: what repeat
+/// cannot measure, such as each packet opening a new connection); the
+/// kernel times each run, so this includes its timer's own cost, which the
+/// floor measured the same way shows.
+fn single_runs(prog: &Xdp, frames: &[Vec<u8>]) -> Result<(f64, u32)> {
+    let mut ns = Vec::with_capacity(frames.len());
+    let mut ret = 0;
+    for f in frames {
+        let (t, r) = run_once(prog, f, 1)?;
+        ns.push(t);
+        ret = r;
+    }
+    Ok((median(ns), ret))
+}
+
+/// Distinct frames opening new connections to `port`.
+pub const SINGLE_RUNS: usize = 2000;
+
 fn min_max(runs: &[f64]) -> (f64, f64) {
     (
         runs.iter().copied().fold(f64::MAX, f64::min),
@@ -223,6 +249,22 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
         });
     }
     say(&format!("floor: {ns:.1} ns/packet"));
+    let singles: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|i| frame_between(IpAddr::V4(v4(5)), local(false), 6, 20000 + i as u16, 22))
+        .collect();
+    let mut floor_single = Vec::new();
+    for _ in 0..o.rounds {
+        floor_single.push(single_runs(floor, &singles)?.0);
+    }
+    for &n in &o.sizes {
+        out.push(Sample {
+            scenario: "xdp-drop (floor), single runs",
+            n,
+            ns: stat(&floor_single),
+            spread: min_max(&floor_single),
+            verdict: "drop",
+        });
+    }
 
     // The peer: xdp-filter with N listed source addresses, loaded by its own
     // CLI on a lab interface and run on the same packet as moat's blocklist.
@@ -318,16 +360,39 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
                 .map(|(_, _, cases)| vec![Vec::new(); cases.len()])
                 .collect();
             let mut rets: Vec<Vec<u32>> = loaded.iter().map(|(_, _, c)| vec![0; c.len()]).collect();
+            // rules: new allowed connections, one single run per distinct packet.
+            let mut allowed: Vec<(Vec<f64>, u32)> = vec![(Vec::new(), 0); loaded.len()];
             for _ in 0..o.rounds {
-                for (k, (_, inst, cases)) in loaded.iter_mut().enumerate() {
+                for (k, (n, inst, cases)) in loaded.iter_mut().enumerate() {
                     for (j, (_, frame)) in cases.iter().enumerate() {
                         let (ns, ret) = run_once(inst.xdp()?, frame, o.repeat)?;
                         runs[k][j].push(ns);
                         rets[k][j] = ret;
                     }
+                    if family == "rules" {
+                        let port = 1000 + ((*n / 2) % 60000) as u16;
+                        let frames: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+                            .map(|i| {
+                                frame_between(src(*n / 2), local(six), 6, 20000 + i as u16, port)
+                            })
+                            .collect();
+                        inst.clear_state()?;
+                        let (ns, ret) = single_runs(inst.xdp()?, &frames)?;
+                        allowed[k].0.push(ns);
+                        allowed[k].1 = ret;
+                    }
                 }
             }
             for (k, (n, inst, cases)) in loaded.into_iter().enumerate() {
+                if family == "rules" {
+                    let (r, ret) = std::mem::take(&mut allowed[k]);
+                    out.push(sample(
+                        leak(format!("rules {fam}: new, allowed (single runs)")),
+                        n,
+                        (stat(&r), min_max(&r), ret),
+                        &mut say,
+                    ));
+                }
                 for (j, (scenario, _)) in cases.iter().enumerate() {
                     let r = std::mem::take(&mut runs[k][j]);
                     out.push(sample(

@@ -82,6 +82,16 @@ struct UpdateArgs {
     applies: usize,
 }
 
+#[derive(Args, Clone)]
+struct LifeArgs {
+    /// Whole TCP connections per measurement.
+    #[arg(long, default_value = "3000")]
+    conns: usize,
+    /// Interleaved rounds.
+    #[arg(long, default_value = "5")]
+    life_rounds: usize,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Everything below, then writes the report (markdown + two SVG plots).
@@ -92,6 +102,8 @@ enum Cmd {
         live: LiveArgs,
         #[command(flatten)]
         updates: UpdateArgs,
+        #[command(flatten)]
+        life: LifeArgs,
         /// Markdown report to write (the SVGs go next to it).
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
@@ -110,6 +122,11 @@ enum Cmd {
     Updates {
         #[command(flatten)]
         updates: UpdateArgs,
+    },
+    /// Whole TCP connections per second through moat and nf_conntrack.
+    TcpLife {
+        #[command(flatten)]
+        life: LifeArgs,
     },
 }
 
@@ -215,10 +232,15 @@ fn main() -> Result<()> {
             let (times, traffic) = run_updates(&updates)?;
             println!("{}", report::updates_markdown(&times, Some(&traffic)));
         }
+        Cmd::TcpLife { life } => {
+            let r = moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
+            println!("{}", report::life_markdown(&r));
+        }
         Cmd::Report {
             cost,
             live,
             updates,
+            life,
             out,
         } => {
             let (co, lo) = (cost_opts(&cost)?, live_opts(&live)?);
@@ -226,6 +248,8 @@ fn main() -> Result<()> {
             let samples = run_cost(&co)?;
             let (res, skipped) = moat_bench::live::run_all(&lo, |s| eprintln!("{s}"))?;
             let (times, traffic) = run_updates(&updates)?;
+            let lives =
+                moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
             let dir = out.parent().map(PathBuf::from).unwrap_or_default();
             let (cost_svg, live_svg) = ("benchmarks-prog-cost.svg", "benchmarks-live.svg");
             std::fs::write(dir.join(cost_svg), moat_bench::svg(&samples, &co.sizes))?;
@@ -240,6 +264,7 @@ fn main() -> Result<()> {
                 &times,
                 &traffic,
                 &bars,
+                (&lives, &life),
                 t0.elapsed(),
             );
             std::fs::write(&out, md)?;
@@ -260,6 +285,7 @@ fn document(
     times: &[updates::ApplyTime],
     traffic: &updates::UnderTraffic,
     bars: &[report::Bar],
+    (lives, life): (&[moat_bench::tcplife::LifeResult], &LifeArgs),
     took: std::time::Duration,
 ) -> String {
     let mut md = format!(
@@ -276,12 +302,17 @@ fn document(
          BPF_PROG_TEST_RUN (the kernel times the repetitions). \
          `rules`: N moat rules, each allowing one TCP port from one /32 (/128); the packet comes from one of \
          those addresses to a port its rule does not allow, so every lookup runs and the default denies it; \
-         `established`: to the allowed port (the first run opens the connection, the rest hit conntrack). \
-         `blocklist`: one moat deny rule over a set of N addresses; the packet comes from a listed address. \
+         `established`: to the allowed port (the first run opens the connection, the rest hit conntrack); \
+         `new, allowed (single runs)`: {single} distinct packets to the allowed port, each opening a new \
+         connection (a conntrack insert), each run once, median per round (a single run includes the kernel \
+         timer's own cost: compare with the floor measured the same way). \
+         `blocklist`: a set of N addresses denied both ways whatever the port (moat drops them before any \
+         conntrack work); the packet comes from a listed address. \
          `xdp-filter`: xdp-tools' xdp-filter (stateless, default variant) with the same N addresses denied as \
          sources, same packet. The floor is an XDP program that only returns XDP_DROP.\n\n{}\n\
          ![ns per packet against N](benchmarks-prog-cost.svg)\n\n",
-        moat_bench::markdown(samples, &co.sizes, co)
+        moat_bench::markdown(samples, &co.sizes, co),
+        single = moat_bench::SINGLE_RUNS
     ));
     md.push_str(&format!(
         "## Live traffic\n\n\
@@ -312,6 +343,17 @@ fn document(
         "## Policy updates\n\n`moat fw apply` (parse, compile, load, fill the maps, swap the program \
          atomically) of a policy with a blocklist of N addresses, on a veth in a lab namespace:\n\n{}\n",
         report::updates_markdown(times, Some(traffic))
+    ));
+    md.push_str(&format!(
+        "\n## A TCP connection's whole life\n\nA client in namespace a opens {} connections one after \
+         another to a server in b (connect, one request, one reply, the server closes, the client closes: \
+         SYN to FIN), through each stateful firewall on b: moat (ingress allows tcp 7000, default deny, \
+         TCP tracked by state) and nf_conntrack with the equivalent nftables ruleset \
+         (`ct state established,related accept`, `tcp dport 7000 accept`, policy drop); each on its own \
+         lab, {} interleaved rounds. Whole connections per second, median (min–max):\n\n{}\n",
+        life.conns,
+        life.life_rounds,
+        report::life_markdown(lives)
     ));
     md
 }

@@ -41,13 +41,13 @@ pub struct UnderTraffic {
 }
 
 /// A scratch directory for pins, state and policy files, removed on drop.
-struct Scratch {
+pub(crate) struct Scratch {
     pins: PathBuf,
     state: PathBuf,
 }
 
 impl Scratch {
-    fn new(tag: &str) -> Result<Scratch> {
+    pub(crate) fn new(tag: &str) -> Result<Scratch> {
         let s = Scratch {
             pins: PathBuf::from(format!("/sys/fs/bpf/moat-bench-{tag}")),
             state: std::env::temp_dir().join(format!("moat-bench-{tag}")),
@@ -58,7 +58,7 @@ impl Scratch {
     fn paths(&self) -> Paths {
         Paths::under(&self.pins, &self.state)
     }
-    fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
+    pub(crate) fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
         let p = self.state.join(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
         Ok(p)
@@ -94,7 +94,8 @@ fn policy_with_blocklist(s: &Scratch, name: &str, entries: usize, offset: u32) -
     )
 }
 
-fn apply(s: &Scratch, lab: &Lab, policy: &Path) -> Result<f64> {
+/// `moat fw apply` of `policy` on lab's b end, pins and state in `s`.
+pub(crate) fn apply_to(s: &Scratch, lab: &Lab, policy: &Path) -> Result<f64> {
     let t = Instant::now();
     apply_at(
         &s.paths(),
@@ -124,8 +125,8 @@ pub fn apply_times(
         let s = Scratch::new(&format!("{tag}{k}"))?;
         let p1 = policy_with_blocklist(&s, "one", n, 0)?;
         let p2 = policy_with_blocklist(&s, "two", n, 1)?;
-        let first = apply(&s, &lab, &p1)?;
-        let again = apply(&s, &lab, &p2)?;
+        let first = apply_to(&s, &lab, &p1)?;
+        let again = apply_to(&s, &lab, &p2)?;
         say(&format!(
             "apply N={n}: first {first:.2} s, again {again:.2} s"
         ));
@@ -147,11 +148,11 @@ pub fn under_traffic(applies: usize, entries: usize, tag: &str) -> Result<UnderT
     let _servers = EchoServers::start(&lab.ns_b, &dsts, 7000)?;
     let p1 = policy_with_blocklist(&s, "one", entries, 0)?;
     let p2 = policy_with_blocklist(&s, "two", entries, 1)?;
-    apply(&s, &lab, &p1)?;
+    apply_to(&s, &lab, &p1)?;
     let t = Instant::now();
     let traffic = Lockstep::start(&lab.ns_a, &dsts, 7000)?;
     for i in 0..applies {
-        apply(&s, &lab, if i % 2 == 0 { &p2 } else { &p1 })?;
+        apply_to(&s, &lab, if i % 2 == 0 { &p2 } else { &p1 })?;
     }
     let (exchanged, lost) = traffic.finish()?;
     Ok(UnderTraffic {

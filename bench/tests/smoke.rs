@@ -20,11 +20,12 @@ fn prog_cost_smoke() {
     let samples = moat_bench::prog_cost(&o, &pins, |_| {});
     let _ = std::fs::remove_dir_all(&pins);
     let samples = samples.unwrap();
-    // floor + xdp-filter v4/v6 + (rules: 2 scenarios + blocklist: 1) x (v4, v6), per size
-    assert_eq!(samples.len(), 2 * (1 + 2 + 6));
+    // floor (repeat and single runs) + xdp-filter v4/v6 + (rules: 3 scenarios
+    // + blocklist: 1) x (v4, v6), per size
+    assert_eq!(samples.len(), 2 * (2 + 2 + 8));
     assert!(samples.iter().all(|s| s.ns > 0.0));
     for s in &samples {
-        let want = if s.scenario.contains("established") {
+        let want = if s.scenario.contains("established") || s.scenario.contains("allowed") {
             "pass"
         } else {
             "drop"
@@ -84,6 +85,20 @@ fn live_smoke() {
     // Live bars are evaluated (the 10k ones need N=10k: not measured here).
     assert!(bars[1].met.is_some() && bars[2].met.is_some(), "{bars:?}");
     assert!(bars[3].met.is_none());
+}
+
+/// TCP connections' whole lives through each stateful firewall.
+#[test]
+fn tcp_life_smoke() {
+    if !privileged("tcp_life_smoke") {
+        return;
+    }
+    moat_host::sys::ensure_bpffs().unwrap();
+    let r = moat_bench::tcplife::run(50, 1, |_| {}).unwrap();
+    assert_eq!(r.len(), moat_bench::tcplife::CONFIGS.len());
+    assert!(r.iter().all(|x| x.rate > 0.0), "{r:?}");
+    let md = moat_bench::report::life_markdown(&r);
+    assert!(md.contains("| nftables conntrack |") && md.contains("**1.00x**"), "{md}");
 }
 
 /// Policy updates: apply times and a few applies under checked traffic.
