@@ -98,7 +98,10 @@ fn tcp_life_smoke() {
     assert_eq!(r.len(), moat_bench::tcplife::CONFIGS.len());
     assert!(r.iter().all(|x| x.rate > 0.0), "{r:?}");
     let md = moat_bench::report::life_markdown(&r);
-    assert!(md.contains("| nftables conntrack |") && md.contains("**1.00x**"), "{md}");
+    assert!(
+        md.contains("| nftables conntrack |") && md.contains("**1.00x**"),
+        "{md}"
+    );
 }
 
 /// Policy updates: apply times and a few applies under checked traffic.

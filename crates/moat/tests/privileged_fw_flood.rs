@@ -53,6 +53,21 @@ fn push_server(ns: &str, at: SocketAddr, go: Arc<AtomicBool>) -> std::thread::Jo
     })
 }
 
+/// An echo server in `ns` at `at` for one connection, with no idle limit
+/// (EchoServers closes a connection idle for 500 ms).
+fn patient_echo(ns: &str, at: SocketAddr) -> std::thread::JoinHandle<()> {
+    let l = in_ns(ns, move || std::net::TcpListener::bind(at).unwrap());
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 fn connect(ns: &str, to: SocketAddr) -> TcpStream {
     in_ns(ns, move || {
         let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
@@ -229,4 +244,65 @@ fn a_flood_of_new_flows_cannot_evict_assured_connections() {
     assert!(n("assured_entries") >= 3, "{ct}");
     // The flood's one-sided flows were never assured.
     assert!(n("assured") < 100, "{ct}");
+}
+
+/// `conntrack: { max }` changes resize the pinned tables at the next apply,
+/// live connections carried over: the connection keeps talking, and the
+/// ingress default (deny) would drop the server's replies if its entry had
+/// been lost.
+#[test]
+fn resizing_the_conntrack_tables_keeps_live_connections() {
+    if !common::privileged("resizing_the_conntrack_tables_keeps_live_connections") {
+        return;
+    }
+    let t = common::tag("ctrsz");
+    let lab = Lab::create(&t, &LabConfig::default()).expect("creating lab");
+    let root = FwRoot::new(&t);
+    let policy = |max: u32| {
+        common::policy_file_as(
+            &t,
+            &format!("p{max}.yaml"),
+            &format!(
+                "default: {{ ingress: deny, egress: allow }}\nconntrack: {{ max: {max} }}\nrules: []\n"
+            ),
+        )
+    };
+    root.apply(&lab, &policy(4096));
+    let a4: IpAddr = netlab::A4.parse().unwrap();
+    let echo = patient_echo(&lab.ns_a, SocketAddr::new(a4, 5555));
+    let go = Arc::new(AtomicBool::new(false));
+    let pusher = push_server(&lab.ns_a, SocketAddr::new(a4, 5556), Arc::clone(&go));
+    let mut conn = connect(&lab.ns_b, SocketAddr::new(a4, 5555));
+    let mut idle = connect(&lab.ns_b, SocketAddr::new(a4, 5556));
+    let mut hello = [0u8; 6];
+    idle.read_exact(&mut hello).unwrap();
+    assert!(exchange(&mut conn, 1));
+    let st = root.status();
+    assert_eq!(st["conntrack"]["assured_max"], 4096);
+    let (ok, out, err) = root.moat(&common::apply_args(&policy(16384), &lab, &[]));
+    assert!(ok, "{out}\n{err}");
+    let st = root.status();
+    assert_eq!(st["conntrack"]["assured_max"], 16384, "{}", st["conntrack"]);
+    assert_eq!(st["conntrack"]["new_max"], 16384);
+    assert!(
+        st["conntrack"]["assured_entries"].as_u64().unwrap() >= 2,
+        "connections carried over: {}",
+        st["conntrack"]
+    );
+    assert!(exchange(&mut conn, 2), "the live connection still talks");
+    // The idle one: its server speaks first, so only the carried-over entry
+    // lets the data in.
+    go.store(true, Ordering::Relaxed);
+    let mut push = [0u8; 5];
+    assert!(
+        idle.read_exact(&mut push).is_ok() && &push == b"push\n",
+        "the server's push after the resize came through"
+    );
+    pusher.join().unwrap();
+    // And back down again.
+    root.apply(&lab, &policy(4096));
+    assert_eq!(root.status()["conntrack"]["assured_max"], 4096);
+    assert!(exchange(&mut conn, 3));
+    drop(conn);
+    echo.join().unwrap();
 }

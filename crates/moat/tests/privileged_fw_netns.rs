@@ -133,7 +133,13 @@ fn default_deny_lets_only_allowed_ports_in() {
         s["reasons"]["drop_default"]["packets"].as_u64().unwrap() >= 4,
         "{s}"
     );
-    assert!(s["conntrack"]["entries"].as_u64().unwrap() > 0);
+    let ct = &s["conntrack"];
+    assert!(
+        ct["new_entries"].as_u64().unwrap() + ct["assured_entries"].as_u64().unwrap() > 0,
+        "{ct}"
+    );
+    // The allowed exchanges went both ways: assured.
+    assert!(ct["assured"].as_u64().unwrap() > 0, "{ct}");
 }
 
 #[test]

@@ -130,6 +130,31 @@ pub fn check(path: &Path, json_out: bool, budget: Option<u64>) -> Result<()> {
     for (n, k) in e.map_entries() {
         println!("  {n:<12} {k:>9}");
     }
+    // The fast path (see docs/policy.md): what a packet from anywhere costs.
+    let blocks = moat_core::fw::encode::blocked_classes(&p, &c);
+    if let Some((class, _)) = &e.dense {
+        println!(
+            "fast path: class {class} (remotes no listed prefix covers) decided by one read of fw_dense ({} slots)",
+            moat_abi::fw::DENSE_SLOTS
+        );
+    }
+    if e.maps2() & moat_abi::fw::HAS2_HOSTBITS != 0 {
+        println!(
+            "  host addresses behind a bit filter of {} bits",
+            e.hostbits_words() * 64
+        );
+    }
+    if !blocks.is_empty() {
+        let mut ids: Vec<u32> = blocks.keys().copied().collect();
+        ids.sort_unstable();
+        println!(
+            "  blocklist classes (denied both ways, dropped before conntrack): {}",
+            ids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "kernel memory for the policy maps: about {}",
         human(e.memory_bytes() as f64, "B")
