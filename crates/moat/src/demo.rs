@@ -265,7 +265,9 @@ fn firewall_phase(lab: &Lab, json: bool, log: &LogOpts) -> Result<()> {
         let reasons: serde_json::Map<String, serde_json::Value> = names
             .iter()
             .zip(&stats)
-            .filter(|(_, v)| v.packets > 0)
+            .enumerate()
+            .filter(|(i, (_, v))| moat_abi::fw::stat_is_verdict(*i as u32) && v.packets > 0)
+            .map(|(_, nv)| nv)
             .map(|(n, v)| ((*n).to_string(), v.packets.into()))
             .collect();
         println!(
@@ -276,7 +278,9 @@ fn firewall_phase(lab: &Lab, json: bool, log: &LogOpts) -> Result<()> {
         let summary: Vec<String> = names
             .iter()
             .zip(&stats)
-            .filter(|(_, v)| v.packets > 0)
+            .enumerate()
+            .filter(|(i, (_, v))| moat_abi::fw::stat_is_verdict(*i as u32) && v.packets > 0)
+            .map(|(_, nv)| nv)
             .map(|(n, v)| format!("{n} {}", v.packets))
             .collect();
         println!("firewall counters: {}", summary.join(", "));

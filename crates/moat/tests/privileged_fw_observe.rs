@@ -257,9 +257,18 @@ fn flows_metrics_and_capture_match_the_traffic_sent() {
     assert!(iface("egress", "pass", "moat_interface_packets_total") >= 5.0);
     assert_eq!(iface("egress", "drop", "moat_interface_packets_total"), 0.0);
     // The one tracked exchange went both ways: assured, none left new.
-    assert_eq!(sample(&s, "moat_conntrack_entries", &[("table", "assured")]), 1.0);
-    assert_eq!(sample(&s, "moat_conntrack_entries", &[("table", "new")]), 0.0);
-    assert_eq!(sample(&s, "moat_conntrack_evicted_total", &[("table", "new")]), 0.0);
+    assert_eq!(
+        sample(&s, "moat_conntrack_entries", &[("table", "assured")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&s, "moat_conntrack_entries", &[("table", "new")]),
+        0.0
+    );
+    assert_eq!(
+        sample(&s, "moat_conntrack_evicted_total", &[("table", "new")]),
+        0.0
+    );
     assert_eq!(
         sample(&s, "moat_map_entries", &[("map", abi::MAP_FLOWS)]),
         1.0
@@ -270,7 +279,11 @@ fn flows_metrics_and_capture_match_the_traffic_sent() {
         ct_max
     );
     assert_eq!(
-        sample(&s, "moat_map_pressure_ratio", &[("map", abi::MAP_CT_ASSURED)]),
+        sample(
+            &s,
+            "moat_map_pressure_ratio",
+            &[("map", abi::MAP_CT_ASSURED)]
+        ),
         1.0 / ct_max
     );
     // The three drops are events (log.drops), none lost.

