@@ -480,10 +480,16 @@ pub struct LiveOpts {
 /// Runs every filter at every N: for each N, all configurations are
 /// installed side by side (one lab each) and measured in interleaved rounds
 /// (A B C … A B C …); the ceiling (XDP drop) is measured in every round.
+/// Below this drop rate a filter is not measured at larger N.
+pub const MIN_PPS: f64 = 2000.0;
+
 pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResult>, Vec<String>)> {
     let mut out = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     let mut too_slow: Vec<Filter> = Vec::new();
+    // Filters that dropped fewer than MIN_PPS at some N: at a larger N each
+    // measurement (and each read of their counters) would take minutes.
+    let mut crawling: Vec<(Filter, usize, f64)> = Vec::new();
     // The ceiling first: every round's ratios are to its own ceiling.
     let mut filters = o.filters.clone();
     filters.retain(|f| *f != Filter::XdpDrop);
@@ -491,6 +497,13 @@ pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResul
     for (k, &n) in o.sizes.iter().enumerate() {
         let mut rigs = Vec::new();
         for (i, &f) in filters.iter().enumerate() {
+            if let Some((_, at, pps)) = crawling.iter().find(|c| c.0 == f) {
+                skipped.push(format!(
+                    "{} at N={n}: it dropped {pps:.0} packets/s at N={at} (under {MIN_PPS}), slower still at larger N",
+                    f.name()
+                ));
+                continue;
+            }
             if too_slow.contains(&f) {
                 skipped.push(format!(
                     "{} at N={n}: its install took over {:.0} s at a smaller N",
@@ -543,6 +556,12 @@ pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResul
             }
         }
         for (i, rig) in rigs.iter().enumerate() {
+            let mut v = pps[i].clone();
+            v.sort_by(f64::total_cmp);
+            let med = v.get(v.len() / 2).copied().unwrap_or(0.0);
+            if rig.filter.takes_rules() && med < MIN_PPS {
+                crawling.push((rig.filter, n, med));
+            }
             out.push(LiveResult {
                 filter: rig.filter,
                 n,

@@ -748,12 +748,14 @@ static __always_inline __u8 fw_tcp_first(__u8 flags)
 static __always_inline void fw_ct_assure(const struct fw_ct_val *ct, const struct fw_ct_key *k)
 {
 	struct fw_ct_val v = *ct;
+	long err = bpf_map_update_elem(&fw_ct_assured, k, &v, BPF_NOEXIST);
 
-	if (bpf_map_update_elem(&fw_ct_assured, k, &v, BPF_NOEXIST) == 0) {
+	if (err == 0)
 		moat_count_add(&fw_stats, FW_STAT_CT_ASSURED, 0);
-		if (bpf_map_delete_elem(&fw_ct, k) == 0)
-			moat_count_add(&fw_stats, FW_STAT_CT_MOVED, 0);
-	}
+	/* Moved here, or by another CPU at the same time (-EEXIST): either way
+	 * the copy in fw_ct goes (whichever CPU deletes it counts the move). */
+	if ((err == 0 || err == -17 /* EEXIST */) && bpf_map_delete_elem(&fw_ct, k) == 0)
+		moat_count_add(&fw_stats, FW_STAT_CT_MOVED, 0);
 }
 
 /* Step 4a: a packet of a tracked connection. Current generation: passes;
