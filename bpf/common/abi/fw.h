@@ -376,7 +376,7 @@ struct fw_config {
 	__u32 dense_class;      /* see fw_dense (FW_HAS2_DENSE) */
 	__u32 hostbits_mask;    /* bits of fw_hostbits - 1 (FW_HAS2_HOSTBITS) */
 	__u8 maps2;             /* FW_HAS2_* */
-	__u8 pad3[7];
+	__u8 pad3[7];           /* 176 bytes, no hidden padding */
 };
 
 /* One connection, as the host sees it (same key in both directions). */

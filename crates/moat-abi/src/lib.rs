@@ -233,7 +233,8 @@ mod tests {
         assert_eq!(size_of::<fw::FwVerdictKey>(), 12);
         assert_eq!(size_of::<fw::FwVerdict>(), 8);
         assert_eq!(size_of::<fw::FwPortKey>(), 12);
-        assert_eq!(size_of::<fw::FwConfig>(), 128);
+        assert_eq!(size_of::<fw::FwConfig>(), 176);
+        assert_eq!(size_of::<fw::FwClass>(), 16);
         assert_eq!(core::mem::offset_of!(fw::FwConfig, tcp_timeouts), 64);
         assert_eq!(core::mem::offset_of!(fw::FwConfig, ev_cost_ns), 24);
         assert_eq!(size_of::<fw::FwFlowVal>(), 48);
