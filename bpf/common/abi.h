@@ -3,7 +3,7 @@
  * abi.h — THE kernel/user ABI of moat.
  *
  * Included by every bpf/<family>/<family>.bpf.c: an umbrella over one part per
- * family in abi/ (count.h, fw.h; lb.h and sec.h join them the same way).
+ * family in abi/ (count.h, fw.h, lb.h; sec.h joins them the same way).
  * Mirrored in Rust by crates/moat-abi (src/count.rs, src/fw.rs: same names,
  * same layout); a test without root checks the mirror against the compiled
  * objects (map key/value sizes, struct field offsets from BTF, names present,
@@ -21,5 +21,6 @@
 
 #include "abi/count.h"
 #include "abi/fw.h"
+#include "abi/lb.h"
 
 #endif /* MOAT_ABI_H */

@@ -12,6 +12,8 @@ pub mod count;
 
 pub mod fw;
 
+pub mod lb;
+
 pub mod parse;
 
 /// Layout of one struct crossing the kernel/user boundary: its C name, size
@@ -136,6 +138,43 @@ pub const LAYOUTS: &[StructLayout] = &[
         fw::FwFragKey,
         [src, dst, id, proto, family, pad]
     ),
+    layout!("lb_vip_key", lb::LbVipKey, [addr, port, proto, family]),
+    layout!(
+        "lb_vip",
+        lb::LbVip,
+        [svc, table_off, mode, hash, flags, pad]
+    ),
+    layout!(
+        "lb_backend",
+        lb::LbBackend,
+        [addr, port, family, state, svc, weight, pad]
+    ),
+    layout!(
+        "lb_svc",
+        lb::LbSvc,
+        [name, vip, port, proto, family, mode, hash, used, pad]
+    ),
+    layout!(
+        "lb_ct_key",
+        lb::LbCtKey,
+        [client, vip, cport, vport, proto, family, pad]
+    ),
+    layout!(
+        "lb_ct_val",
+        lb::LbCtVal,
+        [last_ns, slot, svc, backend, bport, closing, pad]
+    ),
+    layout!(
+        "lb_rev_key",
+        lb::LbRevKey,
+        [backend, client, bport, cport, proto, family, pad]
+    ),
+    layout!("lb_rev_val", lb::LbRevVal, [vip, vport, pad]),
+    layout!(
+        "lb_config",
+        lb::LbConfig,
+        [table_size, generation, udp_idle_ns, tcp_idle_ns]
+    ),
 ];
 
 /// Every (kind, name, key size, value size) the objects must contain.
@@ -171,6 +210,17 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, count::CountValue>("fw", fw::MAP_IFSTATS),
     map::<u32, u32>("fw", fw::MAP_CTSEEN),
     map::<u32, u64>("fw", fw::MAP_GEN),
+    map::<lb::LbVipKey, lb::LbVip>("lb", lb::MAP_VIPS),
+    map::<u32, u32>("lb", lb::MAP_MAGLEV),
+    map::<u32, lb::LbBackend>("lb", lb::MAP_BACKENDS),
+    map::<u32, lb::LbSvc>("lb", lb::MAP_SVCS),
+    map::<lb::LbCtKey, lb::LbCtVal>("lb", lb::MAP_CT),
+    map::<lb::LbRevKey, lb::LbRevVal>("lb", lb::MAP_REV),
+    map::<u32, count::CountValue>("lb", lb::MAP_STATS),
+    map::<u32, count::CountValue>("lb", lb::MAP_BSTATS),
+    map::<u32, count::CountValue>("lb", lb::MAP_SSTATS),
+    map::<u32, u64>("lb", lb::MAP_NCONN),
+    map::<u32, lb::LbConfig>("lb", lb::MAP_CONFIG),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
@@ -187,11 +237,12 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("count", count::PROG_XDP),
     ("fw", fw::PROG_XDP),
     ("fw", fw::PROG_TC),
+    ("lb", lb::PROG_XDP),
 ];
 
 #[cfg(feature = "aya")]
 mod pod {
-    use super::{count::CountValue, fw::*};
+    use super::{count::CountValue, fw::*, lb::*};
     // SAFETY (all below): #[repr(C)] structs of integer fields and byte
     // arrays with explicit padding fields, so no implicit padding; every bit
     // pattern is a valid value.
@@ -209,6 +260,15 @@ mod pod {
     unsafe impl aya::Pod for FwFragKey {}
     unsafe impl aya::Pod for FwFlowVal {}
     unsafe impl aya::Pod for FwEvstate {}
+    unsafe impl aya::Pod for LbVipKey {}
+    unsafe impl aya::Pod for LbVip {}
+    unsafe impl aya::Pod for LbBackend {}
+    unsafe impl aya::Pod for LbSvc {}
+    unsafe impl aya::Pod for LbCtKey {}
+    unsafe impl aya::Pod for LbCtVal {}
+    unsafe impl aya::Pod for LbRevKey {}
+    unsafe impl aya::Pod for LbRevVal {}
+    unsafe impl aya::Pod for LbConfig {}
 }
 
 #[cfg(test)]
@@ -249,6 +309,21 @@ mod tests {
         assert_eq!(size_of::<fw::FwFragKey>(), 40);
         assert_eq!(core::mem::offset_of!(fw::FwCtVal, port0), 40);
         assert_eq!(fw::STAT_NAMES.len(), fw::STAT_MAX as usize);
+    }
+
+    #[test]
+    fn lb_layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<lb::LbVipKey>(), 20);
+        assert_eq!(size_of::<lb::LbVip>(), 16);
+        assert_eq!(size_of::<lb::LbBackend>(), 32);
+        assert_eq!(size_of::<lb::LbSvc>(), 56);
+        assert_eq!(size_of::<lb::LbCtKey>(), 40);
+        assert_eq!(size_of::<lb::LbCtVal>(), 40);
+        assert_eq!(size_of::<lb::LbRevKey>(), 40);
+        assert_eq!(size_of::<lb::LbRevVal>(), 24);
+        assert_eq!(size_of::<lb::LbConfig>(), 24);
+        assert_eq!(lb::STAT_NAMES.len(), lb::STAT_MAX as usize);
     }
 
     #[test]

@@ -11,4 +11,5 @@
 pub mod classify;
 pub mod counters;
 pub mod fw;
+pub mod lb;
 pub mod packet;

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use aya_obj::Object;
-use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, fw, parse};
+use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, fw, lb, parse};
 
 /// bpf/common/abi.h and every part it includes (abi/*.h), as one text.
 fn abi_text() -> String {
@@ -175,6 +175,43 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_HAS_VERDICT", fw::HAS_VERDICT.to_string()),
         ("FW_HAS_BLOCK", fw::HAS_BLOCK.to_string()),
     ]);
+    rust.extend([
+        ("LB_PROG_XDP", lb::PROG_XDP.into()),
+        ("LB_PIN_DIR", lb::PIN_DIR.into()),
+        ("LB_MAP_VIPS", lb::MAP_VIPS.into()),
+        ("LB_MAP_MAGLEV", lb::MAP_MAGLEV.into()),
+        ("LB_MAP_BACKENDS", lb::MAP_BACKENDS.into()),
+        ("LB_MAP_SVCS", lb::MAP_SVCS.into()),
+        ("LB_MAP_CT", lb::MAP_CT.into()),
+        ("LB_MAP_REV", lb::MAP_REV.into()),
+        ("LB_MAP_STATS", lb::MAP_STATS.into()),
+        ("LB_MAP_BSTATS", lb::MAP_BSTATS.into()),
+        ("LB_MAP_SSTATS", lb::MAP_SSTATS.into()),
+        ("LB_MAP_NCONN", lb::MAP_NCONN.into()),
+        ("LB_MAP_CONFIG", lb::MAP_CONFIG.into()),
+        ("LB_MAX_BACKENDS", lb::MAX_BACKENDS.to_string()),
+        ("LB_MAX_SERVICES", lb::MAX_SERVICES.to_string()),
+        ("LB_NONE", format!("0x{:X}", lb::NONE)),
+        ("LB_MODE_NAT", lb::MODE_NAT.to_string()),
+        ("LB_MODE_DSR", lb::MODE_DSR.to_string()),
+        ("LB_VIP_ECHO", lb::VIP_ECHO.to_string()),
+        ("LB_HASH_SRC", lb::HASH_SRC.to_string()),
+        ("LB_HASH_SPORT", lb::HASH_SPORT.to_string()),
+        ("LB_HASH_DST", lb::HASH_DST.to_string()),
+        ("LB_HASH_DPORT", lb::HASH_DPORT.to_string()),
+        ("LB_HASH_PROTO", lb::HASH_PROTO.to_string()),
+        ("LB_B_EMPTY", lb::B_EMPTY.to_string()),
+        ("LB_B_UP", lb::B_UP.to_string()),
+        ("LB_B_DOWN", lb::B_DOWN.to_string()),
+        ("LB_B_DRAIN", lb::B_DRAIN.to_string()),
+        ("LB_STAT_MAX", lb::STAT_MAX.to_string()),
+    ]);
+    for (i, n) in lb::STAT_NAMES.iter().enumerate() {
+        rust.push((
+            Box::leak(format!("LB_STAT_{}", n.to_uppercase()).into_boxed_str()),
+            i.to_string(),
+        ));
+    }
     for (i, n) in fw::EV_NAMES.iter().enumerate() {
         rust.push((
             Box::leak(format!("FW_EV_{}", n.to_uppercase()).into_boxed_str()),

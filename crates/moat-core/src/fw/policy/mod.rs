@@ -312,7 +312,12 @@ pub const MAX_POLICY_BYTES: u64 = 16 << 20;
 pub const MAX_SET_FILE_BYTES: u64 = 256 << 20;
 
 impl PolicyErrors {
-    fn one(file: &Path, line: usize, col: usize, msg: impl Into<String>) -> PolicyErrors {
+    pub(crate) fn one(
+        file: &Path,
+        line: usize,
+        col: usize,
+        msg: impl Into<String>,
+    ) -> PolicyErrors {
         PolicyErrors(
             vec![PolicyError {
                 file: file.to_path_buf(),
@@ -347,7 +352,7 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
-mod parser;
+pub(crate) mod parser;
 pub mod read;
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@ pub(super) struct Parser {
 
 /// Shortens long quoted values in a message (a hostile 10 MB value must not
 /// make a 10 MB error line): each quoted run keeps its first 40 characters.
-fn shorten(msg: String) -> String {
+pub(crate) fn shorten(msg: String) -> String {
     const KEEP: usize = 40;
     if msg.len() <= 200 {
         return msg;
@@ -43,13 +43,13 @@ fn shorten(msg: String) -> String {
     out
 }
 
-fn pos(span: &Span) -> (usize, usize) {
+pub(crate) fn pos(span: &Span) -> (usize, usize) {
     span.start()
         .map(|m| (m.line(), m.column()))
         .unwrap_or((0, 0))
 }
 
-fn node_pos(n: &Node) -> (usize, usize) {
+pub(crate) fn node_pos(n: &Node) -> (usize, usize) {
     pos(n.span())
 }
 
@@ -738,7 +738,7 @@ fn parse_duration(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-fn load_error(e: &LoadError) -> ((usize, usize), String) {
+pub(crate) fn load_error(e: &LoadError) -> ((usize, usize), String) {
     let m = |mk: &marked_yaml::Marker| (mk.line(), mk.column());
     match e {
         LoadError::TopLevelMustBeMapping(mk) => (
