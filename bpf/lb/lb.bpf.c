@@ -183,6 +183,12 @@ struct lb_pkt {
 	__be16 dport;
 };
 
+/* An address as a global function argument (the verifier sizes a pointer
+ * argument by its type). */
+struct lb_addr {
+	__u8 a[16];
+};
+
 static __always_inline void lb_copy16(__u8 *d, const __u8 *s)
 {
 	__builtin_memcpy(d, s, 16);
@@ -191,13 +197,22 @@ static __always_inline void lb_copy16(__u8 *d, const __u8 *s)
 /* Rewrites one address (4 or 16 bytes at `a`) and one port of the packet,
  * updating the IPv4 header checksum and the L4 checksum. `which` 0 = the
  * destination, 1 = the source. */
-static __always_inline int lb_rewrite(void *data, void *data_end, struct lb_pkt *p, int which,
-				      const __u8 *addr, __be16 port)
+__noinline int lb_rewrite(struct xdp_md *ctx, struct lb_pkt *p, int which,
+			  const struct lb_addr *to, __u32 port_be)
 {
-	__u32 l3 = p->l3_off & 0xff;
-	__u32 l4 = p->l4_off & 0x1ff;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__be16 port = (__be16)port_be;
+	const __u8 *addr;
+	__u32 l3, l4;
 	__u16 *csum = 0;
 	__be16 *pp;
+
+	if (!p || !to)
+		return -1;
+	addr = to->a;
+	l3 = p->l3_off & 0xff;
+	l4 = p->l4_off & 0x1ff;
 
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *t = data + l4;
@@ -258,15 +273,20 @@ static __always_inline int lb_rewrite(void *data, void *data_end, struct lb_pkt 
 
 /* Sends the frame on toward `to` (the next hop's address): MACs from the
  * FIB and its neighbour table. NAT frames also lose one TTL / hop. */
-static __always_inline int lb_forward(struct xdp_md *ctx, struct lb_pkt *p, const __u8 *to,
-				      int ttl)
+__noinline int lb_forward(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_addr *to_a, int ttl)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct bpf_fib_lookup f = {};
 	struct ethhdr *eth = data;
-	__u32 l3 = p->l3_off & 0xff;
+	const __u8 *to;
+	__u32 l3;
 	long rc;
+
+	if (!p || !to_a)
+		return XDP_DROP;
+	to = to_a->a;
+	l3 = p->l3_off & 0xff;
 
 	f.ifindex = ctx->ingress_ifindex;
 	f.l4_protocol = p->proto;
@@ -411,18 +431,69 @@ static __always_inline const struct lb_backend *lb_tracked(struct lb_ct_val *ct,
 	return b;
 }
 
-static __always_inline int lb_service(struct xdp_md *ctx, struct lb_pkt *p,
-				      const struct lb_config *cfg, const struct lb_vip *vip)
+/* The Maglev pick for a new connection: a backend slot or LB_NONE. */
+__noinline __u32 lb_pick(struct lb_pkt *p, const struct lb_vip *vip, __u32 table_size)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	struct lb_hash_in h = {};
+	__u32 idx, *e;
+
+	if (!p || !vip || !table_size)
+		return LB_NONE;
+	if (vip->hash & LB_HASH_SRC)
+		lb_copy16(h.src, p->src);
+	if (vip->hash & LB_HASH_DST)
+		lb_copy16(h.dst, p->dst);
+	if (vip->hash & LB_HASH_SPORT)
+		h.sport = p->sport;
+	if (vip->hash & LB_HASH_DPORT)
+		h.dport = p->dport;
+	if (vip->hash & LB_HASH_PROTO)
+		h.proto = p->proto;
+	idx = vip->table_off + lb_flow_hash(&h) % table_size;
+	e = bpf_map_lookup_elem(&lb_maglev, &idx);
+	return e ? *e : LB_NONE;
+}
+
+/* NAT: remembers the backend's side of a connection for its replies (again
+ * when the LRU evicted it while the connection lives). */
+__noinline int lb_note_reply(struct lb_pkt *p, const struct lb_addr *b, __u32 bport, int fresh)
+{
+	struct lb_rev_key rk = {};
+	struct lb_rev_val rv = {};
+
+	if (!p || !b)
+		return 0;
+	lb_copy16(rk.backend, b->a);
+	lb_copy16(rk.client, p->src);
+	rk.bport = (__be16)bport;
+	rk.cport = p->sport;
+	rk.proto = p->proto;
+	rk.family = p->family;
+	if (!fresh && bpf_map_lookup_elem(&lb_rev, &rk))
+		return 0;
+	lb_copy16(rv.vip, p->dst);
+	rv.vport = p->dport;
+	return bpf_map_update_elem(&lb_rev, &rk, &rv, BPF_ANY);
+}
+
+__noinline int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_vip *vip)
+{
 	struct lb_ct_key ck = {};
 	struct lb_ct_val *ct, nv = {};
 	const struct lb_backend *b = 0;
+	const struct lb_config *cfg;
+	struct lb_addr baddr;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 slot = LB_NONE, svc = vip->svc;
+	__u32 slot = LB_NONE, svc, zero = 0;
 	__be16 bport;
 	int fresh = 0;
+
+	if (!p || !vip)
+		return XDP_DROP;
+	cfg = bpf_map_lookup_elem(&lb_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	svc = vip->svc;
 
 	lb_copy16(ck.client, p->src);
 	lb_copy16(ck.vip, p->dst);
@@ -449,26 +520,9 @@ static __always_inline int lb_service(struct xdp_md *ctx, struct lb_pkt *p,
 		}
 	}
 	if (!b) {
-		struct lb_hash_in h = {};
-		__u32 idx, *e;
-
-		if (vip->hash & LB_HASH_SRC)
-			lb_copy16(h.src, p->src);
-		if (vip->hash & LB_HASH_DST)
-			lb_copy16(h.dst, p->dst);
-		if (vip->hash & LB_HASH_SPORT)
-			h.sport = p->sport;
-		if (vip->hash & LB_HASH_DPORT)
-			h.dport = p->dport;
-		if (vip->hash & LB_HASH_PROTO)
-			h.proto = p->proto;
-		if (!cfg->table_size)
+		slot = lb_pick(p, vip, cfg->table_size);
+		if (slot == LB_NONE)
 			goto none;
-		idx = vip->table_off + lb_flow_hash(&h) % cfg->table_size;
-		e = bpf_map_lookup_elem(&lb_maglev, &idx);
-		if (!e || *e == LB_NONE)
-			goto none;
-		slot = *e;
 		b = bpf_map_lookup_elem(&lb_backends, &slot);
 		if (!lb_backend_ok(b, svc))
 			goto none;
@@ -488,42 +542,130 @@ static __always_inline int lb_service(struct xdp_md *ctx, struct lb_pkt *p,
 		moat_count_one(&lb_nconn, slot);
 
 	bport = b->port ? b->port : p->dport;
+	lb_copy16(baddr.a, b->addr);
 	if (vip->mode == LB_MODE_DSR)
-		return lb_forward(ctx, p, b->addr, 0);
+		return lb_forward(ctx, p, &baddr, 0);
 
 	/* NAT: the backend's side, for its replies. */
-	{
-		struct lb_rev_key rk = {};
-		struct lb_rev_val rv = {};
-		__u8 baddr[16];
-
-		lb_copy16(baddr, b->addr);
-		lb_copy16(rk.backend, baddr);
-		lb_copy16(rk.client, p->src);
-		rk.bport = bport;
-		rk.cport = p->sport;
-		rk.proto = p->proto;
-		rk.family = p->family;
-		if (fresh) {
-			lb_copy16(rv.vip, p->dst);
-			rv.vport = p->dport;
-			bpf_map_update_elem(&lb_rev, &rk, &rv, BPF_ANY);
-		} else if (!bpf_map_lookup_elem(&lb_rev, &rk)) {
-			/* evicted by the LRU: the connection's replies need it */
-			lb_copy16(rv.vip, p->dst);
-			rv.vport = p->dport;
-			bpf_map_update_elem(&lb_rev, &rk, &rv, BPF_ANY);
-		}
-		if (lb_rewrite(data, data_end, p, 0, baddr, bport) < 0) {
-			moat_count_add(&lb_stats, LB_STAT_DROP_MALFORMED, p->len);
-			return XDP_DROP;
-		}
-		return lb_forward(ctx, p, baddr, 1);
+	lb_note_reply(p, &baddr, bport, fresh);
+	if (lb_rewrite(ctx, p, 0, &baddr, bport) < 0) {
+		moat_count_add(&lb_stats, LB_STAT_DROP_MALFORMED, p->len);
+		return XDP_DROP;
 	}
+	return lb_forward(ctx, p, &baddr, 1);
 none:
 	moat_count_add(&lb_stats, LB_STAT_DROP_NO_BACKEND, p->len);
 	moat_count_add(&lb_sstats, svc, p->len);
 	return XDP_DROP;
+}
+
+/* Everything after parsing, for one packet. Global: verified once, apart
+ * from the parser's paths. */
+__noinline int lb_core(struct xdp_md *ctx, struct lb_pkt *p, __u32 frag)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	const struct lb_vip *vip;
+	struct lb_vip_key vk = {};
+
+	if (!p)
+		return XDP_PASS;
+	lb_copy16(vk.addr, p->dst);
+	vk.proto = p->proto;
+	vk.family = p->family;
+
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		void *l4 = data + (p->l4_off & 0x1ff);
+		int truncated;
+
+		if (p->proto == IPPROTO_TCP) {
+			struct tcphdr *t = l4;
+
+			truncated = (void *)(t + 1) > data_end;
+			if (!truncated) {
+				p->sport = t->source;
+				p->dport = t->dest;
+				p->tcp_flags = ((__u8 *)t)[13];
+			}
+		} else {
+			struct udphdr *u = l4;
+
+			truncated = (void *)(u + 1) > data_end;
+			if (!truncated) {
+				p->sport = u->source;
+				p->dport = u->dest;
+			}
+		}
+		if (frag || truncated) {
+			/* Is it for a VIP at all? Any VIP has its echo entry. */
+			vk.port = 0;
+			vk.proto = p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+			if (!bpf_map_lookup_elem(&lb_vips, &vk))
+				return XDP_PASS;
+			moat_count_add(&lb_stats,
+				       truncated && !(frag & 2) ? LB_STAT_DROP_MALFORMED
+								: LB_STAT_DROP_FRAGMENT,
+				       p->len);
+			return XDP_DROP;
+		}
+		vk.port = p->dport;
+		vip = bpf_map_lookup_elem(&lb_vips, &vk);
+		if (!vip) {
+			vk.port = 0;
+			vip = bpf_map_lookup_elem(&lb_vips, &vk);
+		}
+		if (vip && !(vip->flags & LB_VIP_ECHO))
+			return lb_service(ctx, p, vip);
+
+		/* A NAT backend's reply? */
+		{
+			struct lb_rev_key rk = {};
+			struct lb_rev_val *rv;
+
+			lb_copy16(rk.backend, p->src);
+			lb_copy16(rk.client, p->dst);
+			rk.bport = p->sport;
+			rk.cport = p->dport;
+			rk.proto = p->proto;
+			rk.family = p->family;
+			rv = bpf_map_lookup_elem(&lb_rev, &rk);
+			if (rv) {
+				struct lb_addr vip_a, client;
+				__be16 vport = rv->vport;
+
+				lb_copy16(vip_a.a, rv->vip);
+				lb_copy16(client.a, p->dst);
+				if (lb_rewrite(ctx, p, 1, &vip_a, vport) < 0)
+					return XDP_PASS;
+				moat_count_add(&lb_stats, LB_STAT_REPLY, p->len);
+				return lb_forward(ctx, p, &client, 1);
+			}
+		}
+		/* To a VIP address, but no service on this port or protocol. */
+		vk.proto = p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+		vk.port = 0;
+		if (bpf_map_lookup_elem(&lb_vips, &vk)) {
+			moat_count_add(&lb_stats, LB_STAT_DROP_PROTO, p->len);
+			return XDP_DROP;
+		}
+		moat_count_add(&lb_stats, LB_STAT_PASS, p->len);
+		return XDP_PASS;
+	}
+	if ((p->family == 4 && p->proto == IPPROTO_ICMP) ||
+	    (p->family == 6 && p->proto == IPPROTO_ICMPV6)) {
+		vk.port = 0;
+		vip = bpf_map_lookup_elem(&lb_vips, &vk);
+		if (vip && (vip->flags & LB_VIP_ECHO)) {
+			if (!frag && lb_echo(data, data_end, p) == 0) {
+				moat_count_add(&lb_stats, LB_STAT_ECHO, p->len);
+				moat_count_add(&lb_stats, LB_STAT_OUT_TX, p->len);
+				return XDP_TX;
+			}
+			/* Other ICMP to a VIP (errors, NDP): the kernel's. */
+		}
+	}
+	moat_count_add(&lb_stats, LB_STAT_PASS, p->len);
+	return XDP_PASS;
 }
 
 SEC("xdp")
@@ -531,19 +673,12 @@ int lb_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	const struct lb_config *cfg;
-	const struct lb_vip *vip;
-	struct lb_vip_key vk = {};
 	struct lb_pkt p = {};
 	struct moat_l3 r;
-	__u32 zero = 0;
 
 	p.len = data_end - data;
 	moat_parse(data, data_end, &r);
 	if (!r.l3_ok || r.l3_off > 0xff || r.l4_off > 0x1ff)
-		return XDP_PASS;
-	cfg = bpf_map_lookup_elem(&lb_config, &zero);
-	if (!cfg)
 		return XDP_PASS;
 	p.l3_off = r.l3_off;
 	p.l4_off = r.l4_off;
@@ -565,105 +700,7 @@ int lb_xdp(struct xdp_md *ctx)
 		lb_copy16(p.src, (__u8 *)&ip6->saddr);
 		lb_copy16(p.dst, (__u8 *)&ip6->daddr);
 	}
-	lb_copy16(vk.addr, p.dst);
-	vk.proto = p.proto;
-	vk.family = p.family;
-
-	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
-		void *l4 = data + (r.l4_off & 0x1ff);
-		int truncated;
-
-		if (p.proto == IPPROTO_TCP) {
-			struct tcphdr *t = l4;
-
-			truncated = (void *)(t + 1) > data_end;
-			if (!truncated) {
-				p.sport = t->source;
-				p.dport = t->dest;
-				p.tcp_flags = ((__u8 *)t)[13];
-			}
-		} else {
-			struct udphdr *u = l4;
-
-			truncated = (void *)(u + 1) > data_end;
-			if (!truncated) {
-				p.sport = u->source;
-				p.dport = u->dest;
-			}
-		}
-		if (r.frag_later || r.frag_more || truncated) {
-			/* Is it for a VIP at all? Any service on this address says so. */
-			vk.port = 0;
-			vip = bpf_map_lookup_elem(&lb_vips, &vk);
-			if (!vip) {
-				vk.proto = p.family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
-				vip = bpf_map_lookup_elem(&lb_vips, &vk);
-			}
-			if (!vip)
-				return XDP_PASS;
-			moat_count_add(&lb_stats,
-				       truncated && !r.frag_later ? LB_STAT_DROP_MALFORMED
-								   : LB_STAT_DROP_FRAGMENT,
-				       p.len);
-			return XDP_DROP;
-		}
-		vk.port = p.dport;
-		vip = bpf_map_lookup_elem(&lb_vips, &vk);
-		if (!vip) {
-			vk.port = 0;
-			vip = bpf_map_lookup_elem(&lb_vips, &vk);
-		}
-		if (vip && !(vip->flags & LB_VIP_ECHO))
-			return lb_service(ctx, &p, cfg, vip);
-
-		/* A NAT backend's reply? */
-		{
-			struct lb_rev_key rk = {};
-			struct lb_rev_val *rv;
-
-			lb_copy16(rk.backend, p.src);
-			lb_copy16(rk.client, p.dst);
-			rk.bport = p.sport;
-			rk.cport = p.dport;
-			rk.proto = p.proto;
-			rk.family = p.family;
-			rv = bpf_map_lookup_elem(&lb_rev, &rk);
-			if (rv) {
-				struct lb_rev_val v = *rv;
-				__u8 client[16];
-
-				lb_copy16(client, p.dst);
-				if (lb_rewrite(data, data_end, &p, 1, v.vip, v.vport) < 0)
-					return XDP_PASS;
-				moat_count_add(&lb_stats, LB_STAT_REPLY, p.len);
-				return lb_forward(ctx, &p, client, 1);
-			}
-		}
-		/* To a VIP address, but no service on this port or protocol. */
-		vk.proto = p.family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
-		vk.port = 0;
-		if (bpf_map_lookup_elem(&lb_vips, &vk)) {
-			moat_count_add(&lb_stats, LB_STAT_DROP_PROTO, p.len);
-			return XDP_DROP;
-		}
-		moat_count_add(&lb_stats, LB_STAT_PASS, p.len);
-		return XDP_PASS;
-	}
-	if ((p.family == 4 && p.proto == IPPROTO_ICMP) ||
-	    (p.family == 6 && p.proto == IPPROTO_ICMPV6)) {
-		vk.port = 0;
-		vip = bpf_map_lookup_elem(&lb_vips, &vk);
-		if (vip && (vip->flags & LB_VIP_ECHO)) {
-			if (!r.frag_later && !r.frag_more && lb_echo(data, data_end, &p) == 0) {
-				moat_count_add(&lb_stats, LB_STAT_ECHO, p.len);
-				moat_count_add(&lb_stats, LB_STAT_OUT_TX, p.len);
-				return XDP_TX;
-			}
-			/* Other ICMP to a VIP (errors, NDP): the kernel's. */
-		}
-	}
-	moat_count_add(&lb_stats, LB_STAT_PASS, p.len);
-	return XDP_PASS;
+	return lb_core(ctx, &p, (r.frag_more ? 1 : 0) | (r.frag_later ? 2 : 0));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -408,3 +408,122 @@ mod tests {
         assert_eq!(&f[20..22], &[0x08, 0x00]);
     }
 }
+
+/// A frame as the tests check a rewritten one: addresses, ports, hop limit
+/// and whether every checksum (IPv4 header, TCP/UDP/ICMP) is right.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    pub proto: u8,
+    pub ttl: u8,
+    /// Ports (TCP/UDP), or (type, code) for ICMP.
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_csum_ok: bool,
+    pub l4_csum_ok: bool,
+    /// UDP over IPv4 without a checksum (0).
+    pub l4_csum_zero: bool,
+}
+
+/// Decodes an untagged Ethernet/IPv4|IPv6/TCP|UDP|ICMP frame (IPv4 options
+/// allowed, IPv6 extension headers not).
+pub fn decode(f: &[u8]) -> Option<Decoded> {
+    if f.len() < 14 {
+        return None;
+    }
+    let et = u16::from_be_bytes([f[12], f[13]]);
+    let mut dst_mac = [0u8; 6];
+    let mut src_mac = [0u8; 6];
+    dst_mac.copy_from_slice(&f[..6]);
+    src_mac.copy_from_slice(&f[6..12]);
+    let ip = &f[14..];
+    let (src, dst, proto, ttl, l4, ip_ok, pseudo): (
+        std::net::IpAddr,
+        std::net::IpAddr,
+        u8,
+        u8,
+        &[u8],
+        bool,
+        Ips,
+    ) = match et {
+        ETH_P_IP => {
+            let hl = ((ip.first()? & 0x0f) as usize) * 4;
+            let total = u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]) as usize;
+            if ip.len() < total || hl < 20 || total < hl {
+                return None;
+            }
+            let s = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let d = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            (
+                s.into(),
+                d.into(),
+                ip[9],
+                ip[8],
+                &ip[hl..total],
+                checksum(&ip[..hl]) == 0,
+                Ips::V4(s, d),
+            )
+        }
+        ETH_P_IPV6 => {
+            if ip.len() < 40 {
+                return None;
+            }
+            let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+            let s = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
+            let d = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
+            if ip.len() < 40 + plen {
+                return None;
+            }
+            (
+                s.into(),
+                d.into(),
+                ip[6],
+                ip[7],
+                &ip[40..40 + plen],
+                true,
+                Ips::V6(s, d),
+            )
+        }
+        _ => return None,
+    };
+    let (sport, dport, l4_ok, zero) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if l4.len() < 8 {
+                return None;
+            }
+            let zero =
+                proto == IPPROTO_UDP && matches!(pseudo, Ips::V4(..)) && l4[6] == 0 && l4[7] == 0;
+            let ok = zero || fold(sum16(l4, pseudo.pseudo_sum(proto, l4.len()))) == 0;
+            (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+                ok,
+                zero,
+            )
+        }
+        IPPROTO_ICMP => (l4[0] as u16, l4[1] as u16, checksum(l4) == 0, false),
+        IPPROTO_ICMPV6 => (
+            l4[0] as u16,
+            l4[1] as u16,
+            fold(sum16(l4, pseudo.pseudo_sum(IPPROTO_ICMPV6, l4.len()))) == 0,
+            false,
+        ),
+        _ => (0, 0, true, false),
+    };
+    Some(Decoded {
+        dst_mac,
+        src_mac,
+        src,
+        dst,
+        proto,
+        ttl,
+        sport,
+        dport,
+        ip_csum_ok: ip_ok,
+        l4_csum_ok: l4_ok,
+        l4_csum_zero: zero,
+    })
+}

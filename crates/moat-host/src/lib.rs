@@ -9,12 +9,15 @@
 //! - [`fw`]: the firewall: instances, state (pins, lock, generations),
 //!   apply / detach / status / explain as operations, and the readers
 //!   behind flows, top and metrics.
+//! - [`lb`]: the load balancer: instances, apply / backend / plan / detach,
+//!   status read from the pinned maps.
 //! - [`netlab`], [`traffic`]: throwaway namespaces and bounded traffic (the
 //!   demo, the tests, the benchmarks).
 
 pub mod bpfsys;
 pub mod count;
 pub mod fw;
+pub mod lb;
 pub mod loader;
 pub mod netlab;
 pub mod sys;

@@ -215,3 +215,259 @@ pub fn reap_stale_demos() {
         }
     }
 }
+
+/// A load balancer lab: a client namespace, the balancer's namespace and
+/// `backends` backend namespaces, each joined to the balancer by its own
+/// veth pair (so every backend is one L2 hop away: NAT and DSR both work).
+///
+/// ```text
+/// moat-TAG-c  eth0 10.198.0.1 fd00:198::1 ── cli 10.198.0.2 fd00:198::2   moat-TAG-l
+///                                             beN 10.197.N.1 fd00:197:N::1 ── eth0 10.197.N.2 fd00:197:N::2  moat-TAG-sN
+/// ```
+/// The client routes the VIP range (10.200.0.0/24, fd00:200::/64) to the
+/// balancer; backends route everything through it; the balancer forwards.
+/// TX checksum offload is off on the senders (XDP-forwarded frames must
+/// carry full checksums) and GRO is on at the receivers of redirected frames.
+#[derive(Debug)]
+pub struct LbLab {
+    pub ns_c: String,
+    pub ns_l: String,
+    pub ns_s: Vec<String>,
+}
+
+pub const LB_CLIENT4: &str = "10.198.0.1";
+pub const LB_CLIENT6: &str = "fd00:198::1";
+
+impl LbLab {
+    pub fn backend4(n: usize) -> std::net::IpAddr {
+        format!("10.197.{n}.2").parse().unwrap()
+    }
+    pub fn backend6(n: usize) -> std::net::IpAddr {
+        format!("fd00:197:{n}::2").parse().unwrap()
+    }
+    /// The balancer's interfaces (client side first).
+    pub fn lb_ifaces(&self) -> Vec<String> {
+        let mut v = vec!["cli".to_string()];
+        v.extend((1..=self.ns_s.len()).map(|n| format!("be{n}")));
+        v
+    }
+
+    pub fn create(tag: &str, backends: usize) -> Result<LbLab> {
+        if tag.is_empty() || tag.len() > 12 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            bail!("lab tag {tag:?} must be 1-12 letters or digits");
+        }
+        if !(1..=9).contains(&backends) {
+            bail!("1 to 9 backends");
+        }
+        let mut lab = LbLab {
+            ns_c: String::new(),
+            ns_l: String::new(),
+            ns_s: Vec::new(),
+        };
+        // Each namespace is recorded as soon as it exists: Drop removes it.
+        let c = format!("moat-{tag}-c");
+        ip(&["netns", "add", &c])?;
+        lab.ns_c = c;
+        let l = format!("moat-{tag}-l");
+        ip(&["netns", "add", &l])?;
+        lab.ns_l = l;
+        for n in 1..=backends {
+            let s = format!("moat-{tag}-s{n}");
+            ip(&["netns", "add", &s])?;
+            lab.ns_s.push(s);
+        }
+        lab.setup()?;
+        Ok(lab)
+    }
+
+    fn setup(&self) -> Result<()> {
+        let (c, l) = (&self.ns_c, &self.ns_l);
+        let mut all = vec![c.clone(), l.clone()];
+        all.extend(self.ns_s.iter().cloned());
+        for ns in &all {
+            sysctl_in(ns, "net.ipv6.conf.all.disable_ipv6", "0")?;
+            sysctl_in(ns, "net.ipv6.conf.default.accept_dad", "0")?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        sysctl_in(l, "net.ipv4.ip_forward", "1")?;
+        sysctl_in(l, "net.ipv6.conf.all.forwarding", "1")?;
+        ip(&[
+            "link", "add", "eth0", "netns", c, "type", "veth", "peer", "name", "cli", "netns", l,
+        ])?;
+        ip(&["-n", c, "addr", "add", "10.198.0.1/24", "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            c,
+            "addr",
+            "add",
+            "fd00:198::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["-n", l, "addr", "add", "10.198.0.2/24", "dev", "cli"])?;
+        ip(&[
+            "-n",
+            l,
+            "addr",
+            "add",
+            "fd00:198::2/64",
+            "dev",
+            "cli",
+            "nodad",
+        ])?;
+        let mut links = vec![
+            (c.clone(), "eth0".to_string()),
+            (l.clone(), "cli".to_string()),
+        ];
+        for (i, s) in self.ns_s.iter().enumerate() {
+            let n = i + 1;
+            let be = format!("be{n}");
+            ip(&[
+                "link", "add", &be, "netns", l, "type", "veth", "peer", "name", "eth0", "netns", s,
+            ])?;
+            ip(&[
+                "-n",
+                l,
+                "addr",
+                "add",
+                &format!("10.197.{n}.1/24"),
+                "dev",
+                &be,
+            ])?;
+            ip(&[
+                "-n",
+                l,
+                "addr",
+                "add",
+                &format!("fd00:197:{n}::1/64"),
+                "dev",
+                &be,
+                "nodad",
+            ])?;
+            ip(&[
+                "-n",
+                s,
+                "addr",
+                "add",
+                &format!("10.197.{n}.2/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                s,
+                "addr",
+                "add",
+                &format!("fd00:197:{n}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            links.push((l.clone(), be));
+            links.push((s.clone(), "eth0".to_string()));
+        }
+        for (ns, dev) in &links {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&[
+            "-n",
+            c,
+            "route",
+            "add",
+            "10.200.0.0/24",
+            "via",
+            "10.198.0.2",
+        ])?;
+        ip(&[
+            "-n",
+            c,
+            "route",
+            "add",
+            "10.197.0.0/16",
+            "via",
+            "10.198.0.2",
+        ])?;
+        ip(&[
+            "-n",
+            c,
+            "-6",
+            "route",
+            "add",
+            "fd00:200::/64",
+            "via",
+            "fd00:198::2",
+        ])?;
+        ip(&[
+            "-n",
+            c,
+            "-6",
+            "route",
+            "add",
+            "fd00:197::/32",
+            "via",
+            "fd00:198::2",
+        ])?;
+        for (i, s) in self.ns_s.iter().enumerate() {
+            let n = i + 1;
+            ip(&[
+                "-n",
+                s,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.197.{n}.1"),
+            ])?;
+            ip(&[
+                "-n",
+                s,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:197:{n}::1"),
+            ])?;
+        }
+        // After link up (GRO set before stays off in NAPI): full checksums
+        // from the senders, GRO at every end that receives redirected frames.
+        for (ns, dev) in &links {
+            let _ = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "gro", "on",
+                ])
+                .output();
+        }
+        Ok(())
+    }
+
+    /// Puts `vip` on the loopback of every backend (DSR: they answer from it).
+    pub fn vip_on_backends(&self, vip: &str) -> Result<()> {
+        for s in &self.ns_s {
+            let plen = if vip.contains(':') { "128" } else { "32" };
+            ip(&[
+                "-n",
+                s,
+                "addr",
+                "add",
+                &format!("{vip}/{plen}"),
+                "dev",
+                "lo",
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LbLab {
+    fn drop(&mut self) {
+        let mut all = vec![self.ns_c.clone(), self.ns_l.clone()];
+        all.extend(self.ns_s.iter().cloned());
+        for ns in all {
+            if !ns.is_empty() {
+                let _ = ip(&["netns", "del", &ns]);
+            }
+        }
+    }
+}

@@ -57,12 +57,34 @@ impl Paths {
         }
     }
 
+    /// Pins under `pin_root`/`family`, state under `state_root`/`family`
+    /// (each family of programs keeps its own, e.g. "lb").
+    pub fn family(pin_root: &Path, state_root: &Path, family: &str) -> Paths {
+        Paths {
+            pins: pin_root.join(family),
+            state_dir: state_root.join(family),
+        }
+    }
+
     /// Defaults, or `MOAT_PIN_ROOT` / `MOAT_STATE_ROOT` (used by the tests to
     /// keep parallel firewalls apart).
     pub fn from_env() -> Paths {
+        Self::from_env_family("fw")
+    }
+
+    /// [`Paths::from_env`] for another family.
+    pub fn from_env_family(family: &str) -> Paths {
         let pin_root = std::env::var("MOAT_PIN_ROOT").unwrap_or_else(|_| "/sys/fs/bpf/moat".into());
         let state_root = std::env::var("MOAT_STATE_ROOT").unwrap_or_else(|_| "/run/moat".into());
-        Paths::under(Path::new(&pin_root), Path::new(&state_root))
+        Paths::family(Path::new(&pin_root), Path::new(&state_root), family)
+    }
+
+    /// What these paths hold, for messages.
+    pub fn what(&self) -> &'static str {
+        match self.pins.file_name().and_then(|n| n.to_str()) {
+            Some("lb") => "the load balancer",
+            _ => "the firewall",
+        }
     }
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
@@ -307,14 +329,16 @@ impl FwLock {
             }
             if t0.elapsed() >= wait {
                 bail!(
-                    "another moat is changing the firewall (it holds the lock on {}); {what} waited {:.0?} and gave up, nothing was changed",
+                    "another moat is changing {} (it holds the lock on {}); {what} waited {:.0?} and gave up, nothing was changed",
+                    p.what(),
                     p.pins.display(),
                     wait
                 );
             }
             if !said {
                 eprintln!(
-                    "waiting for another moat that is changing the firewall (lock on {})...",
+                    "waiting for another moat that is changing {} (lock on {})...",
+                    p.what(),
                     p.pins.display()
                 );
                 said = true;

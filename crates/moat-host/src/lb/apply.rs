@@ -1,0 +1,458 @@
+//! `moat lb apply`, `moat lb backend`, `moat lb plan`, `moat lb detach` as
+//! operations. Every change loads a fresh instance (VIPs and Maglev tables
+//! of the new config) over the shared pinned maps and swaps it into each
+//! interface's pinned XDP link at once (BPF_LINK_UPDATE): no packet sees
+//! half a table. A failure anywhere puts back what was changed.
+
+use std::{
+    net::{IpAddr, UdpSocket},
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use moat_abi::lb as abi;
+use moat_core::lb::{
+    self as core, BackendId, LbConfig, State,
+    encode::{self, Encoded, Running},
+    plan::{self, SvcPlan},
+};
+
+use super::{
+    instance::LbInstance,
+    status::{self, LIVE_CONFIG},
+};
+use crate::{
+    bpfsys,
+    fw::state::{self, FwLock, Iface, Paths},
+    loader::LogOpts,
+    sys,
+};
+
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOpts {
+    pub config: PathBuf,
+    /// Overrides the file's `interfaces:`.
+    pub interfaces: Vec<String>,
+    pub netns: Option<String>,
+    /// skb (generic) XDP instead of native.
+    pub skb: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyReport {
+    pub generation: u32,
+    pub services: usize,
+    pub backends: usize,
+    pub interfaces: Vec<String>,
+    pub notes: Vec<String>,
+    pub program_id: u32,
+    pub total: Duration,
+}
+
+/// Reads and checks a config file (errors as FILE:LINE:COL lines).
+pub fn load_config(path: &Path) -> Result<LbConfig> {
+    core::load(path).map_err(|e| anyhow!("{e}"))
+}
+
+pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<ApplyReport> {
+    let t0 = Instant::now();
+    let cfg = load_config(&o.config)?;
+    sys::require_privileges("moat lb apply")?;
+    sys::ensure_bpffs()?;
+    let _lock = FwLock::acquire(paths, "moat lb apply", LOCK_WAIT)?;
+    let names = if o.interfaces.is_empty() {
+        cfg.interfaces.clone()
+    } else {
+        o.interfaces.clone()
+    };
+    let running_links = status::links(paths);
+    let ifaces: Vec<Iface> = if !names.is_empty() {
+        names
+            .iter()
+            .map(|n| Iface {
+                name: n.clone(),
+                netns: o.netns.clone(),
+                mode: if o.skb { "skb" } else { "native" }.into(),
+            })
+            .collect()
+    } else if !running_links.is_empty() {
+        running_links
+            .iter()
+            .map(|(_, ns, i)| Iface {
+                name: i.clone(),
+                netns: ns.clone(),
+                mode: "native".into(),
+            })
+            .collect()
+    } else {
+        bail!(
+            "no interface to balance on: give -i IFACE or `interfaces:` in {}",
+            o.config.display()
+        );
+    };
+    for i in &ifaces {
+        sys::in_netns(i.netns.as_deref(), || {
+            crate::traffic::ifindex(&i.name).map(|_| ())
+        })
+        .with_context(|| format!("interface {}; nothing was changed", i.label()))?;
+    }
+    let r = status::running(paths);
+    let services = cfg.services.clone();
+    let none = |_: &str, _: BackendId| None;
+    let (gen_, enc) = encode_next(paths, &cfg, &services, &r, &none)?;
+    let mut report = swap_in(paths, &cfg, &enc, &ifaces, o.skb, log)?;
+    // Interfaces that ran the balancer and are not in the new set: detach.
+    for (pin, ns, name) in running_links {
+        if !ifaces
+            .iter()
+            .any(|i| i.name == name && i.netns.as_deref() == ns.as_deref())
+        {
+            state::detach_link(&paths.links().join(&pin))?;
+            report.interfaces.push(format!("{name} (detached)"));
+        }
+    }
+    let _ = std::fs::create_dir_all(&paths.state_dir);
+    let _ = std::fs::write(
+        paths.state_dir.join("config-path"),
+        std::fs::canonicalize(&o.config)
+            .unwrap_or_else(|_| o.config.clone())
+            .to_string_lossy()
+            .as_bytes(),
+    );
+    warm_neighbours(&cfg, &ifaces);
+    report.generation = gen_;
+    report.total = t0.elapsed();
+    Ok(report)
+}
+
+fn encode_next(
+    paths: &Paths,
+    cfg: &LbConfig,
+    services: &[core::Service],
+    r: &Running,
+    state_of: &dyn Fn(&str, BackendId) -> Option<State>,
+) -> Result<(u32, Encoded)> {
+    let generation = status::live_config(paths)
+        .map_or(0, |c| c.generation)
+        .wrapping_add(1)
+        .max(1);
+    let enc = encode::encode(cfg, services, r, generation, state_of)
+        .map_err(|e| anyhow!("{e}; nothing was changed"))?;
+    Ok((generation, enc))
+}
+
+/// Loads the instance for `enc`, writes the shared maps and swaps it in on
+/// every interface (attaching where nothing ran); undoes it all on failure.
+fn swap_in(
+    paths: &Paths,
+    cfg: &LbConfig,
+    enc: &Encoded,
+    ifaces: &[Iface],
+    skb: bool,
+    log: &LogOpts,
+) -> Result<ApplyReport> {
+    let mut notes = Vec::new();
+    if let Some(have) = super::instance::pinned_max(&paths.pins.join(abi::MAP_CT))
+        && have != cfg.ct_max
+    {
+        notes.push(format!(
+            "the connection table keeps its {have} entries (conntrack max {} takes effect after `moat lb detach`, which forgets every connection)",
+            cfg.ct_max
+        ));
+    }
+    let mut inst = LbInstance::load(enc, cfg.ct_max, &paths.pins, log)?;
+    let before = inst.write_shared(enc)?;
+    sys::private_dir(&paths.links())?;
+    let mut done: Vec<(Iface, Option<OwnedFd>)> = Vec::new();
+    let mut said = Vec::new();
+    for i in ifaces {
+        match sys::in_netns(i.netns.as_deref(), || {
+            attach_or_swap(&mut inst, paths, i, skb)
+        }) {
+            Ok(old) => {
+                said.push(format!(
+                    "{} ({})",
+                    i.name,
+                    if old.is_some() { "swapped" } else { "attached" }
+                ));
+                done.push((i.clone(), old));
+            }
+            Err(e) => {
+                let rb = rollback(paths, done);
+                let restored = inst.restore_shared(&before);
+                return Err(e.context(format!(
+                    "attaching to {}; {rb}{}: nothing was changed",
+                    i.label(),
+                    match restored {
+                        Ok(()) => String::new(),
+                        Err(e) => format!(" (restoring backends failed: {e:#})"),
+                    }
+                )));
+            }
+        }
+    }
+    // The instance in force: its config map is what status and the next
+    // change read (generation, table size).
+    let finish = (|| -> Result<()> {
+        let tmp = paths.pins.join("lb_config_new");
+        let _ = std::fs::remove_file(&tmp);
+        inst.bpf
+            .map(abi::MAP_CONFIG)
+            .ok_or_else(|| anyhow!("no config map"))?
+            .pin(&tmp)
+            .map_err(|e| anyhow!("pinning the config: {e}"))?;
+        std::fs::rename(&tmp, paths.pins.join(LIVE_CONFIG))?;
+        Ok(())
+    })();
+    if let Err(e) = finish {
+        let rb = rollback(paths, done);
+        let _ = inst.restore_shared(&before);
+        return Err(e.context(format!("{rb}: nothing was changed")));
+    }
+    inst.drop_shared(enc)?;
+    Ok(ApplyReport {
+        generation: enc.config.generation,
+        services: enc.services.len(),
+        backends: enc.backends.len(),
+        interfaces: said,
+        notes,
+        program_id: inst.loaded.id,
+        total: Duration::ZERO,
+    })
+}
+
+fn rollback(paths: &Paths, done: Vec<(Iface, Option<OwnedFd>)>) -> String {
+    if done.is_empty() {
+        return "no interface had been switched yet".into();
+    }
+    let mut said = Vec::new();
+    for (i, old) in done.into_iter().rev() {
+        let pin = paths.link_pin(&i, "xdp");
+        let r = match old {
+            Some(prog) => bpfsys::obj_get(&pin)
+                .and_then(|l| bpfsys::link_update(l.as_fd(), prog.as_fd(), None)),
+            None => state::detach_link(&pin),
+        };
+        said.push(match r {
+            Ok(()) => format!("{}: put back", i.name),
+            Err(e) => format!("{}: could not be put back ({e:#})", i.name),
+        });
+    }
+    format!("rolled back ({})", said.join("; "))
+}
+
+/// Swaps the instance into i's pinned link (returning the program it ran),
+/// or attaches it fresh (returning None). Runs in i's netns.
+fn attach_or_swap(
+    inst: &mut LbInstance,
+    paths: &Paths,
+    i: &Iface,
+    skb: bool,
+) -> Result<Option<OwnedFd>> {
+    let pin = paths.link_pin(i, "xdp");
+    let live = bpfsys::obj_get(&pin)
+        .ok()
+        .and_then(|fd| bpfsys::link_info(fd.as_fd()).ok())
+        .filter(|l| l.ifindex != 0 && l.prog_id != 0);
+    if let Some(l) = live {
+        let old = bpfsys::prog_fd_by_id(l.prog_id)?;
+        let link: FdLink = PinnedLink::from_pin(&pin)
+            .map_err(|e| anyhow!("opening {}: {e}", pin.display()))?
+            .into();
+        let link = XdpLink::try_from(link).map_err(|e| anyhow!("{}: {e}", pin.display()))?;
+        inst.xdp()?
+            .attach_to_link(link)
+            .map_err(|e| anyhow!("updating the XDP link of {}: {e}", i.name))?;
+        return Ok(Some(old));
+    }
+    state::detach_link(&pin)?;
+    let mode = if skb {
+        aya::programs::XdpMode::Skb
+    } else {
+        aya::programs::XdpMode::Driver
+    };
+    let xdp = inst.xdp()?;
+    let id = match xdp.attach(&i.name, mode) {
+        Ok(id) => id,
+        Err(e) => {
+            let errno = match &e {
+                aya::programs::ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+                _ => None,
+            };
+            bail!(match errno {
+                Some(libc::EBUSY) | Some(libc::EEXIST) => format!(
+                    "{} already has an XDP program (moat's firewall, or another); the firewall and the balancer on one interface need the dispatcher, which is not built yet: use another interface (see `ip -d link show dev {}`)",
+                    i.name, i.name
+                ),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if !skb =>
+                    format!("the driver of {} lacks native XDP: try --skb", i.name),
+                _ => format!("attaching {} to {}: {e}", abi::PROG_XDP, i.name),
+            });
+        }
+    };
+    let link = xdp.take_link(id)?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| anyhow!("XDP link of {} is not a bpf_link: {e}", i.name))?;
+    fd.pin(&pin)
+        .map_err(|e| anyhow!("pinning {}: {e}", pin.display()))?;
+    Ok(None)
+}
+
+/// Makes the kernel resolve each backend's MAC (one datagram to the discard
+/// port), so that the first packets of a DSR service find a neighbour.
+fn warm_neighbours(cfg: &LbConfig, ifaces: &[Iface]) {
+    let mut addrs: Vec<IpAddr> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.addr))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    let mut spaces: Vec<Option<String>> = ifaces.iter().map(|i| i.netns.clone()).collect();
+    spaces.dedup();
+    for ns in spaces {
+        let _ = sys::in_netns(ns.as_deref(), || {
+            for a in &addrs {
+                let bind = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                if let Ok(s) = UdpSocket::bind(bind) {
+                    let _ = s.send_to(b"", (*a, 9));
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `moat lb backend SERVICE ADDRESS up|down|drain`: the same swap as an
+/// apply, over what runs (the kernel's services and backends), with one
+/// backend's state changed.
+pub fn set_backend(
+    paths: &Paths,
+    service: &str,
+    backend: &str,
+    to: State,
+    log: &LogOpts,
+) -> Result<(BackendId, State, ApplyReport)> {
+    sys::require_privileges("moat lb backend")?;
+    sys::ensure_bpffs()?;
+    let _lock = FwLock::acquire(paths, "moat lb backend", LOCK_WAIT)?;
+    let r = status::running(paths);
+    let live = status::live_config(paths)
+        .ok_or_else(|| anyhow!("the load balancer is not running (no `moat lb apply` yet)"))?;
+    let services = encode::services_of(&r);
+    let svc = services.iter().find(|s| s.name == service).ok_or_else(|| {
+        anyhow!(
+            "no service {service:?} runs (running: {})",
+            services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let matches: Vec<BackendId> = svc
+        .backends
+        .iter()
+        .map(|b| b.id())
+        .filter(|id| id.to_string() == backend || id.addr.to_string() == backend)
+        .collect();
+    let id = match matches.as_slice() {
+        [one] => *one,
+        [] => bail!(
+            "service {service} has no backend {backend:?} (its backends: {})",
+            svc.backends
+                .iter()
+                .map(|b| b.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => bail!("{backend:?} names several backends of {service}: give ADDRESS:PORT"),
+    };
+    let was = encode::state_now(&r, service, id).unwrap_or(State::Up);
+    let cfg = LbConfig {
+        source: PathBuf::from("(running)"),
+        interfaces: vec![],
+        table: live.table_size,
+        ct_max: super::instance::pinned_max(&paths.pins.join(abi::MAP_CT)).unwrap_or(1 << 20),
+        udp_idle_s: live.udp_idle_ns / 1_000_000_000,
+        tcp_idle_s: live.tcp_idle_ns / 1_000_000_000,
+        services: services.clone(),
+    };
+    let svc_name = service.to_string();
+    let over = move |s: &str, b: BackendId| (s == svc_name && b == id).then_some(to);
+    let (_, enc) = encode_next(paths, &cfg, &services, &r, &over)?;
+    let ifaces: Vec<Iface> = status::links(paths)
+        .into_iter()
+        .map(|(_, ns, name)| Iface {
+            name,
+            netns: ns,
+            mode: "native".into(),
+        })
+        .collect();
+    if ifaces.is_empty() {
+        bail!("the load balancer is attached nowhere; nothing was changed");
+    }
+    let report = swap_in(paths, &cfg, &enc, &ifaces, false, log)?;
+    Ok((id, was, report))
+}
+
+/// `moat lb plan -f new.yaml`: what the new config would move.
+pub fn plan_at(paths: &Paths, path: &Path) -> Result<(u32, u32, Vec<SvcPlan>)> {
+    let cfg = load_config(path)?;
+    let r = status::running(paths);
+    let old_services = encode::services_of(&r);
+    let old = encode::views(&old_services, &r);
+    let new = encode::views(&cfg.services, &r);
+    let m_old = if r.table >= 3 { r.table } else { cfg.table };
+    let conns: Vec<(String, BackendId)> = status::connections(paths)
+        .iter()
+        .filter_map(|(_, v)| {
+            let (_, s) = r.services.iter().find(|(id, _)| *id == v.svc)?;
+            Some((
+                encode::svc_name(s),
+                BackendId {
+                    addr: encode::ip_of(&v.backend, s.family),
+                    port: u16::from_be(v.bport),
+                },
+            ))
+        })
+        .collect();
+    Ok((
+        m_old,
+        cfg.table,
+        plan::plan(&old, m_old, &new, cfg.table, &conns),
+    ))
+}
+
+/// `moat lb detach`: every link detached, every pin and the state removed.
+pub fn detach_at(paths: &Paths) -> Result<Vec<String>> {
+    sys::require_privileges("moat lb detach")?;
+    if !paths.pins.exists() {
+        return Ok(vec![]);
+    }
+    let said = {
+        let _lock = FwLock::acquire(paths, "moat lb detach", LOCK_WAIT)?;
+        let mut said = Vec::new();
+        for (pin, ns, name) in status::links(paths) {
+            state::detach_link(&paths.links().join(&pin))?;
+            said.push(match ns {
+                Some(n) => format!("{name} (netns {n})"),
+                None => name,
+            });
+        }
+        said
+    };
+    std::fs::remove_dir_all(&paths.pins)
+        .with_context(|| format!("removing {}", paths.pins.display()))?;
+    let _ = std::fs::remove_dir_all(&paths.state_dir);
+    Ok(said)
+}

@@ -1,0 +1,561 @@
+//! The load balancer's data plane, frame by frame (BPF_PROG_TEST_RUN):
+//! fixtures as data (v4 and v6 VIPs, NAT and DSR output frames checked
+//! field by field with valid checksums, reply translation, port remap,
+//! any-port VIP, ICMP echo, fragments, IP options, truncated headers,
+//! non-VIP traffic, no backend), exact counters, and the differential test
+//! of the kernel's backend choice against moat-core's reference on random
+//! backend sets, weights, states and hash fields.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use moat_abi::lb as abi;
+use moat_core::{
+    lb::{self as core, BackendId, State, encode},
+    packet::{self as pkt, Decoded, Ips},
+};
+use moat_host::{
+    lb::instance::LbInstance,
+    loader::LogOpts,
+    netlab::{LbLab, ip},
+    sys::NetnsGuard,
+    traffic::ifindex,
+};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const BACKEND_MAC: [u8; 6] = [0x02, 0xbe, 0, 0, 1, 2];
+const BACKEND3_MAC: [u8; 6] = [0x02, 0xbe, 0, 0, 1, 3];
+const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 1];
+
+const CONFIG: &str = "\
+services:
+  - { name: web, vip: 10.200.0.10, port: 80, proto: tcp, backends: [{ address: 10.197.1.2, port: 8080 }] }
+  - { name: dns, vip: 10.200.0.10, port: 53, proto: udp, backends: [10.197.1.2] }
+  - { name: any, vip: 10.200.0.20, proto: tcp, backends: [10.197.1.3] }
+  - { name: web6, vip: \"fd00:200::10\", port: 80, proto: tcp, backends: [{ address: \"fd00:197:1::2\", port: 8080 }] }
+  - { name: dsr, vip: 10.200.0.30, port: 8080, proto: tcp, mode: dsr, backends: [10.197.1.2] }
+  - { name: dsr6, vip: \"fd00:200::30\", port: 8080, proto: tcp, mode: dsr, backends: [\"fd00:197:1::2\"] }
+  - { name: empty, vip: 10.200.0.40, port: 80, proto: tcp, backends: [{ address: 10.197.1.2, weight: 0 }] }
+";
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn pin_dir(tag: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sys/fs/bpf/moat-test-{tag}/lb"))
+}
+
+struct PinGuard(std::path::PathBuf);
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
+}
+
+/// One fixture: a frame in, the verdict and the frame out.
+struct Case {
+    name: &'static str,
+    ifname: &'static str,
+    frame: Vec<u8>,
+    ret: u32,
+    /// Expected (src, sport, dst, dport, ttl, dst MAC) of the output.
+    out: Option<(IpAddr, u16, IpAddr, u16, u8, [u8; 6])>,
+    /// The reason counter this packet adds to.
+    reason: u32,
+}
+
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let out = ip(&["-n", ns, "link", "show", "dev", dev]).unwrap();
+    let m = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap();
+    let v: Vec<u8> = m
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+#[test]
+fn lb_fixtures() {
+    if !common::privileged("lb_fixtures") {
+        return;
+    }
+    let tag = common::tag("lbfx");
+    let lab = LbLab::create(&tag, 1).expect("lab");
+    let l = lab.ns_l.clone();
+    for (addr, m, dev) in [
+        ("10.197.1.2", BACKEND_MAC, "be1"),
+        ("10.197.1.3", BACKEND3_MAC, "be1"),
+        ("fd00:197:1::2", BACKEND_MAC, "be1"),
+        ("10.198.0.1", CLIENT_MAC, "cli"),
+        ("fd00:198::1", CLIENT_MAC, "cli"),
+    ] {
+        ip(&[
+            "-n",
+            &l,
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac(m),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+    let pins = pin_dir(&tag);
+    let _pg = PinGuard(pins.clone());
+    let cfg = core::parse(CONFIG, std::path::Path::new("fixtures.yaml")).unwrap();
+    let none = |_: &str, _: BackendId| None;
+    let enc = encode::encode(&cfg, &cfg.services, &encode::Running::default(), 1, &none).unwrap();
+
+    let be1_mac = mac_of(&l, "be1");
+    let cli_mac = mac_of(&l, "cli");
+    std::thread::spawn(move || {
+        let _ns = NetnsGuard::enter(&l).unwrap();
+        moat_host::sys::ensure_bpffs().unwrap();
+        let mut inst = LbInstance::load(&enc, 65536, &pins, &LogOpts::default()).unwrap();
+        inst.write_shared(&enc).unwrap();
+        let cli = v4("10.198.0.1");
+        let cli6 = v6("fd00:198::1");
+        let vip = v4("10.200.0.10");
+        let be = v4("10.197.1.2");
+        let be6 = v6("fd00:197:1::2");
+        let vip6 = v6("fd00:200::10");
+        let syn = pkt::TCP_SYN;
+        let ack = pkt::TCP_ACK;
+        let with_opts = {
+            let seg = pkt::tcp(Ips::V4(cli, vip), 40001, 80, syn, 1, 0, b"");
+            let o = pkt::V4Opts {
+                options: vec![0x94, 0x04, 0, 0], // router alert
+                ..Default::default()
+            };
+            pkt::eth(pkt::ETH_P_IP, &pkt::ipv4_with(cli, vip, 6, &o, &seg))
+        };
+        let fragment = {
+            let seg = pkt::udp(Ips::V4(cli, vip), 5000, 53, &[0; 32]);
+            let o = pkt::V4Opts {
+                more_fragments: true,
+                dont_fragment: false,
+                ..Default::default()
+            };
+            pkt::eth(pkt::ETH_P_IP, &pkt::ipv4_with(cli, vip, 17, &o, &seg))
+        };
+        let truncated = pkt::eth(pkt::ETH_P_IP, &pkt::ipv4(cli, vip, 6, &[0u8; 10]));
+        let udp_nosum = {
+            let mut seg = pkt::udp(Ips::V4(cli, vip), 5001, 53, b"q");
+            seg[6] = 0;
+            seg[7] = 0;
+            pkt::eth(pkt::ETH_P_IP, &pkt::ipv4(cli, vip, 17, &seg))
+        };
+        let echo4 = pkt::eth(
+            pkt::ETH_P_IP,
+            &pkt::ipv4(cli, vip, 1, &pkt::icmpv4(8, 0, [0, 7, 0, 1], b"ping")),
+        );
+        let echo6 = pkt::eth(
+            pkt::ETH_P_IPV6,
+            &pkt::ipv6(
+                cli6,
+                vip6,
+                58,
+                &pkt::icmpv6(cli6, vip6, 128, 0, [0, 7, 0, 1], b"ping"),
+            ),
+        );
+        let cases = vec![
+            Case {
+                name: "NAT v4 SYN: destination and port rewritten, sent to the backend",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, vip, 40000, 80, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((cli.into(), 40000, be.into(), 8080, 63, BACKEND_MAC)),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "NAT v4: the same connection again is tracked",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, vip, 40000, 80, ack, b"GET /"),
+                ret: XDP_REDIRECT,
+                out: Some((cli.into(), 40000, be.into(), 8080, 63, BACKEND_MAC)),
+                reason: abi::STAT_TRACKED,
+            },
+            Case {
+                name: "NAT v4 reply: source set back to the VIP and port 80",
+                ifname: "be1",
+                frame: pkt::tcp4_frame(be, cli, 8080, 40000, syn | ack, b""),
+                ret: XDP_REDIRECT,
+                out: Some((vip.into(), 80, cli.into(), 40000, 63, CLIENT_MAC)),
+                reason: abi::STAT_REPLY,
+            },
+            Case {
+                name: "NAT v4 with IP options",
+                ifname: "cli",
+                frame: with_opts,
+                ret: XDP_REDIRECT,
+                out: Some((cli.into(), 40001, be.into(), 8080, 63, BACKEND_MAC)),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "UDP service, no port remap",
+                ifname: "cli",
+                frame: pkt::udp4_frame(cli, vip, 5000, 53, b"query"),
+                ret: XDP_REDIRECT,
+                out: Some((cli.into(), 5000, be.into(), 53, 63, BACKEND_MAC)),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "UDP without a checksum keeps none",
+                ifname: "cli",
+                frame: udp_nosum,
+                ret: XDP_REDIRECT,
+                out: Some((cli.into(), 5001, be.into(), 53, 63, BACKEND_MAC)),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "any-port VIP keeps the port",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, v4("10.200.0.20"), 40002, 5555, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    cli.into(),
+                    40002,
+                    v4("10.197.1.3").into(),
+                    5555,
+                    63,
+                    BACKEND3_MAC,
+                )),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "NAT v6 SYN",
+                ifname: "cli",
+                frame: pkt::tcp6_frame(cli6, vip6, 40003, 80, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((cli6.into(), 40003, be6.into(), 8080, 63, BACKEND_MAC)),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "NAT v6 reply",
+                ifname: "be1",
+                frame: pkt::tcp6_frame(be6, cli6, 8080, 40003, syn | ack, b""),
+                ret: XDP_REDIRECT,
+                out: Some((vip6.into(), 80, cli6.into(), 40003, 63, CLIENT_MAC)),
+                reason: abi::STAT_REPLY,
+            },
+            Case {
+                name: "DSR v4: only the MAC changes",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, v4("10.200.0.30"), 40004, 8080, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    cli.into(),
+                    40004,
+                    v4("10.200.0.30").into(),
+                    8080,
+                    64,
+                    BACKEND_MAC,
+                )),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "DSR v6",
+                ifname: "cli",
+                frame: pkt::tcp6_frame(cli6, v6("fd00:200::30"), 40005, 8080, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    cli6.into(),
+                    40005,
+                    v6("fd00:200::30").into(),
+                    8080,
+                    64,
+                    BACKEND_MAC,
+                )),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "no backend with weight > 0: dropped",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, v4("10.200.0.40"), 40006, 80, syn, b""),
+                ret: XDP_DROP,
+                out: None,
+                reason: abi::STAT_DROP_NO_BACKEND,
+            },
+            Case {
+                name: "ICMP echo to a VIP is answered",
+                ifname: "cli",
+                frame: echo4,
+                ret: XDP_TX,
+                out: Some((vip.into(), 0, cli.into(), 0, 64, pkt::MAC_SRC)),
+                reason: abi::STAT_ECHO,
+            },
+            Case {
+                name: "ICMPv6 echo to a VIP is answered",
+                ifname: "cli",
+                frame: echo6,
+                ret: XDP_TX,
+                out: Some((vip6.into(), 129 << 8, cli6.into(), 0, 64, pkt::MAC_SRC)),
+                reason: abi::STAT_ECHO,
+            },
+            Case {
+                name: "a fragment to a VIP is dropped (no ports to balance by)",
+                ifname: "cli",
+                frame: fragment,
+                ret: XDP_DROP,
+                out: None,
+                reason: abi::STAT_DROP_FRAGMENT,
+            },
+            Case {
+                name: "a truncated TCP header to a VIP is dropped",
+                ifname: "cli",
+                frame: truncated,
+                ret: XDP_DROP,
+                out: None,
+                reason: abi::STAT_DROP_MALFORMED,
+            },
+            Case {
+                name: "a port of a VIP that no service takes is dropped",
+                ifname: "cli",
+                frame: pkt::udp4_frame(cli, vip, 5002, 9999, b"x"),
+                ret: XDP_DROP,
+                out: None,
+                reason: abi::STAT_DROP_PROTO,
+            },
+            Case {
+                name: "traffic to anything else passes untouched",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, v4("10.198.0.2"), 40007, 22, syn, b""),
+                ret: XDP_PASS,
+                out: Some((
+                    cli.into(),
+                    40007,
+                    v4("10.198.0.2").into(),
+                    22,
+                    64,
+                    pkt::MAC_DST,
+                )),
+                reason: abi::STAT_PASS,
+            },
+        ];
+        let mut expect = vec![0u64; abi::STAT_MAX as usize];
+        let before = inst.stats().unwrap();
+        for c in &cases {
+            let idx = ifindex(c.ifname).unwrap();
+            let (ret, out) = inst.run(&c.frame, Some(idx)).unwrap();
+            assert_eq!(ret, c.ret, "{}: return value", c.name);
+            expect[c.reason as usize] += 1;
+            match ret {
+                XDP_TX => expect[abi::STAT_OUT_TX as usize] += 1,
+                XDP_REDIRECT => expect[abi::STAT_OUT_REDIRECT as usize] += 1,
+                _ => {}
+            }
+            let Some((src, sport, dst, dport, ttl, dmac)) = c.out else {
+                continue;
+            };
+            let d: Decoded = pkt::decode(&out)
+                .unwrap_or_else(|| panic!("{}: output frame does not decode", c.name));
+            assert_eq!((d.src, d.dst), (src, dst), "{}: addresses", c.name);
+            if d.proto == 6 || d.proto == 17 {
+                assert_eq!((d.sport, d.dport), (sport, dport), "{}: ports", c.name);
+            } else {
+                assert_eq!(
+                    d.sport,
+                    if src.is_ipv4() { 0 } else { 129 },
+                    "{}: echo reply type",
+                    c.name
+                );
+            }
+            assert_eq!(d.ttl, ttl, "{}: ttl / hop limit", c.name);
+            assert_eq!(d.dst_mac, dmac, "{}: destination MAC", c.name);
+            if ret == XDP_REDIRECT {
+                let smac = if dmac == CLIENT_MAC { cli_mac } else { be1_mac };
+                assert_eq!(d.src_mac, smac, "{}: source MAC", c.name);
+            }
+            assert!(
+                d.ip_csum_ok,
+                "{}: IPv4 header checksum\n{}",
+                c.name,
+                pkt::hex(&out)
+            );
+            assert!(d.l4_csum_ok, "{}: L4 checksum\n{}", c.name, pkt::hex(&out));
+            if c.name.starts_with("UDP without") {
+                assert!(d.l4_csum_zero, "{}", c.name);
+            }
+        }
+        let after = inst.stats().unwrap();
+        for i in 0..abi::STAT_MAX as usize {
+            assert_eq!(
+                after[i].packets - before[i].packets,
+                expect[i],
+                "counter {}",
+                abi::STAT_NAMES[i]
+            );
+        }
+        // Per service and per backend: web saw SYN, tracked, options SYN
+        // (the reply is counted as a reply, not as service traffic).
+        let sstats = inst.service_stats().unwrap();
+        let web = enc
+            .services
+            .iter()
+            .find(|(_, s)| encode::svc_name(s) == "web")
+            .unwrap()
+            .0;
+        assert_eq!(sstats[web as usize].packets, 3);
+        // Connections: one per new connection balanced.
+        assert_eq!(
+            inst.conns().unwrap().len() as u64,
+            expect[abi::STAT_NEW as usize]
+        );
+    })
+    .join()
+    .unwrap();
+    drop(lab);
+}
+
+/// ≥ 100k random connections over random backend sets, weights, states and
+/// hash fields: the backend the kernel picks is the one moat-core's
+/// reference picks.
+#[test]
+fn lb_choice_matches_reference() {
+    if !common::privileged("lb_choice_matches_reference") {
+        return;
+    }
+    let tag = common::tag("lbdf");
+    let pins = pin_dir(&tag);
+    let _pg = PinGuard(pins.clone());
+    let mut rng = SmallRng::seed_from_u64(0x6d6f6174);
+    let mut total = 0usize;
+    let mut dropped = 0usize;
+    moat_host::sys::ensure_bpffs().unwrap();
+    for round in 0..25 {
+        let n = rng.gen_range(1..=60usize);
+        let is6 = round % 5 == 4;
+        let mut backends = String::new();
+        for i in 0..n {
+            let w = rng.gen_range(0..=4);
+            let a = if is6 {
+                format!("\"fd00:197::{:x}\"", i + 2)
+            } else {
+                format!("10.197.{}.{}", i / 200, i % 200 + 2)
+            };
+            backends.push_str(&format!("      - {{ address: {a}, weight: {w} }}\n"));
+        }
+        let fields: Vec<&str> = core::HASH_FIELDS
+            .iter()
+            .filter(|_| rng.gen_bool(0.6))
+            .map(|(n, _)| *n)
+            .collect();
+        let hash = if fields.is_empty() {
+            String::new()
+        } else {
+            format!("    hash: [{}]\n", fields.join(", "))
+        };
+        let vip = if is6 {
+            "\"fd00:200::10\""
+        } else {
+            "10.200.0.10"
+        };
+        let yaml = format!(
+            "maglev: {{ table: 7919 }}\nservices:\n  - name: svc\n    vip: {vip}\n    port: 80\n    proto: tcp\n{hash}    backends:\n{backends}"
+        );
+        let cfg = core::parse(&yaml, std::path::Path::new("random.yaml")).unwrap();
+        // Random states: some backends down or draining.
+        let svc = &cfg.services[0];
+        let states: Vec<State> = svc
+            .backends
+            .iter()
+            .map(|_| match rng.gen_range(0..10) {
+                0 => State::Down,
+                1 => State::Drain,
+                _ => State::Up,
+            })
+            .collect();
+        let ids: Vec<BackendId> = svc.backends.iter().map(|b| b.id()).collect();
+        let st = {
+            let ids = ids.clone();
+            let states = states.clone();
+            move |_: &str, b: BackendId| ids.iter().position(|x| *x == b).map(|i| states[i])
+        };
+        let enc = encode::encode(&cfg, &cfg.services, &encode::Running::default(), 1, &st).unwrap();
+        let members: Vec<(BackendId, u32, State)> = svc
+            .backends
+            .iter()
+            .zip(&states)
+            .map(|(b, s)| (b.id(), b.weight, *s))
+            .collect();
+        let table = core::service_table(&members, cfg.table);
+        let _ = std::fs::remove_dir_all(&pins);
+        let mut inst = LbInstance::load(&enc, 1 << 17, &pins, &LogOpts::default()).unwrap();
+        inst.write_shared(&enc).unwrap();
+        for _ in 0..4000 {
+            let (src, dst): (IpAddr, IpAddr) = if is6 {
+                let mut b = [0u8; 16];
+                rng.fill(&mut b[..]);
+                b[0] = 0xfd;
+                (Ipv6Addr::from(b).into(), v6("fd00:200::10").into())
+            } else {
+                (
+                    Ipv4Addr::from(rng.r#gen::<u32>() | 0x0100_0000).into(),
+                    v4("10.200.0.10").into(),
+                )
+            };
+            let sport = rng.gen_range(1024..65535u16);
+            let frame = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    pkt::tcp4_frame(s, d, sport, 80, pkt::TCP_SYN, b"")
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    pkt::tcp6_frame(s, d, sport, 80, pkt::TCP_SYN, b"")
+                }
+                _ => unreachable!(),
+            };
+            let flow = core::hash::Flow {
+                src,
+                dst,
+                sport,
+                dport: 80,
+                proto: 6,
+            };
+            let h = core::hash::flow_hash(&flow, svc.hash);
+            let want = table[(h % cfg.table) as usize];
+            let (ret, out) = inst.run(&frame, None).unwrap();
+            total += 1;
+            if want == core::maglev::NONE {
+                assert_eq!(
+                    ret, XDP_DROP,
+                    "round {round}: no eligible backend must drop"
+                );
+                dropped += 1;
+                continue;
+            }
+            let d = pkt::decode(&out).unwrap();
+            assert_eq!(
+                d.dst, members[want as usize].0.addr,
+                "round {round}: {flow:?} hash {h:#x}: kernel and reference disagree"
+            );
+        }
+        drop(inst);
+    }
+    assert!(total >= 100_000, "{total}");
+    eprintln!("{total} connections compared, {dropped} with no eligible backend");
+}
