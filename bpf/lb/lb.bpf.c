@@ -43,6 +43,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE); /* filled in one write */
 	__type(key, __u32);
 	__type(value, __u32);
 } lb_maglev SEC(".maps");

@@ -36,7 +36,7 @@
  */
 #define LB_MAP_VIPS "lb_vips"
 /*
- * lb_maglev: BPF_MAP_TYPE_ARRAY, per instance, table_size entries per service
+ * lb_maglev: BPF_MAP_TYPE_ARRAY (BPF_F_MMAPABLE), per instance, table_size entries per service
  *   key: __u32 table_off + hash % table_size; value: __u32 backend slot or LB_NONE
  */
 #define LB_MAP_MAGLEV "lb_maglev"

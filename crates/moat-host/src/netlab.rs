@@ -290,6 +290,9 @@ impl LbLab {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         sysctl_in(l, "net.ipv4.ip_forward", "1")?;
+        // Clients open many short connections: reuse TIME_WAIT ports.
+        sysctl_in(c, "net.ipv4.tcp_tw_reuse", "1")?;
+        sysctl_in(c, "net.ipv4.ip_local_port_range", "\"10000 65000\"")?;
         sysctl_in(l, "net.ipv6.conf.all.forwarding", "1")?;
         ip(&[
             "link", "add", "eth0", "netns", c, "type", "veth", "peer", "name", "cli", "netns", l,

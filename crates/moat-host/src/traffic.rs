@@ -287,3 +287,118 @@ impl Drop for Lockstep {
         }
     }
 }
+
+/// Backends that say who they are: in network namespace `netns`, a TCP
+/// server on [::]:`port` (IPv4 too) that answers every line it reads with
+/// `name` and a newline, and a UDP server on [::]:`port` that answers every
+/// datagram with `name`. For load balancer labs and benchmarks.
+pub struct NameServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn dual_stack(ty: Type, port: u16) -> Result<Socket> {
+    let s = Socket::new(Domain::IPV6, ty, None)?;
+    s.set_only_v6(false)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())
+        .with_context(|| format!("binding [::]:{port}"))?;
+    Ok(s)
+}
+
+impl NameServer {
+    pub fn start(netns: &str, name: &str, port: u16) -> Result<NameServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ns = NetnsGuard::enter(netns)?;
+        let tcp = dual_stack(Type::STREAM, port)?;
+        tcp.listen(1024)?;
+        let tcp: TcpListener = tcp.into();
+        tcp.set_nonblocking(true)?;
+        let udp: UdpSocket = dual_stack(Type::DGRAM, port)?.into();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let mut threads = Vec::new();
+        let (s, n) = (Arc::clone(&stop), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            let mut conns: Vec<JoinHandle<()>> = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((c, _)) => {
+                        let (s2, n2) = (Arc::clone(&s), n.clone());
+                        conns.push(std::thread::spawn(move || name_conn(c, &n2, &s2)));
+                        conns.retain(|t| !t.is_finished());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            for t in conns {
+                let _ = t.join();
+            }
+        }));
+        let (s, n) = (Arc::clone(&stop), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(n.as_bytes(), from);
+                }
+            }
+        }));
+        Ok(NameServer { stop, threads })
+    }
+}
+
+fn name_conn(mut c: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut reply = name.as_bytes().to_vec();
+    reply.push(b'\n');
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                for _ in 0..lines {
+                    if c.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request to a [`NameServer`] through `to`: connect, send a line, read
+/// the name (a fresh connection each time). From the calling thread's netns.
+pub fn ask_name(to: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut c =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting {to}"))?;
+    c.set_read_timeout(Some(timeout))?;
+    c.set_nodelay(true)?;
+    c.write_all(b"who\n")?;
+    let mut out = Vec::new();
+    let mut b = [0u8; 64];
+    while !out.ends_with(b"\n") {
+        let n = c
+            .read(&mut b)
+            .with_context(|| format!("reading from {to}"))?;
+        if n == 0 {
+            bail!("{to} closed before answering");
+        }
+        out.extend_from_slice(&b[..n]);
+    }
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}

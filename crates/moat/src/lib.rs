@@ -7,3 +7,4 @@ pub mod count;
 pub mod demo;
 pub mod fw;
 pub mod http;
+pub mod lb;

@@ -53,6 +53,9 @@ enum Cmd {
     /// The stateful L3/L4 firewall: XDP ingress + TC egress, policy in YAML.
     #[command(subcommand)]
     Fw(FwCmd),
+    /// The L4 load balancer at XDP: Maglev, connection affinity, drain, NAT or DSR.
+    #[command(subcommand)]
+    Lb(LbCmd),
     /// The firewall's flows (allowed connections and denied flows), one line each.
     Flows {
         /// JSON lines instead of text.
@@ -178,6 +181,53 @@ enum FwCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum LbCmd {
+    /// Validate a config (no privileges) and print each backend's share of the Maglev table.
+    Check {
+        #[arg(short = 'f', long = "file", value_name = "LB.YAML")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate, attach if needed and replace the running services atomically.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "LB.YAML")]
+        config: PathBuf,
+        /// Interfaces where client packets (and NAT replies) arrive (default: the file's `interfaces:`).
+        #[arg(short, long = "interface", value_name = "IFACE")]
+        interface: Vec<String>,
+        /// The interfaces are in network namespace /run/netns/NAME.
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+        /// Generic (skb) XDP for new attachments.
+        #[arg(long)]
+        skb: bool,
+    },
+    /// Services, backends (weight, state, table share), packets, bytes, connections.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a new config would move: table share and tracked connections per service.
+    Plan {
+        #[arg(short = 'f', long = "file", value_name = "NEW.YAML")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a backend up, down or drain: new connections avoid it, its connections stay.
+    Backend {
+        service: String,
+        /// ADDRESS or ADDRESS:PORT ([v6]:PORT).
+        address: String,
+        #[arg(value_parser = ["up", "down", "drain"])]
+        state: String,
+    },
+    /// Remove the load balancer everywhere, with its programs, links, pins and connections.
+    Detach,
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .strip_suffix('s')
@@ -293,6 +343,31 @@ fn main() -> ExitCode {
                 &log,
             ),
             FwCmd::Detach { interface } => cmd::detach(&interface),
+        },
+        Cmd::Lb(l) => match l {
+            LbCmd::Check { config, json } => moat::lb::check(&config, json),
+            LbCmd::Apply {
+                config,
+                interface,
+                netns,
+                skb,
+            } => moat::lb::apply(
+                &moat_host::lb::apply::ApplyOpts {
+                    config,
+                    interfaces: interface,
+                    netns,
+                    skb,
+                },
+                &log,
+            ),
+            LbCmd::Status { json } => moat::lb::status(json),
+            LbCmd::Plan { config, json } => moat::lb::plan(&config, json),
+            LbCmd::Backend {
+                service,
+                address,
+                state,
+            } => moat::lb::backend(&service, &address, &state, &log),
+            LbCmd::Detach => moat::lb::detach(),
         },
     };
     match result {

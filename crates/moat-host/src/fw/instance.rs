@@ -451,7 +451,7 @@ fn as_bytes(v: &[u64]) -> &[u8] {
 }
 
 /// Copies `data` to the start of a BPF_F_MMAPABLE array in one write.
-fn write_mmapable(map: &aya::maps::Map, data: &[u8]) -> Result<()> {
+pub(crate) fn write_mmapable(map: &aya::maps::Map, data: &[u8]) -> Result<()> {
     with_mmap(map, data.len(), |p| {
         // SAFETY: p maps at least data.len() bytes (see with_mmap).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }

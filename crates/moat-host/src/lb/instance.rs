@@ -73,12 +73,26 @@ impl LbInstance {
                     .with_context(|| format!("inserting {k:?} into {}", abi::MAP_VIPS))?;
             }
         }
-        {
-            let mut m: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_MAGLEV)?)?;
-            for (i, slot) in e.maglev.iter().enumerate() {
-                m.set(i as u32, slot, 0)
-                    .with_context(|| format!("filling {}", abi::MAP_MAGLEV))?;
-            }
+        if !e.maglev.is_empty() {
+            // Every table in one write through the mapping (hundreds of
+            // thousands of entries: one syscall each would take seconds).
+            // Array elements sit at an 8-byte stride (the kernel rounds the
+            // value size up), so each u32 is followed by 4 bytes of padding.
+            let bytes: Vec<u8> = e
+                .maglev
+                .iter()
+                .flat_map(|v| {
+                    let mut w = [0u8; 8];
+                    w[..4].copy_from_slice(&v.to_ne_bytes());
+                    w
+                })
+                .collect();
+            let m = self
+                .bpf
+                .map(abi::MAP_MAGLEV)
+                .ok_or_else(|| anyhow!("no {}", abi::MAP_MAGLEV))?;
+            crate::fw::instance::write_mmapable(m, &bytes)
+                .with_context(|| format!("filling {}", abi::MAP_MAGLEV))?;
         }
         let mut c: Array<_, LbConfig> = Array::try_from(self.map_mut(abi::MAP_CONFIG)?)?;
         c.set(0, e.config, 0)

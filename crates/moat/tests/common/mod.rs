@@ -317,3 +317,55 @@ impl Drop for PolicyDir {
         let _ = std::fs::remove_dir_all(policy_dir(&self.0));
     }
 }
+
+/// Pins and state of one test's load balancer (kept apart from the host's
+/// and other tests'), removed on drop (`moat lb detach` first).
+pub struct LbRoot {
+    pub pin_root: String,
+    pub state_root: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl LbRoot {
+    pub fn new(tag: &str) -> LbRoot {
+        let dir = std::env::temp_dir().join(format!("moat-lb-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        LbRoot {
+            pin_root: format!("/sys/fs/bpf/moat-test-{tag}"),
+            state_root: format!("/run/moat-test-{tag}"),
+            dir,
+        }
+    }
+    pub fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("MOAT_PIN_ROOT", self.pin_root.as_str()),
+            ("MOAT_STATE_ROOT", self.state_root.as_str()),
+        ]
+    }
+    pub fn moat(&self, args: &[&str]) -> (bool, String, String) {
+        MoatProc::spawn_env(args, &self.env()).finish()
+    }
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.moat(args);
+        assert!(ok, "moat {args:?} failed:\n{out}\n{err}");
+        out
+    }
+    /// Writes `yaml` as NAME in the test's directory.
+    pub fn file(&self, name: &str, yaml: &str) -> std::path::PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["lb", "status", "--json"])).expect("status JSON")
+    }
+}
+
+impl Drop for LbRoot {
+    fn drop(&mut self) {
+        let _ = self.moat(&["lb", "detach"]);
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.state_root);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
