@@ -231,3 +231,109 @@ pub fn detach() -> Result<()> {
     }
     Ok(())
 }
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of the load balancer's state and counters.
+pub fn metrics_text(st: &LbStatus) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let family = |s: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    type Pick = fn(&status::BackendStatus) -> f64;
+    let per_backend: [(&str, &str, &str, Pick); 7] = [
+        (
+            "moat_lb_packets_total",
+            "counter",
+            "Packets balanced to each backend (client to backend).",
+            |b| b.packets as f64,
+        ),
+        (
+            "moat_lb_bytes_total",
+            "counter",
+            "Bytes (whole frames) balanced to each backend.",
+            |b| b.bytes as f64,
+        ),
+        (
+            "moat_lb_connections",
+            "gauge",
+            "Tracked connections of each backend now.",
+            |b| b.connections as f64,
+        ),
+        (
+            "moat_lb_connections_total",
+            "counter",
+            "New connections given to each backend.",
+            |b| b.connections_total as f64,
+        ),
+        (
+            "moat_lb_backend_up",
+            "gauge",
+            "1 if the backend takes new connections (state up, weight > 0).",
+            |b| f64::from(u8::from(b.state == "up" && b.weight > 0)),
+        ),
+        (
+            "moat_lb_backend_weight",
+            "gauge",
+            "The backend's weight.",
+            |b| b.weight as f64,
+        ),
+        (
+            "moat_lb_table_share_ratio",
+            "gauge",
+            "The backend's share of its service's Maglev table.",
+            |b| b.share,
+        ),
+    ];
+    for (name, kind, help, pick) in per_backend {
+        family(&mut s, name, kind, help);
+        for svc in &st.services {
+            for b in &svc.backends {
+                let _ = writeln!(
+                    s,
+                    "{name}{{service=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                    label(&svc.name),
+                    label(&b.address),
+                    b.state,
+                    pick(b)
+                );
+            }
+        }
+    }
+    family(
+        &mut s,
+        "moat_lb_decisions_total",
+        "counter",
+        "Packets the balancer handled, by reason.",
+    );
+    for (n, p, _) in &st.reasons {
+        let _ = writeln!(s, "moat_lb_decisions_total{{reason=\"{n}\"}} {p}");
+    }
+    family(
+        &mut s,
+        "moat_lb_conntrack_entries",
+        "gauge",
+        "Entries in the balancer's connection table.",
+    );
+    let _ = writeln!(s, "moat_lb_conntrack_entries {}", st.conntrack_entries);
+    family(
+        &mut s,
+        "moat_lb_conntrack_max",
+        "gauge",
+        "Capacity of the balancer's connection table.",
+    );
+    let _ = writeln!(s, "moat_lb_conntrack_max {}", st.conntrack_max);
+    family(
+        &mut s,
+        "moat_lb_generation",
+        "gauge",
+        "Generation of the running balancer config.",
+    );
+    let _ = writeln!(s, "moat_lb_generation {}", st.generation);
+    s
+}

@@ -202,6 +202,88 @@ fn lb_netns_end_to_end() {
         .map(|b| b["connections_total"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 3000, "status counts every new connection: {st}");
+    let generation = st["generation"].as_u64().unwrap();
+
+    // `moat flows` shows each balanced connection with its backend.
+    let flows = root.ok(&["flows", "--json", "--port", "80"]);
+    let web_flows: Vec<serde_json::Value> = flows
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "balanced" && v["service"] == "web")
+        .collect();
+    assert_eq!(web_flows.len(), 3000, "balanced connections in moat flows");
+    let to_be3 = web_flows
+        .iter()
+        .filter(|v| v["backend"] == "10.197.3.2:8080")
+        .count();
+    assert_eq!(
+        to_be3, seen["be3"],
+        "flows name the backend each connection got"
+    );
+
+    // Metrics on the shared endpoint.
+    let port = 20000 + (std::process::id() % 20000) as u16 + 1;
+    let listen = format!("127.0.0.1:{port}");
+    let mut m = common::MoatProc::spawn_env(
+        &["metrics", "--listen", &listen, "--duration", "30s"],
+        &root.env(),
+    );
+    m.wait_stderr("serving Prometheus metrics", Duration::from_secs(10));
+    let text = {
+        let mut c = TcpStream::connect(&listen).unwrap();
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut t = String::new();
+        c.read_to_string(&mut t).unwrap();
+        assert!(t.starts_with("HTTP/1.1 200"), "{t}");
+        t
+    };
+    m.signal(libc::SIGTERM);
+    let _ = m.finish();
+    let sample = |name: &str, backend: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains("service=\"web\"")
+                    && l.contains(&format!("backend=\"{backend}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} {backend} not in metrics:\n{text}"))
+    };
+    assert_eq!(
+        sample("moat_lb_connections_total", "10.197.3.2:8080"),
+        seen["be3"] as f64
+    );
+    assert_eq!(sample("moat_lb_backend_up", "10.197.1.2:8080"), 1.0);
+    assert!(sample("moat_lb_packets_total", "10.197.1.2:8080") > 0.0);
+
+    // A broken file changes nothing that runs.
+    let broken = root.file(
+        "broken.yaml",
+        &config([1, 1, 2], [true; 3]).replace("port: 53", "port: 70000"),
+    );
+    let (ok, _, err) = root.moat(&[
+        "lb",
+        "apply",
+        "-f",
+        broken.to_str().unwrap(),
+        "-i",
+        "cli",
+        "--netns",
+        &lab.ns_l,
+    ]);
+    assert!(!ok, "a broken config was applied");
+    assert!(
+        err.contains("broken.yaml:") && err.contains("70000"),
+        "{err}"
+    );
+    assert_eq!(root.status()["generation"].as_u64().unwrap(), generation);
+    let (_, failed) = spread(&c, vip_web(), 50);
+    assert!(failed.is_empty(), "after a refused apply: {failed:?}");
 
     // 2. IPv6 NAT, UDP, DSR, ICMP echo.
     let (seen6, failed6) = spread(&c, "[fd00:200::10]:80".parse().unwrap(), 100);

@@ -271,3 +271,47 @@ pub fn status_at(p: &Paths) -> Result<LbStatus> {
         conntrack_max: ct_max,
     })
 }
+
+/// One balanced connection, for `moat flows`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Balanced {
+    pub kind: &'static str,
+    pub service: String,
+    pub proto: &'static str,
+    pub client: String,
+    pub vip: String,
+    pub backend: String,
+    /// The backend still holds the slot it had when chosen.
+    pub backend_live: bool,
+    pub closing: bool,
+    pub last_seen_secs_ago: f64,
+}
+
+pub fn balanced(p: &Paths) -> Vec<Balanced> {
+    let r = running(p);
+    let now = crate::fw::observe::clock_ns(libc::CLOCK_MONOTONIC);
+    let ep = |a: std::net::IpAddr, port: u16| crate::fw::observe::endpoint(a, port);
+    let mut out: Vec<Balanced> = connections(p)
+        .into_iter()
+        .map(|(k, v)| {
+            let svc = r.services.iter().find(|(id, _)| *id == v.svc);
+            let b = r.backends.iter().find(|(s, _)| *s == v.slot);
+            let live =
+                b.is_some_and(|(_, b)| b.addr == v.backend && b.port == v.bport && b.svc == v.svc);
+            let bport = if v.bport != 0 { v.bport } else { k.vport };
+            Balanced {
+                kind: "balanced",
+                service: svc.map_or_else(|| format!("#{}", v.svc), |(_, s)| svc_name(s)),
+                proto: core::proto_name(k.proto),
+                client: ep(ip_of(&k.client, k.family), u16::from_be(k.cport)),
+                vip: ep(ip_of(&k.vip, k.family), u16::from_be(k.vport)),
+                backend: ep(ip_of(&v.backend, k.family), u16::from_be(bport)),
+                backend_live: live,
+                closing: v.closing != 0,
+                last_seen_secs_ago: now.saturating_sub(v.last_ns) as f64 / 1e9,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.last_seen_secs_ago.total_cmp(&b.last_seen_secs_ago));
+    out
+}

@@ -54,10 +54,21 @@ pub struct FlowsOpts {
 pub fn flows_cmd(o: &FlowsOpts) -> Result<()> {
     sys::require_privileges("moat flows")?;
     let paths = Paths::from_env();
-    let list: Vec<Flow> = flows(&paths)?
-        .into_iter()
-        .filter(|f| o.filter.matches(f))
-        .collect();
+    let lb_paths = moat_host::lb::status::paths();
+    let lb_runs = !moat_host::lb::status::links(&lb_paths).is_empty();
+    let fw_runs = running(&paths).is_ok();
+    if !fw_runs && !lb_runs {
+        // The firewall's own message says how to start it.
+        running(&paths)?;
+    }
+    let list: Vec<Flow> = if fw_runs {
+        flows(&paths)?
+            .into_iter()
+            .filter(|f| o.filter.matches(f))
+            .collect()
+    } else {
+        Vec::new()
+    };
     for f in &list {
         if o.json {
             println!("{}", serde_json::to_string(f)?);
@@ -65,11 +76,65 @@ pub fn flows_cmd(o: &FlowsOpts) -> Result<()> {
             println!("{}", flow_line(f));
         }
     }
+    // Balanced connections (the load balancer), filtered by port and address.
+    let balanced: Vec<_> = if lb_runs && o.filter.verdict.is_none() && o.filter.rule.is_none() {
+        moat_host::lb::status::balanced(&lb_paths)
+            .into_iter()
+            .filter(|b| {
+                let addr_port = |s: &str| -> Option<(std::net::IpAddr, u16)> {
+                    let sa: std::net::SocketAddr = s.parse().ok()?;
+                    Some((sa.ip(), sa.port()))
+                };
+                let ends = [
+                    addr_port(&b.client),
+                    addr_port(&b.vip),
+                    addr_port(&b.backend),
+                ];
+                o.filter
+                    .port
+                    .is_none_or(|p| ends.iter().flatten().any(|(_, q)| *q == p))
+                    && o.filter
+                        .remote
+                        .as_ref()
+                        .is_none_or(|c| ends[0].is_some_and(|(a, _)| c.contains(a)))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for b in &balanced {
+        if o.json {
+            println!("{}", serde_json::to_string(b)?);
+        } else {
+            println!(
+                "lb    {:<10} {:<4} {:>22} -> {:<24} => {:<24} {:>7.1}s ago{}{}",
+                b.service,
+                b.proto,
+                b.client,
+                b.vip,
+                b.backend,
+                b.last_seen_secs_ago,
+                if b.closing { " (closing)" } else { "" },
+                if b.backend_live {
+                    ""
+                } else {
+                    " (backend gone)"
+                }
+            );
+        }
+    }
     if !o.follow {
         if !o.json {
-            println!("{} flows", list.len());
+            println!(
+                "{} flows, {} balanced connections",
+                list.len(),
+                balanced.len()
+            );
         }
         return Ok(());
+    }
+    if !fw_runs {
+        bail!("--follow shows the firewall's events; the firewall is not attached");
     }
     // Follow: drop/log events as they come, and flows as they appear.
     let stop = sys::stop_flag()?;
@@ -368,7 +433,10 @@ pub fn metrics_text(c: &Counters) -> String {
 pub fn metrics_cmd(listen: &str, duration: Option<Duration>) -> Result<()> {
     sys::require_privileges("moat metrics")?;
     let paths = Paths::from_env();
-    running(&paths)?;
+    let lb_paths = moat_host::lb::status::paths();
+    if running(&paths).is_err() && moat_host::lb::status::links(&lb_paths).is_empty() {
+        running(&paths)?;
+    }
     let stop = sys::stop_flag()?;
     crate::http::serve(
         listen,
@@ -379,17 +447,35 @@ pub fn metrics_cmd(listen: &str, duration: Option<Duration>) -> Result<()> {
         move |path| {
             use hyper::StatusCode;
             if path == "/metrics" {
-                match counters(&paths) {
-                    Ok(cn) => (
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        metrics_text(&cn),
-                    ),
-                    Err(e) => (
+                // Every family that runs, on one endpoint.
+                let fw = running(&paths).ok().map(|_| counters(&paths));
+                let lb = (!moat_host::lb::status::links(&lb_paths).is_empty())
+                    .then(|| moat_host::lb::status::status_at(&lb_paths));
+                match (fw, lb) {
+                    (Some(Err(e)), _) | (_, Some(Err(e))) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",
                         format!("{e:#}\n"),
                     ),
+                    (None, None) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "neither the firewall nor the load balancer runs\n".into(),
+                    ),
+                    (fw, lb) => {
+                        let mut text = String::new();
+                        if let Some(Ok(cn)) = fw {
+                            text.push_str(&metrics_text(&cn));
+                        }
+                        if let Some(Ok(st)) = lb {
+                            text.push_str(&crate::lb::metrics_text(&st));
+                        }
+                        (
+                            StatusCode::OK,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            text,
+                        )
+                    }
                 }
             } else {
                 (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into())
