@@ -15,6 +15,7 @@ use moat_host::{
     loader::{self, LogOpts},
 };
 
+pub mod lb;
 pub mod live;
 pub mod report;
 pub mod tcplife;

@@ -92,6 +92,22 @@ struct LifeArgs {
     life_rounds: usize,
 }
 
+#[derive(Args, Clone)]
+struct LbArgs {
+    /// Frames per forwarding measurement.
+    #[arg(long, default_value = "1000000")]
+    lb_packets: u32,
+    /// Interleaved rounds (forwarding, program cost, requests).
+    #[arg(long, default_value = "3")]
+    lb_rounds: usize,
+    /// Repetitions per BPF_PROG_TEST_RUN call (program cost).
+    #[arg(long, default_value = "200000")]
+    lb_repeat: u32,
+    /// Seconds of requests per measurement.
+    #[arg(long, default_value = "2")]
+    lb_request_secs: f64,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Everything below, then writes the report (markdown + two SVG plots).
@@ -104,6 +120,8 @@ enum Cmd {
         updates: UpdateArgs,
         #[command(flatten)]
         life: LifeArgs,
+        #[command(flatten)]
+        lb: LbArgs,
         /// Markdown report to write (the SVGs go next to it).
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
@@ -128,6 +146,29 @@ enum Cmd {
         #[command(flatten)]
         life: LifeArgs,
     },
+    /// The load balancer: forwarding rate, program cost, requests, Maglev disruption.
+    Lb {
+        #[command(flatten)]
+        lb: LbArgs,
+    },
+}
+
+struct LbRun {
+    live: Vec<moat_bench::lb::LiveLb>,
+    cost: Vec<moat_bench::lb::CostLb>,
+    reqs: Vec<(&'static str, Vec<f64>)>,
+    dis: Vec<(u32, usize, f64)>,
+}
+
+fn run_lb(a: &LbArgs) -> Result<LbRun> {
+    let stop = moat_host::sys::stop_flag()?;
+    let say = |s: &str| eprintln!("{s}");
+    Ok(LbRun {
+        dis: moat_bench::lb::disruption(),
+        cost: moat_bench::lb::prog_cost(a.lb_repeat, a.lb_rounds, say)?,
+        live: moat_bench::lb::live(a.lb_packets, a.lb_rounds, &stop, say)?,
+        reqs: moat_bench::lb::requests(a.lb_request_secs, a.lb_rounds, say)?,
+    })
 }
 
 fn machine() -> String {
@@ -232,6 +273,17 @@ fn main() -> Result<()> {
             let (times, traffic) = run_updates(&updates)?;
             println!("{}", report::updates_markdown(&times, Some(&traffic)));
         }
+        Cmd::Lb { lb } => {
+            let r = run_lb(&lb)?;
+            println!(
+                "{}",
+                moat_bench::lb::markdown(&r.live, &r.cost, &r.reqs, &r.dis)
+            );
+            println!(
+                "{}",
+                report::bars_markdown(&moat_bench::lb::bars(&r.live, &r.cost, &r.dis))
+            );
+        }
         Cmd::TcpLife { life } => {
             let r = moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
             println!("{}", report::life_markdown(&r));
@@ -241,6 +293,7 @@ fn main() -> Result<()> {
             live,
             updates,
             life,
+            lb,
             out,
         } => {
             let (co, lo) = (cost_opts(&cost)?, live_opts(&live)?);
@@ -250,11 +303,13 @@ fn main() -> Result<()> {
             let (times, traffic) = run_updates(&updates)?;
             let lives =
                 moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
+            let lbr = run_lb(&lb)?;
             let dir = out.parent().map(PathBuf::from).unwrap_or_default();
             let (cost_svg, live_svg) = ("benchmarks-prog-cost.svg", "benchmarks-live.svg");
             std::fs::write(dir.join(cost_svg), moat_bench::svg(&samples, &co.sizes))?;
             std::fs::write(dir.join(live_svg), report::live_svg(&res))?;
-            let bars = report::bars(&samples, &res, Some(&traffic));
+            let mut bars = report::bars(&samples, &res, Some(&traffic));
+            bars.extend(moat_bench::lb::bars(&lbr.live, &lbr.cost, &lbr.dis));
             let md = document(
                 &co,
                 &lo,
@@ -265,6 +320,7 @@ fn main() -> Result<()> {
                 &traffic,
                 &bars,
                 (&lives, &life),
+                &lbr,
                 t0.elapsed(),
             );
             std::fs::write(&out, md)?;
@@ -286,6 +342,7 @@ fn document(
     traffic: &updates::UnderTraffic,
     bars: &[report::Bar],
     (lives, life): (&[moat_bench::tcplife::LifeResult], &LifeArgs),
+    lbr: &LbRun,
     took: std::time::Duration,
 ) -> String {
     let mut md = format!(
@@ -354,6 +411,16 @@ fn document(
         life.conns,
         life.life_rounds,
         report::life_markdown(lives)
+    ));
+    md.push_str(&format!(
+        "\n## Load balancer\n\nA client namespace, the balancer's namespace and three backend namespaces, each \
+         backend one veth away (moat-host's LbLab). The peers that run on this kernel: nftables DNAT \
+         (`numgen random` and `jhash` maps), iptables DNAT (`statistic`), and kernel forwarding with no \
+         balancer (to one backend's address) as the ceiling of the kernel path; IPVS is not in this \
+         kernel (no CONFIG_IP_VS), so it is not measured. The generator (live-frames XDP in the client \
+         namespace, the whole header written every frame) floods UDP to the VIP for at most 2 s; an XDP \
+         drop program on each backend's interface counts what arrived.\n\n{}\n",
+        moat_bench::lb::markdown(&lbr.live, &lbr.cost, &lbr.reqs, &lbr.dis)
     ));
     md
 }

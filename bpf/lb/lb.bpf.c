@@ -55,6 +55,13 @@ struct {
 	__type(value, struct lb_config);
 } lb_config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct lb_vip_key);
+	__type(value, struct lb_back);
+} lb_back SEC(".maps");
+
 /* Shared by every instance (pinned by name). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -75,6 +82,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, struct lb_ct_key);
 	__type(value, struct lb_ct_val);
@@ -547,8 +555,10 @@ __noinline int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_
 	if (vip->mode == LB_MODE_DSR)
 		return lb_forward(ctx, p, &baddr, 0);
 
-	/* NAT: the backend's side, for its replies. */
-	lb_note_reply(p, &baddr, bport, fresh);
+	/* NAT: a backend whose replies lb_back cannot place keeps the
+	 * connection's backend side in lb_rev. */
+	if (b->flags & LB_BF_REV)
+		lb_note_reply(p, &baddr, bport, fresh);
 	if (lb_rewrite(ctx, p, 0, &baddr, bport) < 0) {
 		moat_count_add(&lb_stats, LB_STAT_DROP_MALFORMED, p->len);
 		return XDP_DROP;
@@ -558,6 +568,74 @@ none:
 	moat_count_add(&lb_stats, LB_STAT_DROP_NO_BACKEND, p->len);
 	moat_count_add(&lb_sstats, svc, p->len);
 	return XDP_DROP;
+}
+
+/* A NAT backend's reply: the VIP it answers for from lb_back, confirmed by
+ * the connection in lb_ct (or, for a backend lb_back cannot place, lb_rev);
+ * the source becomes the VIP and the frame goes to the client. Returns the
+ * XDP verdict, or -1 if this is not a reply. */
+__noinline int lb_reply(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	struct lb_vip_key bk = {};
+	struct lb_addr vip_a, client;
+	const struct lb_back *bv;
+	__be16 vport;
+
+	if (!p)
+		return -1;
+	lb_copy16(bk.addr, p->src);
+	bk.port = p->sport;
+	bk.proto = p->proto;
+	bk.family = p->family;
+	bv = bpf_map_lookup_elem(&lb_back, &bk);
+	if (!bv) {
+		bk.port = 0;
+		bv = bpf_map_lookup_elem(&lb_back, &bk);
+	}
+	if (!bv)
+		return -1;
+	if (!(bv->flags & LB_BACK_AMBIG)) {
+		struct lb_ct_key ck = {};
+		struct lb_ct_val *ct;
+
+		vport = bv->vport ? bv->vport : p->sport;
+		lb_copy16(ck.client, p->dst);
+		lb_copy16(ck.vip, bv->vip);
+		ck.cport = p->dport;
+		ck.vport = vport;
+		ck.proto = p->proto;
+		ck.family = p->family;
+		ct = bpf_map_lookup_elem(&lb_ct, &ck);
+		if (!ct)
+			return -1;
+		{
+			const __u32 *x = (const __u32 *)ct->backend, *y = (const __u32 *)p->src;
+
+			if ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]))
+				return -1;
+		}
+		lb_copy16(vip_a.a, bv->vip);
+	} else {
+		struct lb_rev_key rk = {};
+		struct lb_rev_val *rv;
+
+		lb_copy16(rk.backend, p->src);
+		lb_copy16(rk.client, p->dst);
+		rk.bport = p->sport;
+		rk.cport = p->dport;
+		rk.proto = p->proto;
+		rk.family = p->family;
+		rv = bpf_map_lookup_elem(&lb_rev, &rk);
+		if (!rv)
+			return -1;
+		vport = rv->vport;
+		lb_copy16(vip_a.a, rv->vip);
+	}
+	lb_copy16(client.a, p->dst);
+	if (lb_rewrite(ctx, p, 1, &vip_a, vport) < 0)
+		return XDP_PASS;
+	moat_count_add(&lb_stats, LB_STAT_REPLY, p->len);
+	return lb_forward(ctx, p, &client, 1);
 }
 
 /* Everything after parsing, for one packet. Global: verified once, apart
@@ -620,27 +698,10 @@ __noinline int lb_core(struct xdp_md *ctx, struct lb_pkt *p, __u32 frag)
 
 		/* A NAT backend's reply? */
 		{
-			struct lb_rev_key rk = {};
-			struct lb_rev_val *rv;
+			int r = lb_reply(ctx, p);
 
-			lb_copy16(rk.backend, p->src);
-			lb_copy16(rk.client, p->dst);
-			rk.bport = p->sport;
-			rk.cport = p->dport;
-			rk.proto = p->proto;
-			rk.family = p->family;
-			rv = bpf_map_lookup_elem(&lb_rev, &rk);
-			if (rv) {
-				struct lb_addr vip_a, client;
-				__be16 vport = rv->vport;
-
-				lb_copy16(vip_a.a, rv->vip);
-				lb_copy16(client.a, p->dst);
-				if (lb_rewrite(ctx, p, 1, &vip_a, vport) < 0)
-					return XDP_PASS;
-				moat_count_add(&lb_stats, LB_STAT_REPLY, p->len);
-				return lb_forward(ctx, p, &client, 1);
-			}
+			if (r >= 0)
+				return r;
 		}
 		/* To a VIP address, but no service on this port or protocol. */
 		vk.proto = p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;

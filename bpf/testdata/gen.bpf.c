@@ -5,6 +5,10 @@
  * (low 16 bits) and source port (gen2_xdp: every second frame), then XDP_TX
  * sends it out of the interface
  * the run names, to the veth peer.
+ * genlb_xdp / genlb1_xdp write the whole Ethernet/IPv4/UDP header from the
+ * template in gen_tmpl on every run (behind a forwarder, live-frames pages
+ * come back with what the receivers wrote into them): a new flow per frame,
+ * or always the same one.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -71,6 +75,62 @@ SEC("xdp")
 int gen2_xdp(struct xdp_md *ctx)
 {
 	return gen(ctx, 2);
+}
+
+#define GEN_HDR 42 /* Ethernet + IPv4 (no options) + UDP */
+
+struct gen_tmpl {
+	__u8 hdr[GEN_HDR];
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_tmpl);
+} gen_tmpl SEC(".maps");
+
+static __always_inline int genlb(struct xdp_md *ctx, int new_flows)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct gen_tmpl *t;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	__u32 zero = 0, *seq, s, from, to;
+
+	if (data + GEN_HDR > data_end)
+		return XDP_DROP;
+	t = bpf_map_lookup_elem(&gen_tmpl, &zero);
+	seq = bpf_map_lookup_elem(&gen_seq, &zero);
+	if (!t || !seq)
+		return XDP_DROP;
+	__builtin_memcpy(data, t->hdr, GEN_HDR);
+	if (!new_flows)
+		return XDP_TX;
+	ip = data + sizeof(struct ethhdr);
+	udp = (void *)(ip + 1);
+	s = (*seq)++;
+	from = ip->saddr;
+	to = bpf_htonl((bpf_ntohl(from) & 0xFFFF0000) | (s & 0xFFFF));
+	ip->saddr = to;
+	ip->check = csum_replace4(ip->check, from, to);
+	udp->source = bpf_htons(1024 + ((s >> 16) % 60000));
+	udp->check = 0;
+	return XDP_TX;
+}
+
+SEC("xdp")
+int genlb_xdp(struct xdp_md *ctx)
+{
+	return genlb(ctx, 1);
+}
+
+SEC("xdp")
+int genlb1_xdp(struct xdp_md *ctx)
+{
+	return genlb(ctx, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -36,6 +36,18 @@
  */
 #define LB_MAP_VIPS "lb_vips"
 /*
+ * lb_back: BPF_MAP_TYPE_HASH, per instance
+ *   key: struct lb_vip_key {backend address, source port of its replies (0:
+ *   any), proto, family}; value: struct lb_back (the VIP and port its replies
+ *   come from). NAT replies find their VIP here and are checked against the
+ *   connection in lb_ct, so a new connection writes one map entry, not two.
+ *   A backend whose replies could belong to two VIPs (the same address and
+ *   port in two services) is flagged LB_BACK_AMBIG here and LB_BF_REV in
+ *   lb_backends: its connections keep per-connection entries in lb_rev.
+ */
+#define LB_MAP_BACK "lb_back"
+#define LB_BACK_AMBIG 1
+/*
  * lb_maglev: BPF_MAP_TYPE_ARRAY (BPF_F_MMAPABLE), per instance, table_size entries per service
  *   key: __u32 table_off + hash % table_size; value: __u32 backend slot or LB_NONE
  */
@@ -56,7 +68,8 @@
 #define LB_MAP_SVCS "lb_svcs"
 #define LB_MAX_SERVICES 1024
 /*
- * lb_ct: BPF_MAP_TYPE_LRU_HASH, pinned; key struct lb_ct_key, value struct lb_ct_val
+ * lb_ct: BPF_MAP_TYPE_LRU_HASH (BPF_F_NO_COMMON_LRU: each CPU evicts from its own
+ *   list, no shared lock on a new connection), pinned; key struct lb_ct_key, value struct lb_ct_val
  * lb_rev: BPF_MAP_TYPE_LRU_HASH, pinned; key struct lb_rev_key, value struct lb_rev_val
  *   (NAT only: the backend's side of a connection, for the replies)
  */
@@ -135,7 +148,18 @@ struct lb_backend {
 	__u8 state;      /* LB_B_* */
 	__u32 svc;
 	__u32 weight;
-	__u32 pad;
+	__u32 flags;     /* LB_BF_* */
+};
+
+/* lb_backend.flags */
+#define LB_BF_REV 1 /* NAT replies need per-connection lb_rev entries */
+
+struct lb_back {
+	__u8 vip[16];
+	__be16 vport;    /* 0: the reply's source port */
+	__u8 flags;      /* LB_BACK_* */
+	__u8 pad;
+	__u32 svc;
 };
 
 struct lb_svc {

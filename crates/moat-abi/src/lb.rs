@@ -13,6 +13,9 @@ pub const MAP_BSTATS: &str = "lb_bstats";
 pub const MAP_SSTATS: &str = "lb_sstats";
 pub const MAP_NCONN: &str = "lb_nconn";
 pub const MAP_CONFIG: &str = "lb_config";
+pub const MAP_BACK: &str = "lb_back";
+pub const BACK_AMBIG: u8 = 1;
+pub const BF_REV: u32 = 1;
 pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_SERVICES: u32 = 1024;
 pub const NONE: u32 = 0xFFFF_FFFF;
@@ -93,7 +96,18 @@ pub struct LbBackend {
     pub state: u8,
     pub svc: u32,
     pub weight: u32,
-    pub pad: u32,
+    pub flags: u32,
+}
+
+/// Where a NAT backend's replies come from (key: `LbVipKey` of the backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbBack {
+    pub vip: [u8; 16],
+    pub vport: u16,
+    pub flags: u8,
+    pub pad: u8,
+    pub svc: u32,
 }
 
 #[repr(C)]

@@ -147,7 +147,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     layout!(
         "lb_backend",
         lb::LbBackend,
-        [addr, port, family, state, svc, weight, pad]
+        [addr, port, family, state, svc, weight, flags]
     ),
     layout!(
         "lb_svc",
@@ -170,6 +170,7 @@ pub const LAYOUTS: &[StructLayout] = &[
         [backend, client, bport, cport, proto, family, pad]
     ),
     layout!("lb_rev_val", lb::LbRevVal, [vip, vport, pad]),
+    layout!("lb_back", lb::LbBack, [vip, vport, flags, pad, svc]),
     layout!(
         "lb_config",
         lb::LbConfig,
@@ -221,6 +222,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, count::CountValue>("lb", lb::MAP_SSTATS),
     map::<u32, u64>("lb", lb::MAP_NCONN),
     map::<u32, lb::LbConfig>("lb", lb::MAP_CONFIG),
+    map::<lb::LbVipKey, lb::LbBack>("lb", lb::MAP_BACK),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
@@ -269,6 +271,7 @@ mod pod {
     unsafe impl aya::Pod for LbRevKey {}
     unsafe impl aya::Pod for LbRevVal {}
     unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for LbBack {}
 }
 
 #[cfg(test)]
@@ -323,6 +326,7 @@ mod tests {
         assert_eq!(size_of::<lb::LbRevKey>(), 40);
         assert_eq!(size_of::<lb::LbRevVal>(), 24);
         assert_eq!(size_of::<lb::LbConfig>(), 24);
+        assert_eq!(size_of::<lb::LbBack>(), 24);
         assert_eq!(lb::STAT_NAMES.len(), lb::STAT_MAX as usize);
     }
 

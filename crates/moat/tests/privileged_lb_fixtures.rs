@@ -42,6 +42,8 @@ services:
   - { name: dsr, vip: 10.200.0.30, port: 8080, proto: tcp, mode: dsr, backends: [10.197.1.2] }
   - { name: dsr6, vip: \"fd00:200::30\", port: 8080, proto: tcp, mode: dsr, backends: [\"fd00:197:1::2\"] }
   - { name: empty, vip: 10.200.0.40, port: 80, proto: tcp, backends: [{ address: 10.197.1.2, weight: 0 }] }
+  - { name: amb1, vip: 10.200.0.50, port: 80, proto: tcp, backends: [{ address: 10.197.1.3, port: 9000 }] }
+  - { name: amb2, vip: 10.200.0.51, port: 80, proto: tcp, backends: [{ address: 10.197.1.3, port: 9000 }] }
 ";
 
 fn mac(m: [u8; 6]) -> String {
@@ -206,6 +208,74 @@ fn lb_fixtures() {
                 frame: pkt::tcp4_frame(be, cli, 8080, 40000, syn | ack, b""),
                 ret: XDP_REDIRECT,
                 out: Some((vip.into(), 80, cli.into(), 40000, 63, CLIENT_MAC)),
+                reason: abi::STAT_REPLY,
+            },
+            Case {
+                name: "a backend's packet that answers no connection passes untouched",
+                ifname: "be1",
+                frame: pkt::tcp4_frame(be, cli, 8080, 49999, ack, b""),
+                ret: XDP_PASS,
+                out: Some((be.into(), 8080, cli.into(), 49999, 64, pkt::MAC_DST)),
+                reason: abi::STAT_PASS,
+            },
+            Case {
+                name: "one backend in two services (1): SYN to the first VIP",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, v4("10.200.0.50"), 40010, 80, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    cli.into(),
+                    40010,
+                    v4("10.197.1.3").into(),
+                    9000,
+                    63,
+                    BACKEND3_MAC,
+                )),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "one backend in two services (2): SYN to the second VIP",
+                ifname: "cli",
+                frame: pkt::tcp4_frame(cli, v4("10.200.0.51"), 40011, 80, syn, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    cli.into(),
+                    40011,
+                    v4("10.197.1.3").into(),
+                    9000,
+                    63,
+                    BACKEND3_MAC,
+                )),
+                reason: abi::STAT_NEW,
+            },
+            Case {
+                name: "one backend in two services: each reply gets its own VIP back",
+                ifname: "be1",
+                frame: pkt::tcp4_frame(v4("10.197.1.3"), cli, 9000, 40011, syn | ack, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    v4("10.200.0.51").into(),
+                    80,
+                    cli.into(),
+                    40011,
+                    63,
+                    CLIENT_MAC,
+                )),
+                reason: abi::STAT_REPLY,
+            },
+            Case {
+                name: "one backend in two services: the other reply",
+                ifname: "be1",
+                frame: pkt::tcp4_frame(v4("10.197.1.3"), cli, 9000, 40010, syn | ack, b""),
+                ret: XDP_REDIRECT,
+                out: Some((
+                    v4("10.200.0.50").into(),
+                    80,
+                    cli.into(),
+                    40010,
+                    63,
+                    CLIENT_MAC,
+                )),
                 reason: abi::STAT_REPLY,
             },
             Case {

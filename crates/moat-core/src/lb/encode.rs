@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use moat_abi::lb::{self as abi, LbBackend, LbConfig, LbSvc, LbVip, LbVipKey};
+use moat_abi::lb::{self as abi, LbBack, LbBackend, LbConfig, LbSvc, LbVip, LbVipKey};
 
 use super::{
     BackendId, LbConfig as Config, Mode, Service, State, hash::addr_bytes, maglev, plan::SvcView,
@@ -25,6 +25,8 @@ pub struct Running {
 pub struct Encoded {
     pub table: u32,
     pub vips: Vec<(LbVipKey, LbVip)>,
+    /// Where NAT backends' replies come from (see `lb_back` in abi/lb.h).
+    pub back: Vec<(LbVipKey, LbBack)>,
     /// `table` entries per service, services in `services` order.
     pub maglev: Vec<u32>,
     pub services: Vec<(u32, LbSvc)>,
@@ -34,6 +36,15 @@ pub struct Encoded {
     pub drop_backends: Vec<u32>,
     pub drop_services: Vec<u32>,
     pub config: LbConfig,
+}
+
+fn back_key(a: IpAddr, port: u16, proto: u8) -> LbVipKey {
+    LbVipKey {
+        addr: addr_bytes(a),
+        port: port.to_be(),
+        proto,
+        family: family(a),
+    }
 }
 
 pub fn family(a: IpAddr) -> u8 {
@@ -139,6 +150,7 @@ pub fn encode(
     let mut out = Encoded {
         table: m,
         vips: Vec::new(),
+        back: Vec::new(),
         maglev: Vec::with_capacity(services.len() * m as usize),
         services: Vec::new(),
         backends: Vec::new(),
@@ -245,7 +257,7 @@ pub fn encode(
                     state: state.abi(),
                     svc: sid,
                     weight: b.weight,
-                    pad: 0,
+                    flags: 0,
                 },
             ));
             members.push((b.id(), b.weight, state));
@@ -297,6 +309,81 @@ pub fn encode(
                 pad: [0; 5],
             },
         ));
+    }
+    // NAT replies: (backend, the source port of its replies) -> the VIP and
+    // port they answer for. The same key from two services is ambiguous:
+    // those backends keep per-connection reverse entries instead.
+    let mut ambiguous: Vec<LbVipKey> = Vec::new();
+    for (i, s) in services.iter().enumerate() {
+        if s.mode != Mode::Nat {
+            continue;
+        }
+        let sid = out.services[i].0;
+        for b in &s.backends {
+            // Replies come from the backend's port, or (no remap) the VIP's.
+            let (sport, vport) = match (b.port, s.port) {
+                (Some(q), Some(p)) => (q, p),
+                (None, Some(p)) => (p, 0),
+                (None, None) => (0, 0),
+                // An any-port VIP remapped to one port: replies cannot say
+                // which VIP port they answer.
+                (Some(q), None) => {
+                    let k = back_key(b.addr, q, s.proto);
+                    ambiguous.push(k);
+                    continue;
+                }
+            };
+            let k = back_key(b.addr, sport, s.proto);
+            let v = LbBack {
+                vip: addr_bytes(s.vip),
+                vport: vport.to_be(),
+                flags: 0,
+                pad: 0,
+                svc: sid,
+            };
+            match out.back.iter().find(|(x, _)| *x == k) {
+                Some((_, old)) if *old != v => ambiguous.push(k),
+                Some(_) => {}
+                None => out.back.push((k, v)),
+            }
+        }
+    }
+    for k in &ambiguous {
+        match out.back.iter_mut().find(|(x, _)| x == k) {
+            Some((_, v)) => v.flags |= abi::BACK_AMBIG,
+            None => out.back.push((
+                *k,
+                LbBack {
+                    flags: abi::BACK_AMBIG,
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+    // A backend whose replies are ambiguous (also through a wildcard) keeps
+    // lb_rev entries.
+    for (slot_i, (_, b)) in out.backends.iter_mut().enumerate() {
+        let _ = slot_i;
+        let addr = ip_of(&b.addr, b.family);
+        let svc = out
+            .services
+            .iter()
+            .find(|(id, _)| *id == b.svc)
+            .map(|(_, s)| *s);
+        let Some(svc) = svc else { continue };
+        if svc.mode != abi::MODE_NAT {
+            continue;
+        }
+        let sport = if b.port != 0 {
+            u16::from_be(b.port)
+        } else {
+            u16::from_be(svc.port)
+        };
+        let exact = back_key(addr, sport, svc.proto);
+        let any = back_key(addr, 0, svc.proto);
+        if ambiguous.contains(&exact) || ambiguous.contains(&any) {
+            b.flags |= abi::BF_REV;
+        }
     }
     for (slot, _) in &r.backends {
         if !out.backends.iter().any(|(s, _)| s == slot) {

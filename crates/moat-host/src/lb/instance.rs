@@ -43,6 +43,7 @@ impl LbInstance {
         let pin_dir = pin_dir.to_path_buf();
         let mut bpf = loader::open_with(moat_ebpf::LB, log, |l| {
             l.map_max_entries(abi::MAP_VIPS, (e.vips.len() as u32).max(1))
+                .map_max_entries(abi::MAP_BACK, (e.back.len() as u32).max(1))
                 .map_max_entries(abi::MAP_MAGLEV, (e.maglev.len() as u32).max(1))
                 .map_max_entries(abi::MAP_CT, ct)
                 .map_max_entries(abi::MAP_REV, rev)
@@ -71,6 +72,14 @@ impl LbInstance {
             for (k, val) in &e.vips {
                 v.insert(k, val, 0)
                     .with_context(|| format!("inserting {k:?} into {}", abi::MAP_VIPS))?;
+            }
+        }
+        {
+            let mut v: BpfHashMap<_, abi::LbVipKey, abi::LbBack> =
+                BpfHashMap::try_from(self.map_mut(abi::MAP_BACK)?)?;
+            for (k, val) in &e.back {
+                v.insert(k, val, 0)
+                    .with_context(|| format!("inserting {k:?} into {}", abi::MAP_BACK))?;
             }
         }
         if !e.maglev.is_empty() {
