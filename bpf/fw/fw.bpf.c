@@ -129,6 +129,15 @@ struct {
 	__type(value, __u64);
 } fw_gen SEC(".maps");
 
+/* What a passed packet runs next (the load balancer on the same interface). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_next SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -1106,7 +1115,11 @@ int fw_xdp(struct xdp_md *ctx)
 
 	moat_parse(data, data_end, &r);
 	fw_pack(&r, &offs, &meta);
-	return fw_core_xdp(ctx, offs, meta, r.frag_id) == FW_PASS ? XDP_PASS : XDP_DROP;
+	if (fw_core_xdp(ctx, offs, meta, r.frag_id) != FW_PASS)
+		return XDP_DROP;
+	/* Passed: the next family on this interface, if one is chained. */
+	bpf_tail_call(ctx, &fw_next, 0);
+	return XDP_PASS;
 }
 
 SEC("classifier")

@@ -128,6 +128,14 @@ struct {
 	__type(value, __u64);
 } lb_nconn SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_IF_SLOTS);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb_ifaces SEC(".maps");
+
 /* The flow hash: the fields a service hashes on, the rest zero, as ten
  * native-endian words; mirrored by moat-core::lb::hash::flow_hash. */
 struct lb_hash_in {
@@ -514,6 +522,9 @@ __noinline int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_
 	ct = bpf_map_lookup_elem(&lb_ct, &ck);
 	if (ct) {
 		__u64 idle = p->proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
+
+		if (ct->closing && idle > LB_CLOSING_SECS * 1000000000ULL)
+			idle = LB_CLOSING_SECS * 1000000000ULL;
 		int syn_again = p->proto == IPPROTO_TCP && ct->closing &&
 				(p->tcp_flags & 0x12) == 0x02;
 
@@ -737,7 +748,13 @@ int lb_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct lb_pkt p = {};
 	struct moat_l3 r;
+	__u32 ifslot = ctx->ingress_ifindex & (LB_IF_SLOTS - 1), *ifv;
 
+	/* Only where the balancer runs (behind the firewall it is called on
+	 * every firewall interface). */
+	ifv = bpf_map_lookup_elem(&lb_ifaces, &ifslot);
+	if (!ifv || *ifv != ctx->ingress_ifindex)
+		return XDP_PASS;
 	p.len = data_end - data;
 	moat_parse(data, data_end, &r);
 	if (!r.l3_ok || r.l3_off > 0xff || r.l4_off > 0x1ff)

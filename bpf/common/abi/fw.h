@@ -144,6 +144,14 @@
  *   writer/reader: moat fw apply (under the firewall lock)
  */
 #define FW_MAP_GEN "fw_gen"
+/*
+ * fw_next: BPF_MAP_TYPE_PROG_ARRAY of 1, pinned by name
+ *   slot 0: the program a passed packet goes to next on XDP (the load
+ *   balancer, when both run on an interface: see moat-host::chain); empty:
+ *   the packet goes to the kernel.
+ *   writer: moat lb apply / moat fw apply / detach; reader: fw_xdp (tail call)
+ */
+#define FW_MAP_NEXT "fw_next"
 #define FW_CTSEEN_SLOTS 65536
 
 /*

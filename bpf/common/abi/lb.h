@@ -86,9 +86,19 @@
 #define LB_MAP_SSTATS "lb_sstats"
 #define LB_MAP_NCONN  "lb_nconn"
 /* lb_config: BPF_MAP_TYPE_ARRAY of 1, per instance: struct lb_config */
+/*
+ * lb_ifaces: BPF_MAP_TYPE_ARRAY of LB_IF_SLOTS __u32, pinned: slot
+ *   ifindex % LB_IF_SLOTS holds the ifindex of an interface the balancer runs
+ *   on; lb_xdp passes packets of any other interface untouched (behind the
+ *   firewall, which tail-calls it on every firewall interface).
+ */
+#define LB_MAP_IFACES "lb_ifaces"
+#define LB_IF_SLOTS 1024
 #define LB_MAP_CONFIG "lb_config"
 
 #define LB_NONE 0xFFFFFFFF
+/* A TCP connection that saw FIN or RST is kept this long after its last packet. */
+#define LB_CLOSING_SECS 10
 
 /* lb_vip.mode */
 #define LB_MODE_NAT 0

@@ -36,6 +36,8 @@ pub const MAP_IFSTATS: &str = "fw_ifstats";
 pub const MAP_CTSEEN: &str = "fw_ctseen";
 /// The last generation handed out (pinned; written by moat, not the programs).
 pub const MAP_GEN: &str = "fw_gen";
+/// The program a passed packet runs next (see bpf/common/abi/fw.h).
+pub const MAP_NEXT: &str = "fw_next";
 pub const CTSEEN_SLOTS: u32 = 65536;
 /// Slots of the direct-mapped `fw_flows` array.
 pub const FLOW_SLOTS: u32 = 8192;

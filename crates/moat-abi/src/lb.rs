@@ -14,11 +14,14 @@ pub const MAP_SSTATS: &str = "lb_sstats";
 pub const MAP_NCONN: &str = "lb_nconn";
 pub const MAP_CONFIG: &str = "lb_config";
 pub const MAP_BACK: &str = "lb_back";
+pub const MAP_IFACES: &str = "lb_ifaces";
+pub const IF_SLOTS: u32 = 1024;
 pub const BACK_AMBIG: u8 = 1;
 pub const BF_REV: u32 = 1;
 pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_SERVICES: u32 = 1024;
 pub const NONE: u32 = 0xFFFF_FFFF;
+pub const CLOSING_SECS: u64 = 10;
 
 pub const MODE_NAT: u8 = 0;
 pub const MODE_DSR: u8 = 1;

@@ -211,6 +211,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, count::CountValue>("fw", fw::MAP_IFSTATS),
     map::<u32, u32>("fw", fw::MAP_CTSEEN),
     map::<u32, u64>("fw", fw::MAP_GEN),
+    map::<u32, u32>("fw", fw::MAP_NEXT),
     map::<lb::LbVipKey, lb::LbVip>("lb", lb::MAP_VIPS),
     map::<u32, u32>("lb", lb::MAP_MAGLEV),
     map::<u32, lb::LbBackend>("lb", lb::MAP_BACKENDS),
@@ -223,6 +224,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, u64>("lb", lb::MAP_NCONN),
     map::<u32, lb::LbConfig>("lb", lb::MAP_CONFIG),
     map::<lb::LbVipKey, lb::LbBack>("lb", lb::MAP_BACK),
+    map::<u32, u32>("lb", lb::MAP_IFACES),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {

@@ -154,3 +154,68 @@ pub fn link_detach(link: BorrowedFd<'_>) -> Result<()> {
         Err(e) => Err(anyhow!("BPF_LINK_DETACH: {e}")),
     }
 }
+
+const BPF_MAP_LOOKUP_ELEM: u64 = 1;
+const BPF_MAP_UPDATE_ELEM: u64 = 2;
+const BPF_MAP_DELETE_ELEM: u64 = 3;
+const BPF_OBJ_PIN: u64 = 6;
+
+/// BPF_MAP_UPDATE_ELEM of a program array: slot `key` runs `prog` from now
+/// on (an atomic replacement of whatever was there).
+pub fn prog_array_set(map: BorrowedFd<'_>, key: u32, prog: BorrowedFd<'_>) -> Result<()> {
+    let value = prog.as_raw_fd() as u32;
+    let mut a = Attr::new();
+    a.u32_at(0, map.as_raw_fd() as u32)
+        .u64_at(8, &key as *const u32 as u64)
+        .u64_at(16, &value as *const u32 as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a)
+        .map(|_| ())
+        .map_err(|e| anyhow!("setting program array slot {key}: {e}"))
+}
+
+/// The id of the program in slot `key` of a program array, if any.
+pub fn prog_array_get(map: BorrowedFd<'_>, key: u32) -> Option<u32> {
+    let mut id = 0u32;
+    let mut a = Attr::new();
+    a.u32_at(0, map.as_raw_fd() as u32)
+        .u64_at(8, &key as *const u32 as u64)
+        .u64_at(16, &mut id as *mut u32 as u64);
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut a).ok().map(|_| id)
+}
+
+/// BPF_MAP_DELETE_ELEM (a missing element is not an error).
+pub fn map_delete(map: BorrowedFd<'_>, key: u32) -> Result<()> {
+    let mut a = Attr::new();
+    a.u32_at(0, map.as_raw_fd() as u32)
+        .u64_at(8, &key as *const u32 as u64);
+    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(anyhow!("deleting map element {key}: {e}")),
+    }
+}
+
+/// BPF_OBJ_PIN: pins the object behind `fd` at `path`.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("{}: NUL in path", path.display()))?;
+    let mut a = Attr::new();
+    a.u64_at(0, c.as_ptr() as u64)
+        .u32_at(8, fd.as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut a)
+        .map(|_| ())
+        .map_err(|e| anyhow!("pinning {}: {e}", path.display()))
+}
+
+/// The id of the program behind `fd`.
+pub fn prog_id(fd: BorrowedFd<'_>) -> Result<u32> {
+    // struct bpf_prog_info: type, id, ...
+    let mut info = [0u64; 32];
+    let mut a = Attr::new();
+    a.u32_at(0, fd.as_raw_fd() as u32)
+        .u32_at(4, std::mem::size_of_val(&info) as u32)
+        .u64_at(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| anyhow!("reading program info: {e}"))?;
+    let b = info[0].to_ne_bytes();
+    Ok(u32::from_ne_bytes([b[4], b[5], b[6], b[7]]))
+}

@@ -5,6 +5,7 @@
 //! - [`loader`]: BPF objects in, verified programs out (readable verifier errors).
 //! - [`sys`]: privileges, bpffs, root-only directories, network namespaces.
 //! - [`bpfsys`]: the bpf(2) link commands aya does not expose on pins.
+//! - [`chain`]: the firewall and the load balancer on one interface.
 //! - [`count`]: the packet counter attached to one interface.
 //! - [`fw`]: the firewall: instances, state (pins, lock, generations),
 //!   apply / detach / status / explain as operations, and the readers
@@ -15,6 +16,7 @@
 //!   demo, the tests, the benchmarks).
 
 pub mod bpfsys;
+pub mod chain;
 pub mod count;
 pub mod fw;
 pub mod lb;

@@ -140,6 +140,22 @@ fn lb_fixtures() {
         moat_host::sys::ensure_bpffs().unwrap();
         let mut inst = LbInstance::load(&enc, 65536, &pins, &LogOpts::default()).unwrap();
         inst.write_shared(&enc).unwrap();
+        // A frame from an interface the balancer does not run on passes.
+        let probe = pkt::tcp4_frame(
+            v4("10.198.0.1"),
+            v4("10.200.0.10"),
+            39999,
+            80,
+            pkt::TCP_SYN,
+            b"",
+        );
+        let (ret, _) = inst.run(&probe, Some(ifindex("cli").unwrap())).unwrap();
+        assert_eq!(
+            ret, XDP_PASS,
+            "the balancer ran on an interface it was not given"
+        );
+        inst.allow_iface(ifindex("cli").unwrap()).unwrap();
+        inst.allow_iface(ifindex("be1").unwrap()).unwrap();
         let cli = v4("10.198.0.1");
         let cli6 = v6("fd00:198::1");
         let vip = v4("10.200.0.10");
@@ -577,6 +593,8 @@ fn lb_choice_matches_reference() {
         let _ = std::fs::remove_dir_all(&pins);
         let mut inst = LbInstance::load(&enc, 1 << 17, &pins, &LogOpts::default()).unwrap();
         inst.write_shared(&enc).unwrap();
+        // Test runs without a context arrive on lo (ifindex 1).
+        inst.allow_iface(1).unwrap();
         for _ in 0..4000 {
             let (src, dst): (IpAddr, IpAddr) = if is6 {
                 let mut b = [0u8; 16];

@@ -470,3 +470,207 @@ fn lb_netns_end_to_end() {
     drop(root);
     drop(lab);
 }
+
+/// One request from source address `src` (bound), like `ask_name`.
+fn ask_from(src: IpAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect_timeout(&to.into(), timeout)?;
+    let mut c: TcpStream = s.into();
+    c.set_read_timeout(Some(timeout))?;
+    c.write_all(b"who\n")?;
+    let mut out = Vec::new();
+    let mut b = [0u8; 64];
+    while !out.ends_with(b"\n") {
+        let n = c.read(&mut b)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed"));
+        }
+        out.extend_from_slice(&b[..n]);
+    }
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// `n` requests from `src` in the client namespace: (answered, failed).
+fn tries(ns: &str, src: &str, n: usize, timeout: Duration) -> (usize, usize) {
+    let src: IpAddr = src.parse().unwrap();
+    in_ns(ns, move || {
+        let mut ok = 0;
+        for _ in 0..n {
+            if ask_from(src, vip_web(), timeout).is_ok() {
+                ok += 1;
+            }
+        }
+        (ok, n - ok)
+    })
+}
+
+/// The firewall and the balancer on one interface, in both orders: the
+/// firewall's policy applies to the VIP's clients (a blocked client never
+/// reaches a backend), each can be re-applied and detached while the other
+/// keeps running, and the hook never goes dark.
+#[test]
+fn firewall_and_balancer_share_an_interface() {
+    if !common::privileged("firewall_and_balancer_share_an_interface") {
+        return;
+    }
+    let tag = common::tag("lbfw");
+    let lab = LbLab::create(&tag, 2).expect("lab");
+    moat_host::netlab::ip(&[
+        "-n",
+        &lab.ns_c,
+        "addr",
+        "add",
+        "10.198.0.3/24",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    let _servers: Vec<NameServer> = lab
+        .ns_s
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| NameServer::start(ns, &format!("be{}", i + 1), 8080).unwrap())
+        .collect();
+    let root = LbRoot::new(&tag);
+    let c = lab.ns_c.clone();
+    let l = lab.ns_l.clone();
+    let policy = root.file(
+        "policy.yaml",
+        "default: { ingress: allow, egress: allow }\nrules:\n  - { name: blocked, direction: ingress, action: deny, remote: [10.198.0.3/32] }\n",
+    );
+    let lb = root.file("lb.yaml", &config_two([1, 1]));
+    let lb2 = root.file("lb2.yaml", &config_two([2, 1]));
+    let fw_apply = || {
+        root.ok(&[
+            "fw",
+            "apply",
+            "-q",
+            "-f",
+            policy.to_str().unwrap(),
+            "-i",
+            "cli",
+            "--netns",
+            &l,
+        ])
+    };
+    let lb_apply = |f: &std::path::Path| {
+        root.ok(&[
+            "lb",
+            "apply",
+            "-f",
+            f.to_str().unwrap(),
+            "-i",
+            "cli",
+            "-i",
+            "be1",
+            "-i",
+            "be2",
+            "--netns",
+            &l,
+        ])
+    };
+    let short = Duration::from_millis(300);
+
+    // A: the firewall first, then the balancer behind it.
+    fw_apply();
+    let out = lb_apply(&lb);
+    assert!(out.contains("cli (after the firewall)"), "{out}");
+    assert_eq!(
+        tries(&c, "10.198.0.1", 100, T),
+        (100, 0),
+        "allowed client through fw + lb"
+    );
+    assert_eq!(
+        tries(&c, "10.198.0.3", 3, short).0,
+        0,
+        "a blocked client reached a backend"
+    );
+    let st = root.status();
+    assert!(
+        st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().contains("after the firewall")),
+        "{st}"
+    );
+    // Neither re-apply breaks the chain.
+    fw_apply();
+    assert_eq!(
+        tries(&c, "10.198.0.1", 50, T),
+        (50, 0),
+        "after a firewall re-apply"
+    );
+    lb_apply(&lb2);
+    assert_eq!(
+        tries(&c, "10.198.0.1", 50, T),
+        (50, 0),
+        "after a balancer re-apply"
+    );
+    assert_eq!(tries(&c, "10.198.0.3", 3, short).0, 0);
+    // The firewall leaves: the hook goes back to the balancer alone.
+    let mut stream = Stream::open(&c);
+    let mine = stream.ask();
+    root.ok(&["fw", "detach"]);
+    assert_eq!(
+        stream.ask(),
+        mine,
+        "a stream through the VIP survives the firewall's detach"
+    );
+    assert_eq!(
+        tries(&c, "10.198.0.3", 20, T),
+        (20, 0),
+        "no firewall: every client is balanced"
+    );
+    let st = root.status();
+    assert!(
+        st["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| !i.as_str().unwrap().contains("after the firewall")),
+        "{st}"
+    );
+
+    // B: the balancer first, then the firewall takes the hook over.
+    fw_apply();
+    assert_eq!(
+        stream.ask(),
+        mine,
+        "a stream survives the firewall's arrival"
+    );
+    assert_eq!(
+        tries(&c, "10.198.0.3", 3, short).0,
+        0,
+        "blocked again once the firewall is back"
+    );
+    assert_eq!(tries(&c, "10.198.0.1", 50, T), (50, 0));
+    drop(stream);
+    // The balancer leaves: the firewall runs alone (the VIP is gone).
+    root.ok(&["lb", "detach"]);
+    assert_eq!(
+        tries(&c, "10.198.0.1", 3, short).0,
+        0,
+        "the VIP answers without a balancer"
+    );
+    assert!(
+        common::ping_ok(&c, "10.198.0.2".parse().unwrap()),
+        "the firewall passes what its policy allows"
+    );
+    let fw: serde_json::Value =
+        serde_json::from_str(&root.ok(&["fw", "status", "--json"])).unwrap();
+    assert!(fw["interfaces"].to_string().contains("cli"), "{fw}");
+    root.ok(&["fw", "detach"]);
+    assert!(!std::path::Path::new(&root.pin_root).join("lb").exists());
+    drop(root);
+    drop(lab);
+}
+
+fn config_two(weights: [u32; 2]) -> String {
+    format!(
+        "services:\n  - name: web\n    vip: 10.200.0.10\n    port: 80\n    proto: tcp\n    backends:\n      - {{ address: 10.197.1.2, port: 8080, weight: {} }}\n      - {{ address: 10.197.2.2, port: 8080, weight: {} }}\n",
+        weights[0], weights[1]
+    )
+}

@@ -436,9 +436,13 @@ fn rollback(paths: &Paths, done: Vec<Undo>) -> String {
                 });
             }
             Undo::Attached { iface } => {
-                let r = ["xdp", "tc"]
-                    .iter()
-                    .try_for_each(|k| state::detach_link(&paths.link_pin(&iface, k)));
+                let r = ["xdp", "tc"].iter().try_for_each(|k| {
+                    // Where the balancer ran first, its link goes back to it.
+                    if *k == "xdp" && crate::chain::hand_back(paths, &iface)? {
+                        return Ok(());
+                    }
+                    state::detach_link(&paths.link_pin(&iface, k))
+                });
                 said.push(match r {
                     Ok(()) => format!("{}: detached again", iface.name),
                     Err(e) => format!("{}: could not detach ({e:#})", iface.name),
@@ -501,6 +505,16 @@ fn attach_or_swap(inst: &mut FwInstance, paths: &Paths, i: &Iface, mode: Mode) -
     // pins (a half-removed or defunct firewall) are detached first.
     state::detach_link(&xdp_pin)?;
     state::detach_link(&tc_pin)?;
+    // The load balancer runs here: its link moves to the firewall, which
+    // hands it every packet it passes (moat-host::chain).
+    let prog = inst.xdp()?.fd()?.as_fd().try_clone_to_owned()?;
+    if crate::chain::take_over(paths, i, prog.as_fd())? {
+        if let Err(e) = attach_tc(inst, i, &tc_pin) {
+            let _ = crate::chain::hand_back(paths, i);
+            return Err(e);
+        }
+        return Ok(Undo::Attached { iface: i.clone() });
+    }
     let xdp: &mut Xdp = inst.xdp()?;
     let id = xdp.attach(
         &i.name,
@@ -519,28 +533,30 @@ fn attach_or_swap(inst: &mut FwInstance, paths: &Paths, i: &Iface, mode: Mode) -
         .map_err(|e| anyhow!("XDP link of {} is not a bpf_link: {e}", i.name))?;
     fd.pin(&xdp_pin)
         .map_err(|e| anyhow!("pinning {}: {e}", xdp_pin.display()))?;
-    let attach_tc = |inst: &mut FwInstance| -> Result<()> {
-        let tc: &mut SchedClassifier = inst.tc()?;
-        let id = tc
-            .attach(&i.name, TcAttachType::Egress)
-            .map_err(|e| anyhow!("attaching {} to {} egress: {e}", abi::PROG_TC, i.name))?;
-        let link = tc.take_link(id)?;
-        let fd: FdLink = link.try_into().map_err(|e| {
-            anyhow!(
-                "TC link of {} is not a bpf_link (kernel without TCX, < 6.6?): {e}",
-                i.name
-            )
-        })?;
-        fd.pin(&tc_pin)
-            .map_err(|e| anyhow!("pinning {}: {e}", tc_pin.display()))?;
-        Ok(())
-    };
-    if let Err(e) = attach_tc(inst) {
+    if let Err(e) = attach_tc(inst, i, &tc_pin) {
         // Leave nothing half-attached.
         let _ = state::detach_link(&xdp_pin);
         return Err(e);
     }
     Ok(Undo::Attached { iface: i.clone() })
+}
+
+/// Attaches the TC egress program to `i` and pins its link at `tc_pin`.
+fn attach_tc(inst: &mut FwInstance, i: &Iface, tc_pin: &Path) -> Result<()> {
+    let tc: &mut SchedClassifier = inst.tc()?;
+    let id = tc
+        .attach(&i.name, TcAttachType::Egress)
+        .map_err(|e| anyhow!("attaching {} to {} egress: {e}", abi::PROG_TC, i.name))?;
+    let link = tc.take_link(id)?;
+    let fd: FdLink = link.try_into().map_err(|e| {
+        anyhow!(
+            "TC link of {} is not a bpf_link (kernel without TCX, < 6.6?): {e}",
+            i.name
+        )
+    })?;
+    fd.pin(tc_pin)
+        .map_err(|e| anyhow!("pinning {}: {e}", tc_pin.display()))?;
+    Ok(())
 }
 
 fn xdp_attach_error(e: aya::programs::ProgramError, iface: &str, mode: Mode) -> String {

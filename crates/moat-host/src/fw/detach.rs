@@ -45,7 +45,10 @@ pub fn detach_at(paths: &Paths, interfaces: &[String]) -> Result<DetachReport> {
         bail!("the firewall is not attached to {}", interfaces.join(", "));
     }
     for k in &gone {
-        for l in k.xdp.iter().chain(k.tc.iter()) {
+        // Where the load balancer is chained behind the firewall, the XDP
+        // link goes back to it instead of going away.
+        let handed = k.xdp.is_some() && crate::chain::hand_back(paths, &k.iface)?;
+        for l in k.xdp.iter().filter(|_| !handed).chain(k.tc.iter()) {
             state::detach_link(&l.path)?;
         }
     }

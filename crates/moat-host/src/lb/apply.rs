@@ -115,7 +115,7 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<ApplyRepo
             .iter()
             .any(|i| i.name == name && i.netns.as_deref() == ns.as_deref())
         {
-            state::detach_link(&paths.links().join(&pin))?;
+            leave(paths, &pin, ns.as_deref(), &name)?;
             report.interfaces.push(format!("{name} (detached)"));
         }
     }
@@ -169,21 +169,55 @@ fn swap_in(
         ));
     }
     let mut inst = LbInstance::load(enc, cfg.ct_max, &paths.pins, log)?;
-    let before = inst.write_shared(enc)?;
-    sys::private_dir(&paths.links())?;
-    let mut done: Vec<(Iface, Option<OwnedFd>)> = Vec::new();
-    let mut said = Vec::new();
+    // Where it runs: every interface's ifindex (in its namespace) in lb_ifaces.
+    let mut idx: Vec<(&Iface, u32)> = Vec::new();
     for i in ifaces {
-        match sys::in_netns(i.netns.as_deref(), || {
-            attach_or_swap(&mut inst, paths, i, skb)
-        }) {
-            Ok(old) => {
+        let n = sys::in_netns(i.netns.as_deref(), || crate::traffic::ifindex(&i.name))?;
+        if let Some((j, m)) = idx
+            .iter()
+            .find(|(_, m)| *m != n && *m % abi::IF_SLOTS == n % abi::IF_SLOTS)
+        {
+            bail!(
+                "interfaces {} (ifindex {m}) and {} (ifindex {n}) share a slot of {}; nothing was changed",
+                j.label(),
+                i.label(),
+                abi::MAP_IFACES
+            );
+        }
+        idx.push((i, n));
+    }
+    let before = inst.write_shared(enc)?;
+    for (_, n) in &idx {
+        inst.allow_iface(*n)?;
+    }
+    sys::private_dir(&paths.links())?;
+    let mut done: Vec<(Iface, Undo)> = Vec::new();
+    let mut said = Vec::new();
+    let fw = crate::chain::sibling(paths, "fw");
+    for i in ifaces {
+        let step = if crate::chain::link_live(&fw.link_pin(i, "xdp")).is_some() {
+            chain_behind_fw(&mut inst, paths, &fw, i)
+        } else {
+            sys::in_netns(i.netns.as_deref(), || {
+                attach_or_swap(&mut inst, paths, i, skb)
+            })
+            .map(|old| match old {
+                Some(p) => Undo::Swapped(p),
+                None => Undo::Attached,
+            })
+        };
+        match step {
+            Ok(u) => {
                 said.push(format!(
                     "{} ({})",
                     i.name,
-                    if old.is_some() { "swapped" } else { "attached" }
+                    match u {
+                        Undo::Swapped(_) => "swapped",
+                        Undo::Attached => "attached",
+                        Undo::Chained(_) => "after the firewall",
+                    }
                 ));
-                done.push((i.clone(), old));
+                done.push((i.clone(), u));
             }
             Err(e) => {
                 let rb = rollback(paths, done);
@@ -229,17 +263,43 @@ fn swap_in(
     })
 }
 
-fn rollback(paths: &Paths, done: Vec<(Iface, Option<OwnedFd>)>) -> String {
+/// How to undo one interface's part of a change.
+enum Undo {
+    /// Its own link ran this program before.
+    Swapped(OwnedFd),
+    /// Nothing ran there before: detach.
+    Attached,
+    /// Chained behind the firewall; the program chained before, if any.
+    Chained(Option<OwnedFd>),
+}
+
+/// Puts the new instance behind the firewall on `i` (the firewall's
+/// program array slot and the chain marker).
+fn chain_behind_fw(inst: &mut LbInstance, paths: &Paths, fw: &Paths, i: &Iface) -> Result<Undo> {
+    let before = crate::chain::next_prog(fw).and_then(|id| bpfsys::prog_fd_by_id(id).ok());
+    let prog = inst.xdp()?.fd()?.as_fd().try_clone_to_owned()?;
+    crate::chain::set_next(fw, prog.as_fd())?;
+    crate::chain::pin_marker(paths, i, prog.as_fd())?;
+    Ok(Undo::Chained(before))
+}
+
+fn rollback(paths: &Paths, done: Vec<(Iface, Undo)>) -> String {
     if done.is_empty() {
         return "no interface had been switched yet".into();
     }
     let mut said = Vec::new();
+    let fw = crate::chain::sibling(paths, "fw");
     for (i, old) in done.into_iter().rev() {
         let pin = paths.link_pin(&i, "xdp");
         let r = match old {
-            Some(prog) => bpfsys::obj_get(&pin)
+            Undo::Swapped(prog) => bpfsys::obj_get(&pin)
                 .and_then(|l| bpfsys::link_update(l.as_fd(), prog.as_fd(), None)),
-            None => state::detach_link(&pin),
+            Undo::Attached => state::detach_link(&pin),
+            Undo::Chained(Some(prog)) => crate::chain::set_next(&fw, prog.as_fd())
+                .and_then(|_| crate::chain::pin_marker(paths, &i, prog.as_fd())),
+            Undo::Chained(None) => crate::chain::clear_next(&fw).map(|_| {
+                let _ = std::fs::remove_file(crate::chain::marker(paths, &i));
+            }),
         };
         said.push(match r {
             Ok(()) => format!("{}: put back", i.name),
@@ -289,7 +349,7 @@ fn attach_or_swap(
             };
             bail!(match errno {
                 Some(libc::EBUSY) | Some(libc::EEXIST) => format!(
-                    "{} already has an XDP program (moat's firewall, or another); the firewall and the balancer on one interface need the dispatcher, which is not built yet: use another interface (see `ip -d link show dev {}`)",
+                    "{} already has an XDP program that is not moat's (moat's firewall would be chained with); moat will not replace it (see `ip -d link show dev {}`)",
                     i.name, i.name
                 ),
                 Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if !skb =>
@@ -305,6 +365,30 @@ fn attach_or_swap(
     fd.pin(&pin)
         .map_err(|e| anyhow!("pinning {}: {e}", pin.display()))?;
     Ok(None)
+}
+
+/// The balancer leaves one interface: its own link is detached, or its
+/// place behind the firewall is given up; its `lb_ifaces` slot is emptied.
+fn leave(paths: &Paths, pin: &str, ns: Option<&str>, name: &str) -> Result<()> {
+    let path = paths.links().join(pin);
+    if pin.ends_with("@chain") {
+        let fw = crate::chain::sibling(paths, "fw");
+        let others = crate::chain::chained(paths).len() > 1;
+        if !others {
+            crate::chain::clear_next(&fw)?;
+        }
+        let _ = std::fs::remove_file(&path);
+    } else {
+        state::detach_link(&path)?;
+    }
+    if let Ok(idx) = sys::in_netns(ns, || crate::traffic::ifindex(name))
+        && let Ok(m) = state::pinned_map(&paths.pins.join(abi::MAP_IFACES))
+        && let Ok(mut a) = aya::maps::Array::<_, u32>::try_from(m)
+        && a.get(&(idx % abi::IF_SLOTS), 0).is_ok_and(|v| v == idx)
+    {
+        let _ = a.set(idx % abi::IF_SLOTS, 0, 0);
+    }
+    Ok(())
 }
 
 /// Makes the kernel resolve each backend's MAC (one datagram to the discard
@@ -443,7 +527,7 @@ pub fn detach_at(paths: &Paths) -> Result<Vec<String>> {
         let _lock = FwLock::acquire(paths, "moat lb detach", LOCK_WAIT)?;
         let mut said = Vec::new();
         for (pin, ns, name) in status::links(paths) {
-            state::detach_link(&paths.links().join(&pin))?;
+            leave(paths, &pin, ns.as_deref(), &name)?;
             said.push(match ns {
                 Some(n) => format!("{name} (netns {n})"),
                 None => name,
@@ -453,6 +537,9 @@ pub fn detach_at(paths: &Paths) -> Result<Vec<String>> {
     };
     std::fs::remove_dir_all(&paths.pins)
         .with_context(|| format!("removing {}", paths.pins.display()))?;
+    if let Some(parent) = paths.pins.parent() {
+        let _ = std::fs::remove_dir(parent); // only if empty
+    }
     let _ = std::fs::remove_dir_all(&paths.state_dir);
     Ok(said)
 }

@@ -159,6 +159,32 @@ impl LbInstance {
         Ok(())
     }
 
+    /// Lets the program run on interface `ifindex` (`lb_ifaces`, shared).
+    pub fn allow_iface(&mut self, ifindex: u32) -> Result<()> {
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_IFACES)?)?;
+        a.set(ifindex % abi::IF_SLOTS, ifindex, 0)?;
+        Ok(())
+    }
+
+    /// What slot `ifindex` of `lb_ifaces` holds now.
+    pub fn iface_slot(&self, ifindex: u32) -> Result<u32> {
+        let m = self
+            .bpf
+            .map(abi::MAP_IFACES)
+            .ok_or_else(|| anyhow!("no {}", abi::MAP_IFACES))?;
+        let a: Array<_, u32> = Array::try_from(m)?;
+        Ok(a.get(&(ifindex % abi::IF_SLOTS), 0)?)
+    }
+
+    /// Empties the `lb_ifaces` slot of `ifindex` (if it holds it).
+    pub fn forbid_iface(&mut self, ifindex: u32) -> Result<()> {
+        if self.iface_slot(ifindex)? == ifindex {
+            let mut a: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_IFACES)?)?;
+            a.set(ifindex % abi::IF_SLOTS, 0, 0)?;
+        }
+        Ok(())
+    }
+
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
         self.bpf
             .program_mut(abi::PROG_XDP)

@@ -67,9 +67,11 @@ pub fn running(p: &Paths) -> Running {
     r
 }
 
-/// The interfaces whose pinned XDP link is live: (pin name, netns, iface).
+/// The interfaces the balancer runs on: its own live XDP links and the
+/// interfaces where it is chained behind the firewall (pin name ending in
+/// `@chain`): (pin name, netns, iface).
 pub fn links(p: &Paths) -> Vec<(String, Option<String>, String)> {
-    let mut out = Vec::new();
+    let mut out = crate::chain::chained(p);
     let Ok(rd) = std::fs::read_dir(p.links()) else {
         return out;
     };
@@ -176,13 +178,16 @@ pub fn status_at(p: &Paths) -> Result<LbStatus> {
     let now = crate::fw::observe::clock_ns(libc::CLOCK_MONOTONIC);
     let mut live_per_slot: HashMap<u32, u64> = HashMap::new();
     for (k, v) in &conns {
-        let idle = live.map_or(u64::MAX, |c| {
+        let mut idle = live.map_or(u64::MAX, |c| {
             if k.proto == 6 {
                 c.tcp_idle_ns
             } else {
                 c.udp_idle_ns
             }
         });
+        if v.closing != 0 {
+            idle = idle.min(abi::CLOSING_SECS * 1_000_000_000);
+        }
         let b = r.backends.iter().find(|(s, _)| *s == v.slot);
         let same = b.is_some_and(|(_, b)| b.addr == v.backend && b.port == v.bport);
         if same && now.saturating_sub(v.last_ns) <= idle {
@@ -252,9 +257,17 @@ pub fn status_at(p: &Paths) -> Result<LbStatus> {
         table,
         interfaces: links
             .iter()
-            .map(|(_, ns, i)| match ns {
-                Some(n) => format!("{i} (netns {n})"),
-                None => i.clone(),
+            .map(|(pin, ns, i)| {
+                let after = if pin.ends_with("@chain") {
+                    ", after the firewall"
+                } else {
+                    ""
+                };
+                match ns {
+                    Some(n) => format!("{i} (netns {n}{after})"),
+                    None if after.is_empty() => i.clone(),
+                    None => format!("{i} (after the firewall)"),
+                }
             })
             .collect(),
         services: out,

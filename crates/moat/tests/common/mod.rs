@@ -364,6 +364,7 @@ impl LbRoot {
 impl Drop for LbRoot {
     fn drop(&mut self) {
         let _ = self.moat(&["lb", "detach"]);
+        let _ = self.moat(&["fw", "detach"]);
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.state_root);
         let _ = std::fs::remove_dir_all(&self.dir);
