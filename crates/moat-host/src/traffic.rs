@@ -290,8 +290,9 @@ impl Drop for Lockstep {
 
 /// Backends that say who they are: in network namespace `netns`, a TCP
 /// server on [::]:`port` (IPv4 too) that answers every line it reads with
-/// `name` and a newline, and a UDP server on [::]:`port` that answers every
-/// datagram with `name`. For load balancer labs and benchmarks.
+/// `name` and a newline (an HTTP GET gets `200 OK` with `name` as the body,
+/// and the connection closes), and a UDP server on [::]:`port` that answers
+/// every datagram with `name`. For load balancer labs and benchmarks.
 pub struct NameServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -356,6 +357,17 @@ fn name_conn(mut c: TcpStream, name: &str, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         match c.read(&mut buf) {
             Ok(0) => break,
+            Ok(n) if buf[..n].starts_with(b"GET ") => {
+                // Enough HTTP for a client that sends one request.
+                let body = name.as_bytes();
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = c.write_all(head.as_bytes());
+                let _ = c.write_all(body);
+                return;
+            }
             Ok(n) => {
                 let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
                 for _ in 0..lines {

@@ -285,6 +285,22 @@ fn lb_netns_end_to_end() {
     let (_, failed) = spread(&c, vip_web(), 50);
     assert!(failed.is_empty(), "after a refused apply: {failed:?}");
 
+    // HTTP through the VIP: every answer a 200 from one of the backends.
+    let bodies = in_ns(&c, || {
+        let mut names = Vec::new();
+        for _ in 0..30 {
+            let mut s = TcpStream::connect_timeout(&vip_web(), T).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+            names.push(r.rsplit("\r\n\r\n").next().unwrap().to_string());
+        }
+        names
+    });
+    assert!(bodies.iter().all(|b| b.starts_with("be")), "{bodies:?}");
+
     // 2. IPv6 NAT, UDP, DSR, ICMP echo.
     let (seen6, failed6) = spread(&c, "[fd00:200::10]:80".parse().unwrap(), 100);
     assert!(failed6.is_empty(), "IPv6: {failed6:?}");
