@@ -515,6 +515,8 @@ pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Resul
                     &LogOpts::default(),
                 )?;
                 inst.write_shared(&enc)?;
+                inst.allow_iface(cli)?;
+                inst.allow_iface(be1)?;
                 insts.push((n, inst));
             }
             let client: Ipv4Addr = "10.198.0.1".parse()?;
@@ -573,7 +575,17 @@ pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Resul
                         let f = pkt::tcp4_frame(client, vip, port, 80, pkt::TCP_SYN, b"");
                         let (t, ret) = run(inst, &f, cli, 1)?;
                         if ret != 4 {
-                            bail!("a new connection was not redirected (return {ret})");
+                            let st = inst.stats()?;
+                            let names: Vec<String> = moat_abi::lb::STAT_NAMES
+                                .iter()
+                                .zip(&st)
+                                .filter(|(_, c)| c.packets > 0)
+                                .map(|(n, c)| format!("{n} {}", c.packets))
+                                .collect();
+                            bail!(
+                                "a new connection was not redirected (return {ret}; counters: {})",
+                                names.join(", ")
+                            );
                         }
                         single.push(t);
                     }

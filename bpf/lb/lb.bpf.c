@@ -649,6 +649,238 @@ __noinline int lb_reply(struct xdp_md *ctx, struct lb_pkt *p)
 	return lb_forward(ctx, p, &client, 1);
 }
 
+/* Rewrites an ICMP error's outer address (`outer`: 0 destination, 1 source,
+ * -1 none) and its quoted packet's address and port (`inner`: 0 destination,
+ * 1 source) to `to`/`port`, keeping the outer IPv4 header, the quoted IPv4
+ * header and the ICMP checksums right (ICMPv6's covers the outer addresses
+ * too). The quoted transport checksum is left alone (often not quoted
+ * whole; receivers do not check it). */
+#define LB_HOW(outer, inner, port) ((__u32)((outer) + 1) | ((__u32)(inner) << 2) | ((__u32)(port) << 16))
+
+/* `how` = LB_HOW(outer, inner, port), `offs` = quoted IP header offset |
+ * quoted transport header offset << 16 (BPF functions take five arguments). */
+__noinline int lb_icmp_rewrite(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_addr *to,
+			       __u32 how, __u32 offs)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int outer = (int)(how & 3) - 1, inner = (how >> 2) & 1;
+	__be16 port = (__be16)(how >> 16);
+	__u32 l3, l4, in3 = offs & 0xffff, in4 = offs >> 16;
+	struct lb_icmp *ic;
+	__u16 *pp;
+
+	if (!p || !to)
+		return -1;
+	l3 = p->l3_off & 0xff;
+	l4 = p->l4_off & 0x1ff;
+	in3 &= 0x3ff;
+	in4 &= 0x3ff;
+	ic = data + l4;
+	if ((void *)(ic + 1) > data_end)
+		return -1;
+	if (p->family == 4) {
+		struct iphdr *ip = data + l3;
+		struct iphdr *iip = data + in3;
+		__u16 o[2], n[2], oc, nc;
+
+		if ((void *)(ip + 1) > data_end || (void *)(iip + 1) > data_end)
+			return -1;
+		__builtin_memcpy(n, to->a, 4);
+		if (outer >= 0) {
+			__be32 *a = outer ? &ip->saddr : &ip->daddr;
+
+			__builtin_memcpy(o, a, 4);
+			ip->check = lb_csum_update(ip->check, o, n, 2);
+			__builtin_memcpy(a, to->a, 4);
+		}
+		{
+			__be32 *a = inner ? &iip->saddr : &iip->daddr;
+
+			__builtin_memcpy(o, a, 4);
+			oc = iip->check;
+			iip->check = lb_csum_update(iip->check, o, n, 2);
+			nc = iip->check;
+			__builtin_memcpy(a, to->a, 4);
+			ic->csum = lb_csum_update(ic->csum, o, n, 2);
+			ic->csum = lb_csum_update(ic->csum, &oc, &nc, 1);
+		}
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+		struct ipv6hdr *iip6 = data + in3;
+		__u16 o[8], n[8];
+
+		if ((void *)(ip6 + 1) > data_end || (void *)(iip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(n, to->a, 16);
+		if (outer >= 0) {
+			__u8 *a = outer ? (__u8 *)&ip6->saddr : (__u8 *)&ip6->daddr;
+
+			__builtin_memcpy(o, a, 16);
+			ic->csum = lb_csum_update(ic->csum, o, n, 8); /* pseudo-header */
+			__builtin_memcpy(a, to->a, 16);
+		}
+		{
+			__u8 *a = inner ? (__u8 *)&iip6->saddr : (__u8 *)&iip6->daddr;
+
+			__builtin_memcpy(o, a, 16);
+			ic->csum = lb_csum_update(ic->csum, o, n, 8);
+			__builtin_memcpy(a, to->a, 16);
+		}
+	}
+	pp = data + in4 + (inner ? 0 : 2);
+	if ((void *)(pp + 1) > data_end)
+		return -1;
+	if (port && *pp != port) {
+		__u16 o = *pp, n = port;
+
+		ic->csum = lb_csum_update(ic->csum, &o, &n, 1);
+		*pp = port;
+	}
+	return 0;
+}
+
+/* An ICMP error about a balanced connection goes where its quoted packet
+ * came from: an error about what the VIP sent (quoted source = the VIP) to
+ * the connection's backend (NAT: quoted source and outer destination become
+ * the backend); an error a NAT backend's side sends about what it got
+ * (quoted destination = the backend) to the client, with the VIP in place
+ * of the backend. Returns the verdict, or -1 if it is not about a balanced
+ * connection. */
+__noinline int lb_icmp_error(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct lb_pkt in = {};
+	struct lb_vip_key vk = {};
+	struct lb_ct_key ck = {};
+	struct lb_ct_val *ct;
+	const struct lb_vip *vip;
+	const struct lb_backend *b;
+	struct lb_addr to;
+	__u32 l4, in3, in4;
+	__u8 type, *h;
+
+	if (!p)
+		return -1;
+	l4 = p->l4_off & 0x1ff;
+	h = data + l4;
+	if ((void *)(h + 8) > data_end)
+		return -1;
+	type = h[0];
+	if (p->family == 4 ? (type != 3 && type != 11 && type != 12) : (type < 1 || type > 4))
+		return -1;
+	in3 = l4 + 8;
+	in.family = p->family;
+	if (p->family == 4) {
+		struct iphdr *iip = data + (in3 & 0x3ff);
+
+		if ((void *)(iip + 1) > data_end || iip->version != 4 || iip->ihl < 5)
+			return -1;
+		in4 = in3 + (__u32)iip->ihl * 4;
+		in.proto = iip->protocol;
+		__builtin_memcpy(in.src, &iip->saddr, 4);
+		__builtin_memcpy(in.dst, &iip->daddr, 4);
+	} else {
+		struct ipv6hdr *iip6 = data + (in3 & 0x3ff);
+
+		if ((void *)(iip6 + 1) > data_end)
+			return -1;
+		in4 = in3 + 40;
+		in.proto = iip6->nexthdr;
+		lb_copy16(in.src, (__u8 *)&iip6->saddr);
+		lb_copy16(in.dst, (__u8 *)&iip6->daddr);
+	}
+	if (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP)
+		return -1;
+	{
+		__be16 *ports = data + (in4 & 0x3ff);
+
+		if ((void *)(ports + 2) > data_end)
+			return -1;
+		in.sport = ports[0];
+		in.dport = ports[1];
+	}
+
+	/* About what the VIP sent: to the backend. */
+	lb_copy16(vk.addr, in.src);
+	vk.port = in.sport;
+	vk.proto = in.proto;
+	vk.family = in.family;
+	vip = bpf_map_lookup_elem(&lb_vips, &vk);
+	if (!vip) {
+		vk.port = 0;
+		vip = bpf_map_lookup_elem(&lb_vips, &vk);
+	}
+	if (vip && !(vip->flags & LB_VIP_ECHO)) {
+		lb_copy16(ck.client, in.dst);
+		lb_copy16(ck.vip, in.src);
+		ck.cport = in.dport;
+		ck.vport = in.sport;
+		ck.proto = in.proto;
+		ck.family = in.family;
+		ct = bpf_map_lookup_elem(&lb_ct, &ck);
+		if (!ct)
+			return -1;
+		b = lb_tracked(ct, vip->svc);
+		if (!b)
+			return -1;
+		lb_copy16(to.a, b->addr);
+		moat_count_add(&lb_stats, LB_STAT_ICMP_ERROR, p->len);
+		if (vip->mode == LB_MODE_DSR)
+			return lb_forward(ctx, p, &to, 0);
+		if (lb_icmp_rewrite(ctx, p, &to, LB_HOW(0, 1, b->port ? b->port : in.sport),
+				    in3 | in4 << 16) < 0)
+			return XDP_DROP;
+		return lb_forward(ctx, p, &to, 1);
+	}
+
+	/* About what a NAT backend got: to the client, from the VIP. */
+	{
+		const struct lb_back *bv;
+		__be16 vport;
+		int outer;
+
+		lb_copy16(vk.addr, in.dst);
+		vk.port = in.dport;
+		bv = bpf_map_lookup_elem(&lb_back, &vk);
+		if (!bv) {
+			vk.port = 0;
+			bv = bpf_map_lookup_elem(&lb_back, &vk);
+		}
+		if (!bv || (bv->flags & LB_BACK_AMBIG))
+			return -1;
+		vport = bv->vport ? bv->vport : in.dport;
+		lb_copy16(ck.client, in.src);
+		lb_copy16(ck.vip, bv->vip);
+		ck.cport = in.sport;
+		ck.vport = vport;
+		ck.proto = in.proto;
+		ck.family = in.family;
+		ct = bpf_map_lookup_elem(&lb_ct, &ck);
+		if (!ct)
+			return -1;
+		{
+			const __u32 *x = (const __u32 *)ct->backend, *y = (const __u32 *)in.dst;
+
+			if ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]))
+				return -1;
+		}
+		/* Sent by the backend itself: it must look sent by the VIP. */
+		{
+			const __u32 *x = (const __u32 *)p->src, *y = (const __u32 *)in.dst;
+
+			outer = ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) ? -1 : 1;
+		}
+		lb_copy16(to.a, bv->vip);
+		if (lb_icmp_rewrite(ctx, p, &to, LB_HOW(outer, 0, vport), in3 | in4 << 16) < 0)
+			return XDP_DROP;
+		moat_count_add(&lb_stats, LB_STAT_ICMP_ERROR, p->len);
+		lb_copy16(to.a, in.src);
+		return lb_forward(ctx, p, &to, 1);
+	}
+}
+
 /* Everything after parsing, for one packet. Global: verified once, apart
  * from the parser's paths. */
 __noinline int lb_core(struct xdp_md *ctx, struct lb_pkt *p, __u32 frag)
@@ -734,7 +966,14 @@ __noinline int lb_core(struct xdp_md *ctx, struct lb_pkt *p, __u32 frag)
 				moat_count_add(&lb_stats, LB_STAT_OUT_TX, p->len);
 				return XDP_TX;
 			}
-			/* Other ICMP to a VIP (errors, NDP): the kernel's. */
+		}
+		/* An error about a balanced connection goes by its inner flow;
+		 * other ICMP (NDP, errors about anything else) is the kernel's. */
+		{
+			int r = lb_icmp_error(ctx, p);
+
+			if (r >= 0)
+				return r;
 		}
 	}
 	moat_count_add(&lb_stats, LB_STAT_PASS, p->len);

@@ -133,7 +133,8 @@
 #define LB_STAT_OUT_REDIRECT   11 /* sent out of another interface */
 #define LB_STAT_OUT_KERNEL     12 /* rewritten, left to kernel forwarding */
 #define LB_STAT_RESELECT       13 /* tracked connection's backend gone: picked again */
-#define LB_STAT_MAX            14
+#define LB_STAT_ICMP_ERROR     14 /* ICMP error about a balanced connection, sent by its inner flow */
+#define LB_STAT_MAX            15
 
 struct lb_vip_key {
 	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest 0 */

@@ -53,8 +53,9 @@ pub const STAT_NAMES: &[&str] = &[
     "out_redirect",
     "out_kernel",
     "reselect",
+    "icmp_error",
 ];
-pub const STAT_MAX: u32 = 14;
+pub const STAT_MAX: u32 = 15;
 pub const STAT_PASS: u32 = 0;
 pub const STAT_NEW: u32 = 1;
 pub const STAT_TRACKED: u32 = 2;
@@ -69,6 +70,7 @@ pub const STAT_OUT_TX: u32 = 10;
 pub const STAT_OUT_REDIRECT: u32 = 11;
 pub const STAT_OUT_KERNEL: u32 = 12;
 pub const STAT_RESELECT: u32 = 13;
+pub const STAT_ICMP_ERROR: u32 = 14;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

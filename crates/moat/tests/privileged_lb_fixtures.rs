@@ -81,6 +81,8 @@ struct Case {
     out: Option<(IpAddr, u16, IpAddr, u16, u8, [u8; 6])>,
     /// The reason counter this packet adds to.
     reason: u32,
+    /// ICMP errors: the quoted packet's (src, sport, dst, dport) afterwards.
+    inner: Option<(IpAddr, u16, IpAddr, u16)>,
 }
 
 fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
@@ -201,6 +203,25 @@ fn lb_fixtures() {
                 &pkt::icmpv6(cli6, vip6, 128, 0, [0, 7, 0, 1], b"ping"),
             ),
         );
+        // ICMP errors quoting a packet: (outer src, outer dst, quoted src:port -> dst:port).
+        let err4 = |osrc: Ipv4Addr, odst: Ipv4Addr, ty: u8, code: u8, qs: Ipv4Addr, qsp: u16, qd: Ipv4Addr, qdp: u16| {
+            let seg = pkt::tcp(Ips::V4(qs, qd), qsp, qdp, ack, 7, 0, b"");
+            let quoted = pkt::ipv4(qs, qd, 6, &seg);
+            pkt::eth(
+                pkt::ETH_P_IP,
+                &pkt::ipv4(osrc, odst, 1, &pkt::icmpv4(ty, code, [0, 0, 5, 0xdc], &quoted[..28])),
+            )
+        };
+        let err6 = |osrc: Ipv6Addr, odst: Ipv6Addr, qs: Ipv6Addr, qsp: u16, qd: Ipv6Addr, qdp: u16| {
+            let seg = pkt::tcp(Ips::V6(qs, qd), qsp, qdp, ack, 7, 0, b"");
+            let quoted = pkt::ipv6(qs, qd, 6, &seg);
+            pkt::eth(
+                pkt::ETH_P_IPV6,
+                &pkt::ipv6(osrc, odst, 58, &pkt::icmpv6(osrc, odst, 2, 0, [0, 0, 5, 0xdc], &quoted[..48])),
+            )
+        };
+        let router = v4("10.198.0.254");
+        let router6 = v6("fd00:198::fe");
         let cases = vec![
             Case {
                 name: "NAT v4 SYN: destination and port rewritten, sent to the backend",
@@ -209,6 +230,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((cli.into(), 40000, be.into(), 8080, 63, BACKEND_MAC)),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "NAT v4: the same connection again is tracked",
@@ -217,6 +239,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((cli.into(), 40000, be.into(), 8080, 63, BACKEND_MAC)),
                 reason: abi::STAT_TRACKED,
+                inner: None,
             },
             Case {
                 name: "NAT v4 reply: source set back to the VIP and port 80",
@@ -225,6 +248,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((vip.into(), 80, cli.into(), 40000, 63, CLIENT_MAC)),
                 reason: abi::STAT_REPLY,
+                inner: None,
             },
             Case {
                 name: "a backend's packet that answers no connection passes untouched",
@@ -233,6 +257,7 @@ fn lb_fixtures() {
                 ret: XDP_PASS,
                 out: Some((be.into(), 8080, cli.into(), 49999, 64, pkt::MAC_DST)),
                 reason: abi::STAT_PASS,
+                inner: None,
             },
             Case {
                 name: "one backend in two services (1): SYN to the first VIP",
@@ -248,6 +273,7 @@ fn lb_fixtures() {
                     BACKEND3_MAC,
                 )),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "one backend in two services (2): SYN to the second VIP",
@@ -263,6 +289,7 @@ fn lb_fixtures() {
                     BACKEND3_MAC,
                 )),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "one backend in two services: each reply gets its own VIP back",
@@ -278,6 +305,7 @@ fn lb_fixtures() {
                     CLIENT_MAC,
                 )),
                 reason: abi::STAT_REPLY,
+                inner: None,
             },
             Case {
                 name: "one backend in two services: the other reply",
@@ -293,6 +321,7 @@ fn lb_fixtures() {
                     CLIENT_MAC,
                 )),
                 reason: abi::STAT_REPLY,
+                inner: None,
             },
             Case {
                 name: "NAT v4 with IP options",
@@ -301,6 +330,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((cli.into(), 40001, be.into(), 8080, 63, BACKEND_MAC)),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "UDP service, no port remap",
@@ -309,6 +339,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((cli.into(), 5000, be.into(), 53, 63, BACKEND_MAC)),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "UDP without a checksum keeps none",
@@ -317,6 +348,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((cli.into(), 5001, be.into(), 53, 63, BACKEND_MAC)),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "any-port VIP keeps the port",
@@ -332,6 +364,7 @@ fn lb_fixtures() {
                     BACKEND3_MAC,
                 )),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "NAT v6 SYN",
@@ -340,6 +373,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((cli6.into(), 40003, be6.into(), 8080, 63, BACKEND_MAC)),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "NAT v6 reply",
@@ -348,6 +382,7 @@ fn lb_fixtures() {
                 ret: XDP_REDIRECT,
                 out: Some((vip6.into(), 80, cli6.into(), 40003, 63, CLIENT_MAC)),
                 reason: abi::STAT_REPLY,
+                inner: None,
             },
             Case {
                 name: "DSR v4: only the MAC changes",
@@ -363,6 +398,7 @@ fn lb_fixtures() {
                     BACKEND_MAC,
                 )),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "DSR v6",
@@ -378,6 +414,7 @@ fn lb_fixtures() {
                     BACKEND_MAC,
                 )),
                 reason: abi::STAT_NEW,
+                inner: None,
             },
             Case {
                 name: "no backend with weight > 0: dropped",
@@ -386,6 +423,7 @@ fn lb_fixtures() {
                 ret: XDP_DROP,
                 out: None,
                 reason: abi::STAT_DROP_NO_BACKEND,
+                inner: None,
             },
             Case {
                 name: "ICMP echo to a VIP is answered",
@@ -394,6 +432,7 @@ fn lb_fixtures() {
                 ret: XDP_TX,
                 out: Some((vip.into(), 0, cli.into(), 0, 64, pkt::MAC_SRC)),
                 reason: abi::STAT_ECHO,
+                inner: None,
             },
             Case {
                 name: "ICMPv6 echo to a VIP is answered",
@@ -402,6 +441,7 @@ fn lb_fixtures() {
                 ret: XDP_TX,
                 out: Some((vip6.into(), 129 << 8, cli6.into(), 0, 64, pkt::MAC_SRC)),
                 reason: abi::STAT_ECHO,
+                inner: None,
             },
             Case {
                 name: "a fragment to a VIP is dropped (no ports to balance by)",
@@ -410,6 +450,7 @@ fn lb_fixtures() {
                 ret: XDP_DROP,
                 out: None,
                 reason: abi::STAT_DROP_FRAGMENT,
+                inner: None,
             },
             Case {
                 name: "a truncated TCP header to a VIP is dropped",
@@ -418,6 +459,7 @@ fn lb_fixtures() {
                 ret: XDP_DROP,
                 out: None,
                 reason: abi::STAT_DROP_MALFORMED,
+                inner: None,
             },
             Case {
                 name: "a port of a VIP that no service takes is dropped",
@@ -426,6 +468,52 @@ fn lb_fixtures() {
                 ret: XDP_DROP,
                 out: None,
                 reason: abi::STAT_DROP_PROTO,
+                inner: None,
+            },
+            Case {
+                name: "ICMP error about what the VIP sent (NAT): to the backend, quoting the backend",
+                ifname: "cli",
+                frame: err4(router, vip, 3, 4, vip, 80, cli, 40000),
+                ret: XDP_REDIRECT,
+                out: Some((router.into(), 3, be.into(), 4, 63, BACKEND_MAC)),
+                reason: abi::STAT_ICMP_ERROR,
+                inner: Some((be.into(), 8080, cli.into(), 40000)),
+            },
+            Case {
+                name: "ICMP error a NAT backend sends about what it got: to the client, from the VIP",
+                ifname: "be1",
+                frame: err4(be, cli, 3, 3, cli, 40000, be, 8080),
+                ret: XDP_REDIRECT,
+                out: Some((vip.into(), 3, cli.into(), 3, 63, CLIENT_MAC)),
+                reason: abi::STAT_ICMP_ERROR,
+                inner: Some((cli.into(), 40000, vip.into(), 80)),
+            },
+            Case {
+                name: "ICMPv6 packet too big about what the VIP sent: to the backend",
+                ifname: "cli",
+                frame: err6(router6, vip6, vip6, 80, cli6, 40003),
+                ret: XDP_REDIRECT,
+                out: Some((router6.into(), 2, be6.into(), 0, 63, BACKEND_MAC)),
+                reason: abi::STAT_ICMP_ERROR,
+                inner: Some((be6.into(), 8080, cli6.into(), 40003)),
+            },
+            Case {
+                name: "ICMP error about a DSR connection: to the backend unchanged",
+                ifname: "cli",
+                frame: err4(router, v4("10.200.0.30"), 3, 4, v4("10.200.0.30"), 8080, cli, 40004),
+                ret: XDP_REDIRECT,
+                out: Some((router.into(), 3, v4("10.200.0.30").into(), 4, 64, BACKEND_MAC)),
+                reason: abi::STAT_ICMP_ERROR,
+                inner: Some((v4("10.200.0.30").into(), 8080, cli.into(), 40004)),
+            },
+            Case {
+                name: "ICMP error about no balanced connection: the kernel's",
+                ifname: "cli",
+                frame: err4(router, vip, 3, 4, vip, 80, cli, 41234),
+                ret: XDP_PASS,
+                out: Some((router.into(), 3, vip.into(), 4, 64, pkt::MAC_DST)),
+                reason: abi::STAT_PASS,
+                inner: Some((vip.into(), 80, cli.into(), 41234)),
             },
             Case {
                 name: "traffic to anything else passes untouched",
@@ -441,6 +529,7 @@ fn lb_fixtures() {
                     pkt::MAC_DST,
                 )),
                 reason: abi::STAT_PASS,
+                inner: None,
             },
         ];
         let mut expect = vec![0u64; abi::STAT_MAX as usize];
@@ -461,15 +550,30 @@ fn lb_fixtures() {
             let d: Decoded = pkt::decode(&out)
                 .unwrap_or_else(|| panic!("{}: output frame does not decode", c.name));
             assert_eq!((d.src, d.dst), (src, dst), "{}: addresses", c.name);
-            if d.proto == 6 || d.proto == 17 {
-                assert_eq!((d.sport, d.dport), (sport, dport), "{}: ports", c.name);
+            if d.proto == 6 || d.proto == 17 || c.inner.is_some() {
+                assert_eq!((d.sport, d.dport), (sport, dport), "{}: ports (ICMP: type, code)", c.name);
             } else {
-                assert_eq!(
-                    d.sport,
-                    if src.is_ipv4() { 0 } else { 129 },
-                    "{}: echo reply type",
-                    c.name
-                );
+                assert_eq!(d.sport, if src.is_ipv4() { 0 } else { 129 }, "{}: echo reply type", c.name);
+            }
+            if let Some((qs, qsp, qd, qdp)) = c.inner {
+                // The quoted packet starts after the outer IP and ICMP headers.
+                let q = if src.is_ipv4() { 14 + 20 + 8 } else { 14 + 40 + 8 };
+                let (qsrc, qdst, ql4): (IpAddr, IpAddr, usize) = if src.is_ipv4() {
+                    assert_eq!(pkt::checksum(&out[q..q + 20]), 0, "{}: quoted IPv4 header checksum", c.name);
+                    (
+                        IpAddr::from(<[u8; 4]>::try_from(&out[q + 12..q + 16]).unwrap()),
+                        IpAddr::from(<[u8; 4]>::try_from(&out[q + 16..q + 20]).unwrap()),
+                        q + 20,
+                    )
+                } else {
+                    (
+                        IpAddr::from(<[u8; 16]>::try_from(&out[q + 8..q + 24]).unwrap()),
+                        IpAddr::from(<[u8; 16]>::try_from(&out[q + 24..q + 40]).unwrap()),
+                        q + 40,
+                    )
+                };
+                let port = |o: usize| u16::from_be_bytes([out[ql4 + o], out[ql4 + o + 1]]);
+                assert_eq!((qsrc, port(0), qdst, port(2)), (qs, qsp, qd, qdp), "{}: quoted packet", c.name);
             }
             assert_eq!(d.ttl, ttl, "{}: ttl / hop limit", c.name);
             assert_eq!(d.dst_mac, dmac, "{}: destination MAC", c.name);

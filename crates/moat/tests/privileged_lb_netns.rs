@@ -664,6 +664,29 @@ fn firewall_and_balancer_share_an_interface() {
     );
     assert_eq!(tries(&c, "10.198.0.1", 50, T), (50, 0));
     drop(stream);
+    // The firewall moves to another interface: cli goes back to the
+    // balancer alone, be1's balancer link moves to the firewall.
+    root.ok(&[
+        "fw",
+        "apply",
+        "-q",
+        "-f",
+        policy.to_str().unwrap(),
+        "-i",
+        "be1",
+        "--netns",
+        &l,
+    ]);
+    assert_eq!(
+        tries(&c, "10.198.0.3", 5, T),
+        (5, 0),
+        "cli is the balancer's alone again"
+    );
+    assert_eq!(
+        tries(&c, "10.198.0.1", 20, T),
+        (20, 0),
+        "replies through be1's firewall are balanced"
+    );
     // The balancer leaves: the firewall runs alone (the VIP is gone).
     root.ok(&["lb", "detach"]);
     assert_eq!(
@@ -677,7 +700,7 @@ fn firewall_and_balancer_share_an_interface() {
     );
     let fw: serde_json::Value =
         serde_json::from_str(&root.ok(&["fw", "status", "--json"])).unwrap();
-    assert!(fw["interfaces"].to_string().contains("cli"), "{fw}");
+    assert!(fw["interfaces"].to_string().contains("be1"), "{fw}");
     root.ok(&["fw", "detach"]);
     assert!(!std::path::Path::new(&root.pin_root).join("lb").exists());
     drop(root);

@@ -298,6 +298,10 @@ pub fn apply_at(
         .filter(|r| !ifaces.iter().any(|n| n.same_place(r)))
     {
         for kind in ["xdp", "tc"] {
+            // Where the load balancer is chained, the XDP link goes back to it.
+            if kind == "xdp" && crate::chain::hand_back(paths, i)? {
+                continue;
+            }
             state::detach_link(&paths.link_pin(i, kind))?;
         }
         report.push(format!("{} (detached)", i.name));
