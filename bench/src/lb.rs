@@ -9,8 +9,8 @@
 //! * program cost per packet (BPF_PROG_TEST_RUN, the full forwarding path:
 //!   FIB lookup, redirect) for a new connection, a tracked one and a reply, at
 //!   1, 10, 100 and 1000 backends, loaded side by side, interleaved rounds;
-//! * requests per second (connect, one line, one reply) through the
-//!   balancer and nftables DNAT to real servers;
+//! * HTTP requests per second (a real client, a fresh connection each)
+//!   through the balancer and nftables DNAT to real servers;
 //! * Maglev disruption (removing one backend) against table size.
 
 use std::{
@@ -32,7 +32,7 @@ use moat_host::{
     loader::{self, LogOpts},
     netlab::{LbLab, ip},
     sys::NetnsGuard,
-    traffic::{NameServer, ask_name, ifindex},
+    traffic::{NameServer, ifindex},
 };
 
 use crate::live::nsrun;
@@ -353,7 +353,7 @@ pub fn live(
     Ok(out)
 }
 
-/// Requests per second (connect, one line, one reply) per configuration.
+/// HTTP requests per second (a fresh connection each) per configuration.
 pub fn requests(
     secs: f64,
     rounds: usize,
@@ -388,12 +388,26 @@ pub fn requests(
             let ns = rig.lab.ns_c.clone();
             let (n, failed) = std::thread::spawn(move || -> Result<(u64, u64)> {
                 let _g = NetnsGuard::enter(&ns)?;
+                // A real HTTP client, a fresh connection per request.
+                let agent = ureq::AgentBuilder::new()
+                    .max_idle_connections(0)
+                    .timeout(Duration::from_secs(2))
+                    .build();
+                let url = format!("http://{to}/");
                 let t = Instant::now();
                 let (mut n, mut failed) = (0u64, 0u64);
                 while t.elapsed().as_secs_f64() < secs {
-                    match ask_name(to, Duration::from_secs(2)) {
-                        Ok(_) => n += 1,
-                        Err(_) => failed += 1,
+                    let ok = agent
+                        .get(&url)
+                        .call()
+                        .ok()
+                        .filter(|r| r.status() == 200)
+                        .and_then(|r| r.into_string().ok())
+                        .is_some_and(|b| b.starts_with("be"));
+                    if ok {
+                        n += 1;
+                    } else {
+                        failed += 1;
                     }
                 }
                 Ok((n, failed))
@@ -759,7 +773,7 @@ pub fn markdown(
             r.map_or("—".into(), |r| format!("{r:.2}x"))
         ));
     }
-    md.push_str("\nRequests per second (a fresh TCP connection per request: connect, one line, one reply), one client, to three servers:\n\n| configuration | requests/s |\n|---|---:|\n");
+    md.push_str("\nHTTP requests per second (one client, ureq, a fresh connection per request: GET /, a 200 whose body is the backend's name), to three servers:\n\n| configuration | requests/s |\n|---|---:|\n");
     for (c, v) in reqs {
         md.push_str(&format!("| {c} | {} |\n", cell(v)));
     }

@@ -381,12 +381,34 @@ fn lb_netns_end_to_end() {
     let f = root.file("rm.yaml", &config(w, present));
     apply(&f);
     assert_eq!(s.ask(), mine);
-    // Its own drain: it keeps going; new connections go elsewhere or fail? No:
-    // o2 has weight 0 and o1 is gone, so new connections have no backend.
+    // Another backend is added back (o1: a new slot) and o2 weighted again:
+    // the stream keeps its backend.
     let mut w2 = w;
     w2[o2 - 1] = 1;
-    let f = root.file("back.yaml", &config(w2, present));
+    let f = root.file("back.yaml", &config(w2, [true; 3]));
     apply(&f);
+    assert_eq!(
+        s.ask(),
+        mine,
+        "a stream survives another backend being added"
+    );
+    // `down` (what failed health checks set): no new connections for it,
+    // its existing ones stay.
+    root.ok(&[
+        "lb",
+        "backend",
+        "web",
+        &format!("10.197.{o2}.2:8080"),
+        "down",
+    ]);
+    let (seen, failed) = spread(&c, vip_web(), 100);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        !seen.contains_key(&format!("be{o2}")),
+        "a down backend got new connections: {seen:?}"
+    );
+    root.ok(&["lb", "backend", "web", &format!("10.197.{o2}.2:8080"), "up"]);
+    // Its own drain: it keeps going, new connections go to the others.
     root.ok(&[
         "lb",
         "backend",
@@ -399,9 +421,13 @@ fn lb_netns_end_to_end() {
     }
     let (seen, failed) = spread(&c, vip_web(), 100);
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(
-        seen.keys().cloned().collect::<Vec<_>>(),
-        vec![format!("be{o2}")]
+    assert!(
+        !seen.contains_key(&mine),
+        "a drained backend got new connections: {seen:?}"
+    );
+    assert!(
+        seen.contains_key(&format!("be{o1}")),
+        "the re-added backend takes new connections: {seen:?}"
     );
     let st = root.status();
     let b = st["services"][0]["backends"]
