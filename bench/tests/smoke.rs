@@ -133,3 +133,46 @@ fn privileged(name: &str) -> bool {
     eprintln!("SKIP {name}: needs root");
     false
 }
+
+/// The load balancer's benchmark parts run: program cost at every backend
+/// count (each scenario redirected, the floor below them), the forwarding
+/// rigs of every peer (tiny floods: something reaches the backends through
+/// each), HTTP requests through each, and the disruption table.
+#[test]
+fn lb_smoke() {
+    if !privileged("lb_smoke") {
+        return;
+    }
+    moat_host::sys::ensure_bpffs().unwrap();
+    let cost = moat_bench::lb::prog_cost(1000, 1, |_| {}).unwrap();
+    assert_eq!(cost.len(), 4 * moat_bench::lb::COST_SIZES.len());
+    for c in &cost {
+        assert!(c.ns > 0.0, "{c:?}");
+    }
+    let floor = cost
+        .iter()
+        .find(|c| c.scenario.starts_with("xdp-drop"))
+        .unwrap()
+        .ns;
+    assert!(
+        cost.iter()
+            .filter(|c| c.scenario == "new connection")
+            .all(|c| c.ns > floor)
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let live = moat_bench::lb::live(20_000, 1, &stop, |_| {}).unwrap();
+    assert_eq!(
+        live.len(),
+        moat_bench::lb::LIVE_CONFIGS.len(),
+        "every peer installed"
+    );
+    for r in &live {
+        assert!(r.new_flows[0] > 0.0 && r.one_flow[0] > 0.0, "{r:?}");
+    }
+    let reqs = moat_bench::lb::requests(0.3, 1, |_| {}).unwrap();
+    assert!(reqs.iter().all(|(_, v)| v[0] > 0.0), "{reqs:?}");
+    let dis = moat_bench::lb::disruption();
+    let md = moat_bench::lb::markdown(&live, &cost, &reqs, &dis);
+    assert!(md.contains("| moat nat |"), "{md}");
+    assert_eq!(moat_bench::lb::bars(&live, &cost, &dis).len(), 3);
+}

@@ -672,6 +672,51 @@ fn lb_fixtures() {
                 "{name}: output frame (left) differs from the frame built from scratch (right)"
             );
         }
+
+        // A backend removed from the file loses its connections: the next
+        // config (web's backend replaced) runs as a new instance over the
+        // same shared maps; the tracked connection is balanced again.
+        let next_yaml = CONFIG.replace(
+            "name: web, vip: 10.200.0.10, port: 80, proto: tcp, backends: [{ address: 10.197.1.2, port: 8080 }]",
+            "name: web, vip: 10.200.0.10, port: 80, proto: tcp, backends: [{ address: 10.197.1.3, port: 8080 }]",
+        );
+        assert_ne!(next_yaml, CONFIG);
+        let next = core::parse(&next_yaml, std::path::Path::new("next.yaml")).unwrap();
+        let running = encode::Running {
+            services: enc.services.clone(),
+            backends: enc.backends.clone(),
+            table: enc.table,
+        };
+        let none = |_: &str, _: BackendId| None;
+        let enc2 = encode::encode(&next, &next.services, &running, 2, &none).unwrap();
+        assert_eq!(enc2.drop_backends.len(), 1, "web's old backend slot is dropped");
+        let mut inst2 = LbInstance::load(&enc2, 65536, &pins, &LogOpts::default()).unwrap();
+        inst2.write_shared(&enc2).unwrap();
+        inst2.drop_shared(&enc2).unwrap();
+        let before = inst2.stats().unwrap();
+        let tracked = pkt::tcp4_frame(cli, vip, 40000, 80, ack, b"more");
+        let (ret, out) = inst2.run(&tracked, Some(ifindex("cli").unwrap())).unwrap();
+        assert_eq!(ret, XDP_REDIRECT);
+        let d = pkt::decode(&out).unwrap();
+        assert_eq!((d.dst, d.dport), (v4("10.197.1.3").into(), 8080), "the connection moved to the new backend");
+        let after = inst2.stats().unwrap();
+        assert_eq!(after[abi::STAT_RESELECT as usize].packets - before[abi::STAT_RESELECT as usize].packets, 1);
+        // A drained backend keeps them (the same connection, its new backend drained).
+        let drain = |_: &str, b: BackendId| (b.addr == IpAddr::from(v4("10.197.1.3"))).then_some(State::Drain);
+        let running2 = encode::Running {
+            services: enc2.services.clone(),
+            backends: enc2.backends.clone(),
+            table: enc2.table,
+        };
+        let enc3 = encode::encode(&next, &next.services, &running2, 3, &drain).unwrap();
+        let mut inst3 = LbInstance::load(&enc3, 65536, &pins, &LogOpts::default()).unwrap();
+        inst3.write_shared(&enc3).unwrap();
+        let (ret, out) = inst3.run(&tracked, Some(ifindex("cli").unwrap())).unwrap();
+        assert_eq!(ret, XDP_REDIRECT);
+        assert_eq!(pkt::decode(&out).unwrap().dst, IpAddr::from(v4("10.197.1.3")), "drain keeps the connection");
+        let fresh = pkt::tcp4_frame(cli, vip, 40999, 80, syn, b"");
+        let (ret, _) = inst3.run(&fresh, Some(ifindex("cli").unwrap())).unwrap();
+        assert_eq!(ret, XDP_DROP, "its only backend drained: a new connection has none");
     })
     .join()
     .unwrap();
