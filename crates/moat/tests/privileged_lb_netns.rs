@@ -221,7 +221,7 @@ fn lb_netns_end_to_end() {
         "moat flows lists every tracked connection"
     );
     assert!(
-        entries >= 2500 && entries <= 3000,
+        (2500..=3000).contains(&entries),
         "{entries} tracked connections for 3000 made"
     );
     for (n, want) in [(1, 0.25), (2, 0.25), (3, 0.5)] {
