@@ -460,7 +460,7 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Result<Vec<CostLb>> {
+pub fn prog_cost(rounds: usize, mut say: impl FnMut(&str)) -> Result<Vec<CostLb>> {
     let tag = format!("lbc{}", std::process::id() % 100_000);
     let lab = LbLab::create(&tag, 1)?;
     let l = lab.ns_l.clone();
@@ -556,7 +556,6 @@ pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Resul
             let mut port = 1024u16;
             let mut floor = loader::open(moat_ebpf::testdata::DROP, &LogOpts::default())?;
             loader::load_xdp(&mut floor, "drop_xdp", &LogOpts::default())?;
-            let _ = repeat;
             for round in 0..rounds {
                 {
                     let p: &mut Xdp = floor.program_mut("drop_xdp").unwrap().try_into()?;
@@ -581,12 +580,16 @@ pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Resul
                         }
                     }
                 }
-                for (n, inst) in insts.iter_mut() {
-                    // New connections: distinct SYNs, one run each.
-                    let mut single = Vec::new();
-                    for _ in 0..500 {
-                        port = port.wrapping_add(1).max(1024);
-                        let f = pkt::tcp4_frame(client, vip, port, 80, pkt::TCP_SYN, b"");
+                // New connections: distinct SYNs, one run each, the sizes
+                // interleaved packet by packet (each SYN goes to every
+                // size in turn, the first size rotating per round), so a
+                // slow moment of the machine hits all sizes alike.
+                insts.rotate_left(if round == 0 { 0 } else { 1 });
+                let mut news: Vec<Vec<f64>> = vec![Vec::new(); insts.len()];
+                for _ in 0..500 {
+                    port = port.wrapping_add(1).max(1024);
+                    let f = pkt::tcp4_frame(client, vip, port, 80, pkt::TCP_SYN, b"");
+                    for (k, (_, inst)) in insts.iter_mut().enumerate() {
                         let (t, ret) = run(inst, &f, cli, 1)?;
                         if ret != 4 {
                             let st = inst.stats()?;
@@ -601,9 +604,11 @@ pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Resul
                                 names.join(", ")
                             );
                         }
-                        single.push(t);
+                        news[k].push(t);
                     }
-                    let new = median(&single);
+                }
+                for (k, (n, inst)) in insts.iter_mut().enumerate() {
+                    let new = median(&news[k]);
                     // Tracked: one connection, run after run (single runs:
                     // with repeat the kernel runs the program again on the
                     // frame it already rewrote, which is no longer for the VIP).
@@ -651,7 +656,6 @@ pub fn prog_cost(repeat: u32, rounds: usize, mut say: impl FnMut(&str)) -> Resul
                         }
                     }
                 }
-                let _ = round;
             }
             Ok(samples
                 .into_iter()

@@ -98,11 +98,11 @@ struct LbArgs {
     #[arg(long, default_value = "1000000")]
     lb_packets: u32,
     /// Interleaved rounds (forwarding, program cost, requests).
-    #[arg(long, default_value = "3")]
+    #[arg(long, default_value = "5")]
     lb_rounds: usize,
-    /// Repetitions per BPF_PROG_TEST_RUN call (program cost).
-    #[arg(long, default_value = "200000")]
-    lb_repeat: u32,
+    /// Parts to run: any of cost, live, requests (disruption is computed, always shown).
+    #[arg(long, value_delimiter = ',', default_value = "cost,live,requests")]
+    lb_parts: Vec<String>,
     /// Seconds of requests per measurement.
     #[arg(long, default_value = "2")]
     lb_request_secs: f64,
@@ -163,11 +163,29 @@ struct LbRun {
 fn run_lb(a: &LbArgs) -> Result<LbRun> {
     let stop = moat_host::sys::stop_flag()?;
     let say = |s: &str| eprintln!("{s}");
+    let on = |part: &str| a.lb_parts.iter().any(|p| p == part);
+    for p in &a.lb_parts {
+        if !["cost", "live", "requests"].contains(&p.as_str()) {
+            anyhow::bail!("--lb-parts: unknown part {p:?} (cost, live, requests)");
+        }
+    }
     Ok(LbRun {
         dis: moat_bench::lb::disruption(),
-        cost: moat_bench::lb::prog_cost(a.lb_repeat, a.lb_rounds, say)?,
-        live: moat_bench::lb::live(a.lb_packets, a.lb_rounds, &stop, say)?,
-        reqs: moat_bench::lb::requests(a.lb_request_secs, a.lb_rounds, say)?,
+        cost: if on("cost") {
+            moat_bench::lb::prog_cost(a.lb_rounds, say)?
+        } else {
+            vec![]
+        },
+        live: if on("live") {
+            moat_bench::lb::live(a.lb_packets, a.lb_rounds, &stop, say)?
+        } else {
+            vec![]
+        },
+        reqs: if on("requests") {
+            moat_bench::lb::requests(a.lb_request_secs, a.lb_rounds, say)?
+        } else {
+            vec![]
+        },
     })
 }
 

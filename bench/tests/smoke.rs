@@ -144,7 +144,7 @@ fn lb_smoke() {
         return;
     }
     moat_host::sys::ensure_bpffs().unwrap();
-    let cost = moat_bench::lb::prog_cost(1000, 1, |_| {}).unwrap();
+    let cost = moat_bench::lb::prog_cost(1, |_| {}).unwrap();
     assert_eq!(cost.len(), 4 * moat_bench::lb::COST_SIZES.len());
     for c in &cost {
         assert!(c.ns > 0.0, "{c:?}");

@@ -109,7 +109,7 @@ struct {
 	__uint(max_entries, LB_MAX_BACKENDS);
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, __u32);
-	__type(value, struct count_value);
+	__type(value, struct lb_bcount);
 } lb_bstats SEC(".maps");
 
 struct {
@@ -119,14 +119,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct count_value);
 } lb_sstats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_MAX_BACKENDS);
-	__uint(pinning, PIN_BY_NAME);
-	__type(key, __u32);
-	__type(value, __u64);
-} lb_nconn SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -499,6 +491,7 @@ __noinline int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_
 	struct lb_ct_val *ct, nv = {};
 	const struct lb_backend *b = 0;
 	const struct lb_config *cfg;
+	struct lb_bcount *bc;
 	struct lb_addr baddr;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 slot = LB_NONE, svc, zero = 0;
@@ -556,10 +549,13 @@ __noinline int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct lb_
 		fresh = 1;
 	}
 	moat_count_add(&lb_stats, fresh ? LB_STAT_NEW : LB_STAT_TRACKED, p->len);
-	moat_count_add(&lb_bstats, slot, p->len);
+	bc = bpf_map_lookup_elem(&lb_bstats, &slot);
+	if (bc) {
+		bc->packets += 1;
+		bc->bytes += p->len;
+		bc->conns += fresh;
+	}
 	moat_count_add(&lb_sstats, svc, p->len);
-	if (fresh)
-		moat_count_one(&lb_nconn, slot);
 
 	bport = b->port ? b->port : p->dport;
 	lb_copy16(baddr.a, b->addr);

@@ -77,14 +77,13 @@
 #define LB_MAP_REV "lb_rev"
 /*
  * lb_stats: BPF_MAP_TYPE_PERCPU_ARRAY of LB_STAT_MAX, pinned: struct count_value per LB_STAT_*
- * lb_bstats: BPF_MAP_TYPE_PERCPU_ARRAY of LB_MAX_BACKENDS, pinned: per backend slot
+ * lb_bstats: BPF_MAP_TYPE_PERCPU_ARRAY of LB_MAX_BACKENDS, pinned: struct lb_bcount per
+ *   backend slot (packets, bytes and new connections in one entry: one lookup per packet)
  * lb_sstats: BPF_MAP_TYPE_PERCPU_ARRAY of LB_MAX_SERVICES, pinned: per service
- * lb_nconn: BPF_MAP_TYPE_PERCPU_ARRAY of LB_MAX_BACKENDS, pinned: __u64 new connections per backend slot
  */
 #define LB_MAP_STATS  "lb_stats"
 #define LB_MAP_BSTATS "lb_bstats"
 #define LB_MAP_SSTATS "lb_sstats"
-#define LB_MAP_NCONN  "lb_nconn"
 /* lb_config: BPF_MAP_TYPE_ARRAY of 1, per instance: struct lb_config */
 /*
  * lb_ifaces: BPF_MAP_TYPE_ARRAY of LB_IF_SLOTS __u32, pinned: slot
@@ -193,6 +192,14 @@ struct lb_ct_key {
 	__u8 proto;
 	__u8 family;
 	__u8 pad[2];
+};
+
+/* lb_bstats value: what one backend slot forwarded, per CPU. */
+struct lb_bcount {
+	__u64 packets;
+	__u64 bytes;
+	__u64 conns;     /* new connections given to it */
+	__u64 pad;       /* two entries per cache line */
 };
 
 struct lb_ct_val {

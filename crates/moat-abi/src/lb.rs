@@ -11,7 +11,6 @@ pub const MAP_REV: &str = "lb_rev";
 pub const MAP_STATS: &str = "lb_stats";
 pub const MAP_BSTATS: &str = "lb_bstats";
 pub const MAP_SSTATS: &str = "lb_sstats";
-pub const MAP_NCONN: &str = "lb_nconn";
 pub const MAP_CONFIG: &str = "lb_config";
 pub const MAP_BACK: &str = "lb_back";
 pub const MAP_IFACES: &str = "lb_ifaces";
@@ -139,6 +138,17 @@ pub struct LbCtKey {
     pub proto: u8,
     pub family: u8,
     pub pad: [u8; 2],
+}
+
+/// lb_bstats value: what one backend slot forwarded (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbBcount {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New connections given to it.
+    pub conns: u64,
+    pub pad: u64,
 }
 
 #[repr(C)]

@@ -159,6 +159,7 @@ pub const LAYOUTS: &[StructLayout] = &[
         lb::LbCtKey,
         [client, vip, cport, vport, proto, family, pad]
     ),
+    layout!("lb_bcount", lb::LbBcount, [packets, bytes, conns, pad]),
     layout!(
         "lb_ct_val",
         lb::LbCtVal,
@@ -219,9 +220,8 @@ pub const MAPS: &[MapAbi] = &[
     map::<lb::LbCtKey, lb::LbCtVal>("lb", lb::MAP_CT),
     map::<lb::LbRevKey, lb::LbRevVal>("lb", lb::MAP_REV),
     map::<u32, count::CountValue>("lb", lb::MAP_STATS),
-    map::<u32, count::CountValue>("lb", lb::MAP_BSTATS),
+    map::<u32, lb::LbBcount>("lb", lb::MAP_BSTATS),
     map::<u32, count::CountValue>("lb", lb::MAP_SSTATS),
-    map::<u32, u64>("lb", lb::MAP_NCONN),
     map::<u32, lb::LbConfig>("lb", lb::MAP_CONFIG),
     map::<lb::LbVipKey, lb::LbBack>("lb", lb::MAP_BACK),
     map::<u32, u32>("lb", lb::MAP_IFACES),
@@ -270,6 +270,7 @@ mod pod {
     unsafe impl aya::Pod for LbSvc {}
     unsafe impl aya::Pod for LbCtKey {}
     unsafe impl aya::Pod for LbCtVal {}
+    unsafe impl aya::Pod for LbBcount {}
     unsafe impl aya::Pod for LbRevKey {}
     unsafe impl aya::Pod for LbRevVal {}
     unsafe impl aya::Pod for LbConfig {}
@@ -325,6 +326,7 @@ mod tests {
         assert_eq!(size_of::<lb::LbSvc>(), 56);
         assert_eq!(size_of::<lb::LbCtKey>(), 40);
         assert_eq!(size_of::<lb::LbCtVal>(), 40);
+        assert_eq!(size_of::<lb::LbBcount>(), 32);
         assert_eq!(size_of::<lb::LbRevKey>(), 40);
         assert_eq!(size_of::<lb::LbRevVal>(), 24);
         assert_eq!(size_of::<lb::LbConfig>(), 24);

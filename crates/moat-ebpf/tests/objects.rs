@@ -188,7 +188,6 @@ fn abi_header_defines_match_rust_constants() {
         ("LB_MAP_STATS", lb::MAP_STATS.into()),
         ("LB_MAP_BSTATS", lb::MAP_BSTATS.into()),
         ("LB_MAP_SSTATS", lb::MAP_SSTATS.into()),
-        ("LB_MAP_NCONN", lb::MAP_NCONN.into()),
         ("LB_MAP_CONFIG", lb::MAP_CONFIG.into()),
         ("LB_MAP_BACK", lb::MAP_BACK.into()),
         ("LB_MAP_IFACES", lb::MAP_IFACES.into()),

@@ -616,6 +616,28 @@ fn lb_fixtures() {
             inst.conns().unwrap().len() as u64,
             expect[abi::STAT_NEW as usize]
         );
+        // Per backend slot (one entry holds packets, bytes and connections):
+        // every balanced packet is counted on its backend, every new
+        // connection once, and the bytes are the frames' lengths.
+        let bstats = inst.backend_stats().unwrap();
+        let sum = |f: fn(&abi::LbBcount) -> u64| bstats.iter().map(f).sum::<u64>();
+        assert_eq!(
+            sum(|c| c.conns),
+            expect[abi::STAT_NEW as usize],
+            "new connections per backend"
+        );
+        assert_eq!(
+            sum(|c| c.packets),
+            expect[abi::STAT_NEW as usize] + expect[abi::STAT_TRACKED as usize],
+            "packets per backend"
+        );
+        assert_eq!(
+            sum(|c| c.bytes),
+            (after[abi::STAT_NEW as usize].bytes - before[abi::STAT_NEW as usize].bytes)
+                + (after[abi::STAT_TRACKED as usize].bytes
+                    - before[abi::STAT_TRACKED as usize].bytes),
+            "bytes per backend"
+        );
 
         // Byte for byte: the output frames equal frames built from scratch
         // (so incremental checksums equal recomputed ones).

@@ -198,8 +198,13 @@ impl LbInstance {
         percpu(&self.bpf, abi::MAP_STATS)
     }
 
-    pub fn backend_stats(&self) -> Result<Vec<CountValue>> {
-        percpu(&self.bpf, abi::MAP_BSTATS)
+    /// Per backend slot: packets, bytes, new connections.
+    pub fn backend_stats(&self) -> Result<Vec<abi::LbBcount>> {
+        let m = self
+            .bpf
+            .map(abi::MAP_BSTATS)
+            .ok_or_else(|| anyhow!("no {}", abi::MAP_BSTATS))?;
+        super::status::sum_bcounts(&aya::maps::PerCpuArray::try_from(m)?)
     }
 
     pub fn service_stats(&self) -> Result<Vec<CountValue>> {

@@ -9,7 +9,7 @@
 //! links/NETNS@IFACE@xdp   XDP link per interface
 //! lb_backends lb_svcs     backends and services that run (the truth)
 //! lb_ct lb_rev            connections (client side, backend side)
-//! lb_stats lb_bstats lb_sstats lb_nconn   counters
+//! lb_stats lb_bstats lb_sstats            counters
 //! lb_config_live          the config map of the instance in force
 //! ```
 

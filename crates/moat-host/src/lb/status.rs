@@ -113,16 +113,35 @@ fn percpu(p: &Paths, name: &str) -> Vec<CountValue> {
         .unwrap_or_default()
 }
 
-fn percpu_u64(p: &Paths, name: &str) -> Vec<u64> {
-    let Ok(m) = pinned_map(&p.pins.join(name)) else {
+/// Per backend slot: packets, bytes and connections, summed over CPUs.
+fn backend_counts(p: &Paths) -> Vec<abi::LbBcount> {
+    let Ok(m) = pinned_map(&p.pins.join(abi::MAP_BSTATS)) else {
         return vec![];
     };
-    let Ok(a) = PerCpuArray::<_, u64>::try_from(m) else {
+    let Ok(a) = PerCpuArray::<_, abi::LbBcount>::try_from(m) else {
         return vec![];
     };
-    (0..a.len())
-        .map(|i| a.get(&i, 0).map_or(0, |v| v.iter().sum()))
-        .collect()
+    sum_bcounts(&a).unwrap_or_default()
+}
+
+/// Sums a per-CPU array of backend counters over CPUs.
+pub fn sum_bcounts<T: std::borrow::Borrow<aya::maps::MapData>>(
+    a: &PerCpuArray<T, abi::LbBcount>,
+) -> Result<Vec<abi::LbBcount>> {
+    let mut out = Vec::with_capacity(a.len() as usize);
+    for i in 0..a.len() {
+        let v = a.get(&i, 0)?;
+        out.push(
+            v.iter()
+                .fold(abi::LbBcount::default(), |s, c| abi::LbBcount {
+                    packets: s.packets + c.packets,
+                    bytes: s.bytes + c.bytes,
+                    conns: s.conns + c.conns,
+                    pad: 0,
+                }),
+        );
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -170,9 +189,8 @@ pub fn status_at(p: &Paths) -> Result<LbStatus> {
     let live = live_config(p);
     let r = running(p);
     let links = links(p);
-    let bstats = percpu(p, abi::MAP_BSTATS);
+    let bstats = backend_counts(p);
     let sstats = percpu(p, abi::MAP_SSTATS);
-    let nconn = percpu_u64(p, abi::MAP_NCONN);
     let reasons = percpu(p, abi::MAP_STATS);
     let conns = connections(p);
     let now = crate::fw::observe::clock_ns(libc::CLOCK_MONOTONIC);
@@ -234,7 +252,7 @@ pub fn status_at(p: &Paths) -> Result<LbStatus> {
                 },
                 packets: bstats.get(*slot as usize).map_or(0, |c| c.packets),
                 bytes: bstats.get(*slot as usize).map_or(0, |c| c.bytes),
-                connections_total: nconn.get(*slot as usize).copied().unwrap_or(0),
+                connections_total: bstats.get(*slot as usize).map_or(0, |c| c.conns),
                 connections: live_per_slot.get(slot).copied().unwrap_or(0),
             })
             .collect();
