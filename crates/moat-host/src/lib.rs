@@ -22,5 +22,6 @@ pub mod fw;
 pub mod lb;
 pub mod loader;
 pub mod netlab;
+pub mod source;
 pub mod sys;
 pub mod traffic;

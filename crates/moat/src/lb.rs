@@ -98,7 +98,13 @@ pub fn check(path: &Path, json_out: bool) -> Result<()> {
 }
 
 pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
-    let r = apply::apply_at(&status::paths(), o, log)?;
+    let paths = status::paths();
+    let bytes = std::fs::read(&o.config).unwrap_or_default();
+    let r = apply::apply_at(&paths, o, log)?;
+    if let Err(e) = moat_host::source::record(&paths, &o.config, &bytes, r.generation, "cli") {
+        eprintln!("warning: recording the applied file: {e:#}");
+    }
+    crate::daemon::note_cli_apply(crate::daemon::Family::Lb, &o.config);
     println!(
         "applied {} (generation {}): {} services, {} backends on {} in {:.0?} (prog id {})",
         o.config.display(),

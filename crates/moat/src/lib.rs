@@ -4,7 +4,9 @@
 //! HTTP (`metrics`) or pcap (`capture`). `main.rs` is only the argument parser.
 
 pub mod count;
+pub mod daemon;
 pub mod demo;
 pub mod fw;
 pub mod http;
 pub mod lb;
+pub mod status;

@@ -113,6 +113,38 @@ enum Cmd {
         #[arg(long, value_parser = parse_secs)]
         duration: Option<Duration>,
     },
+    /// The agent: applies CONFIG_DIR/policy.yaml and lb.yaml, re-applies on change, runs health checks.
+    Daemon {
+        /// Where policy.yaml (firewall) and lb.yaml (load balancer) live.
+        #[arg(long, value_name = "DIR", default_value = moat::daemon::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// The files' interfaces are in network namespace /run/netns/NAME (health checks run there too).
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+        /// One JSON object per line (journald-friendly) or plain text.
+        #[arg(long, value_enum, default_value = "json")]
+        log_format: moat::daemon::LogFormat,
+        /// Serve /metrics of every family here ("none": do not).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9466")]
+        metrics: String,
+        /// Seconds between tries of a file whose apply failed (e.g. its interface is not there yet).
+        #[arg(long, default_value = "5", value_parser = parse_secs)]
+        retry: Duration,
+        /// Stop after this long (default: until SIGINT/SIGTERM).
+        #[arg(long, value_parser = parse_secs)]
+        duration: Option<Duration>,
+        /// Write the systemd unit for this binary and --config-dir into --unit-dir, and exit.
+        #[arg(long)]
+        install_unit: bool,
+        /// Where --install-unit writes moat.service.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+    },
+    /// Every family at a glance: what runs, its generation, the file in force and who applied it, the agent.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// A guided first run: two namespaces, a veth pair, real traffic, live counts; cleans up.
     Demo {
         /// Seconds of traffic.
@@ -302,6 +334,38 @@ fn main() -> ExitCode {
             file,
             duration,
         }),
+        Cmd::Daemon {
+            config_dir,
+            netns,
+            log_format,
+            metrics,
+            retry,
+            duration,
+            install_unit,
+            unit_dir,
+        } => {
+            if install_unit {
+                moat::daemon::install_unit(&unit_dir, &config_dir).map(|p| {
+                    println!(
+                        "wrote {}; enable it with: systemctl daemon-reload && systemctl enable --now moat",
+                        p.display()
+                    )
+                })
+            } else {
+                moat::daemon::run(
+                    moat::daemon::DaemonOpts {
+                        config_dir,
+                        netns,
+                        log_format,
+                        metrics: (metrics != "none").then_some(metrics),
+                        retry,
+                        duration,
+                    },
+                    &log,
+                )
+            }
+        }
+        Cmd::Status { json } => moat::status::status(json),
         Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
         Cmd::Fw(f) => match f {
             FwCmd::Check {

@@ -119,14 +119,6 @@ pub fn apply_at(paths: &Paths, o: &ApplyOpts, log: &LogOpts) -> Result<ApplyRepo
             report.interfaces.push(format!("{name} (detached)"));
         }
     }
-    let _ = std::fs::create_dir_all(&paths.state_dir);
-    let _ = std::fs::write(
-        paths.state_dir.join("config-path"),
-        std::fs::canonicalize(&o.config)
-            .unwrap_or_else(|_| o.config.clone())
-            .to_string_lossy()
-            .as_bytes(),
-    );
     warm_neighbours(&cfg, &ifaces);
     report.generation = gen_;
     report.total = t0.elapsed();
@@ -473,7 +465,7 @@ pub fn set_backend(
     };
     let svc_name = service.to_string();
     let over = move |s: &str, b: BackendId| (s == svc_name && b == id).then_some(to);
-    let (_, enc) = encode_next(paths, &cfg, &services, &r, &over)?;
+    let (gen_, enc) = encode_next(paths, &cfg, &services, &r, &over)?;
     let ifaces: Vec<Iface> = status::links(paths)
         .into_iter()
         .map(|(_, ns, name)| Iface {
@@ -485,7 +477,15 @@ pub fn set_backend(
     if ifaces.is_empty() {
         bail!("the load balancer is attached nowhere; nothing was changed");
     }
-    let report = swap_in(paths, &cfg, &enc, &ifaces, false, log)?;
+    let mut report = swap_in(paths, &cfg, &enc, &ifaces, false, log)?;
+    report.generation = gen_;
+    // The same file is still in force, at the new generation.
+    if let Some(mut src) = crate::source::read(paths)
+        && src.generation == live.generation
+    {
+        src.generation = gen_;
+        let _ = crate::source::write(paths, &src);
+    }
     Ok((id, was, report))
 }
 

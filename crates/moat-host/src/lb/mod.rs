@@ -14,5 +14,6 @@
 //! ```
 
 pub mod apply;
+pub mod health;
 pub mod instance;
 pub mod status;

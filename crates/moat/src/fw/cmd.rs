@@ -192,8 +192,14 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
 /// `moat fw apply`: applies, then says what happened.
 pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let mut progress = progress_printer(o.quiet);
-    let r = apply_at(&Paths::from_env(), o, log, &mut progress)?;
+    let paths = Paths::from_env();
+    let bytes = std::fs::read(&o.policy).unwrap_or_default();
+    let r = apply_at(&paths, o, log, &mut progress)?;
+    if let Err(e) = moat_host::source::record(&paths, &o.policy, &bytes, r.generation, "cli") {
+        eprintln!("warning: recording the applied file: {e:#}");
+    }
     print_apply(&r);
+    crate::daemon::note_cli_apply(crate::daemon::Family::Fw, &o.policy);
     Ok(())
 }
 

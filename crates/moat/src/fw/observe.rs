@@ -447,41 +447,45 @@ pub fn metrics_cmd(listen: &str, duration: Option<Duration>) -> Result<()> {
         move |path| {
             use hyper::StatusCode;
             if path == "/metrics" {
-                // Every family that runs, on one endpoint.
-                let fw = running(&paths).ok().map(|_| counters(&paths));
-                let lb = (!moat_host::lb::status::links(&lb_paths).is_empty())
-                    .then(|| moat_host::lb::status::status_at(&lb_paths));
-                match (fw, lb) {
-                    (Some(Err(e)), _) | (_, Some(Err(e))) => (
+                match families_metrics(&paths, &lb_paths) {
+                    Ok(text) => (
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        text,
+                    ),
+                    Err(e) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",
                         format!("{e:#}\n"),
                     ),
-                    (None, None) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "neither the firewall nor the load balancer runs\n".into(),
-                    ),
-                    (fw, lb) => {
-                        let mut text = String::new();
-                        if let Some(Ok(cn)) = fw {
-                            text.push_str(&metrics_text(&cn));
-                        }
-                        if let Some(Ok(st)) = lb {
-                            text.push_str(&crate::lb::metrics_text(&st));
-                        }
-                        (
-                            StatusCode::OK,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                            text,
-                        )
-                    }
                 }
             } else {
                 (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into())
             }
         },
     )
+}
+
+/// Prometheus text of every family that runs (the firewall's and the load
+/// balancer's), for `moat metrics` and the agent's endpoint.
+pub fn families_metrics(paths: &Paths, lb_paths: &Paths) -> Result<String> {
+    let fw = running(paths).ok().map(|_| counters(paths));
+    let lb = (!moat_host::lb::status::links(lb_paths).is_empty())
+        .then(|| moat_host::lb::status::status_at(lb_paths));
+    let mut text = String::new();
+    match (fw, lb) {
+        (Some(Err(e)), _) | (_, Some(Err(e))) => return Err(e),
+        (None, None) => bail!("neither the firewall nor the load balancer runs"),
+        (fw, lb) => {
+            if let Some(Ok(cn)) = fw {
+                text.push_str(&metrics_text(&cn));
+            }
+            if let Some(Ok(st)) = lb {
+                text.push_str(&crate::lb::metrics_text(&st));
+            }
+        }
+    }
+    Ok(text)
 }
 
 /// `moat capture`: writes (sampled) events' frames to a pcap file.

@@ -1,0 +1,112 @@
+//! Which file is in force, per family: `STATE_ROOT/<family>/source.json`
+//! records the file an apply came from, the SHA-256 of the bytes that were
+//! applied, the generation the apply handed out and who applied it (the CLI
+//! or the agent). It is a cache like every file in /run: it counts only
+//! while its generation is the one the kernel runs ([`in_force`]); anything
+//! else (missing, damaged, another generation) means "unknown", and the
+//! agent then applies its file again (an apply is atomic and keeps
+//! connections, so doing it once too often costs nothing but time).
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{fw::state::Paths, sys};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Source {
+    pub file: PathBuf,
+    pub sha256: String,
+    pub generation: u32,
+    pub applied_unix: u64,
+    /// "cli" or "daemon (pid N)".
+    pub by: String,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn path(p: &Paths) -> PathBuf {
+    p.state_dir.join("source.json")
+}
+
+/// Records what was applied (atomically: a temporary file renamed into
+/// place, mode 0600 in the family's 0700 state directory).
+pub fn write(p: &Paths, s: &Source) -> Result<()> {
+    sys::private_dir(&p.state_dir)?;
+    let dest = path(p);
+    let tmp = p
+        .state_dir
+        .join(format!("source.json.{}.tmp", std::process::id()));
+    let text = serde_json::to_string_pretty(s)?;
+    let r = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dest)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("writing {}", dest.display()))
+}
+
+/// Records an apply of `file` (its bytes as read before the apply).
+pub fn record(p: &Paths, file: &Path, bytes: &[u8], generation: u32, by: &str) -> Result<()> {
+    write(
+        p,
+        &Source {
+            file: fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf()),
+            sha256: digest(bytes),
+            generation,
+            applied_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            by: by.into(),
+        },
+    )
+}
+
+/// The record as written, if readable.
+pub fn read(p: &Paths) -> Option<Source> {
+    serde_json::from_str(&fs::read_to_string(path(p)).ok()?).ok()
+}
+
+/// The generation the kernel runs for the family at `p` (firewall: every
+/// pinned link runs the same one; load balancer: the live config's).
+pub fn kernel_generation(p: &Paths) -> Option<u32> {
+    if p.what() == "the load balancer" {
+        if crate::lb::status::links(p).is_empty() {
+            return None;
+        }
+        return crate::lb::status::live_config(p).map(|c| c.generation);
+    }
+    let k = crate::fw::state::Kernel::read(p, |_| None);
+    match k.generations().as_slice() {
+        [g] => Some(*g),
+        _ => None,
+    }
+}
+
+/// The record, when it describes what the kernel runs now.
+pub fn in_force(p: &Paths) -> Option<Source> {
+    let s = read(p)?;
+    (kernel_generation(p) == Some(s.generation)).then_some(s)
+}
