@@ -431,6 +431,8 @@ static __always_inline const struct lb_backend *lb_tracked(struct lb_ct_val *ct,
 
 	if (!lb_backend_ok(b, svc) || b->port != ct->bport)
 		return 0;
+	if (b->state == LB_B_DOWN && (b->flags & LB_BF_RESET_DOWN))
+		return 0;
 	{
 		const __u32 *x = (const __u32 *)b->addr, *y = (const __u32 *)ct->backend;
 

@@ -163,6 +163,7 @@ struct lb_backend {
 
 /* lb_backend.flags */
 #define LB_BF_REV 1 /* NAT replies need per-connection lb_rev entries */
+#define LB_BF_RESET_DOWN 2 /* health on_down: reset: a down backend loses its connections */
 
 struct lb_back {
 	__u8 vip[16];

@@ -17,6 +17,7 @@ pub const MAP_IFACES: &str = "lb_ifaces";
 pub const IF_SLOTS: u32 = 1024;
 pub const BACK_AMBIG: u8 = 1;
 pub const BF_REV: u32 = 1;
+pub const BF_RESET_DOWN: u32 = 2;
 pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_SERVICES: u32 = 1024;
 pub const NONE: u32 = 0xFFFF_FFFF;

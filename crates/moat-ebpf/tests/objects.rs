@@ -195,6 +195,7 @@ fn abi_header_defines_match_rust_constants() {
         ("LB_CLOSING_SECS", lb::CLOSING_SECS.to_string()),
         ("LB_BACK_AMBIG", lb::BACK_AMBIG.to_string()),
         ("LB_BF_REV", lb::BF_REV.to_string()),
+        ("LB_BF_RESET_DOWN", lb::BF_RESET_DOWN.to_string()),
         ("LB_MAX_BACKENDS", lb::MAX_BACKENDS.to_string()),
         ("LB_MAX_SERVICES", lb::MAX_SERVICES.to_string()),
         ("LB_NONE", format!("0x{:X}", lb::NONE)),

@@ -959,7 +959,8 @@ fn health_loop(
                                    "failures": fails, "successes": oks,
                                    "last": match &o { health::Outcome::Ok => "ok".to_string(),
                                                       health::Outcome::Fail(w) => w.clone() },
-                                   "connections": "kept (drain)"}),
+                                   "connections": if to == State::Down && h.reset_on_down {
+                                       "balanced again (on_down: reset)" } else { "kept (drain)" }}),
                         );
                     }
                     Err(e) => log.event(

@@ -370,6 +370,26 @@ fn daemon_applies_watches_refuses_and_checks_health() {
         ),
         "{mt}"
     );
+    // A file anyone may write is refused, whatever it says.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = dir.join(".lb.yaml.open");
+        std::fs::write(&tmp, lb_yaml(&[1, 2, 3], 204)).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::rename(&tmp, dir.join("lb.yaml")).unwrap();
+    }
+    let r = d.wait(
+        &[("event", "refused"), ("family", "lb")],
+        Duration::from_secs(5),
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("writable by everyone"),
+        "{r}"
+    );
+    assert_eq!(root.status()["generation"], gen_before);
     // Fixed again: applied.
     save(&dir, "lb.yaml", &lb_yaml(&[1, 2], 204));
     d.wait(

@@ -739,6 +739,57 @@ fn lb_fixtures() {
         let fresh = pkt::tcp4_frame(cli, vip, 40999, 80, syn, b"");
         let (ret, _) = inst3.run(&fresh, Some(ifindex("cli").unwrap())).unwrap();
         assert_eq!(ret, XDP_DROP, "its only backend drained: a new connection has none");
+
+        // Health's on_down: a backend taken down keeps its connections by
+        // default (keep: drain); with `on_down: reset` they are balanced
+        // again at their next packet.
+        let pins_r = pin_dir(&format!("{tag}r"));
+        let _pgr = PinGuard(pins_r.clone());
+        let yaml = "services:
+  - { name: rs, vip: 10.200.0.40, port: 80, proto: tcp, health: { tcp: 8080, on_down: reset },
+      backends: [{ address: 10.197.1.2, port: 8080 }, { address: 10.197.1.3, port: 8080 }] }
+  - { name: kp, vip: 10.200.0.41, port: 80, proto: tcp, health: { tcp: 8080 },
+      backends: [{ address: 10.197.1.2, port: 8080 }, { address: 10.197.1.3, port: 8080 }] }
+";
+        let cfg = core::parse(yaml, std::path::Path::new("reset.yaml")).unwrap();
+        assert!(cfg.services[0].reset_on_down && !cfg.services[1].reset_on_down);
+        let enc_a = encode::encode(&cfg, &cfg.services, &encode::Running::default(), 1, &none).unwrap();
+        let mut ia = LbInstance::load(&enc_a, 65536, &pins_r, &LogOpts::default()).unwrap();
+        ia.write_shared(&enc_a).unwrap();
+        ia.allow_iface(ifindex("cli").unwrap()).unwrap();
+        let mut first = Vec::new();
+        for (svc_vip, port) in [("10.200.0.40", 41000u16), ("10.200.0.41", 41001)] {
+            let syn_f = pkt::tcp4_frame(cli, v4(svc_vip), port, 80, syn, b"");
+            let (ret, out) = ia.run(&syn_f, Some(ifindex("cli").unwrap())).unwrap();
+            assert_eq!(ret, XDP_REDIRECT, "{svc_vip}");
+            first.push(pkt::decode(&out).unwrap().dst);
+        }
+        let running_a = encode::Running {
+            services: enc_a.services.clone(),
+            backends: enc_a.backends.clone(),
+            table: enc_a.table,
+        };
+        let (rs_b, kp_b) = (first[0], first[1]);
+        let down = move |s: &str, b: BackendId| {
+            ((s == "rs" && b.addr == rs_b) || (s == "kp" && b.addr == kp_b)).then_some(State::Down)
+        };
+        // The flag is in the kernel: the services read back keep it.
+        assert!(encode::services_of(&running_a).iter().any(|s| s.name == "rs" && s.reset_on_down));
+        let enc_b = encode::encode(&cfg, &cfg.services, &running_a, 2, &down).unwrap();
+        let mut ib = LbInstance::load(&enc_b, 65536, &pins_r, &LogOpts::default()).unwrap();
+        ib.write_shared(&enc_b).unwrap();
+        let before = ib.stats().unwrap();
+        let mut now = Vec::new();
+        for (svc_vip, port) in [("10.200.0.40", 41000u16), ("10.200.0.41", 41001)] {
+            let ack_f = pkt::tcp4_frame(cli, v4(svc_vip), port, 80, ack, b"x");
+            let (ret, out) = ib.run(&ack_f, Some(ifindex("cli").unwrap())).unwrap();
+            assert_eq!(ret, XDP_REDIRECT, "{svc_vip}");
+            now.push(pkt::decode(&out).unwrap().dst);
+        }
+        assert_ne!(now[0], first[0], "on_down: reset: the connection left its down backend");
+        assert_eq!(now[1], first[1], "on_down: keep (default): the connection stays (drain)");
+        let after = ib.stats().unwrap();
+        assert_eq!(after[abi::STAT_RESELECT as usize].packets - before[abi::STAT_RESELECT as usize].packets, 1);
     })
     .join()
     .unwrap();

@@ -99,6 +99,10 @@ pub fn services_of(r: &Running) -> Vec<Service> {
                 })
                 .collect(),
             health: None,
+            reset_on_down: r
+                .backends
+                .iter()
+                .any(|(_, b)| b.svc == *id && b.flags & abi::BF_RESET_DOWN != 0),
             line: 0,
         })
         .collect()
@@ -257,7 +261,11 @@ pub fn encode(
                     state: state.abi(),
                     svc: sid,
                     weight: b.weight,
-                    flags: 0,
+                    flags: if s.reset_on_down {
+                        abi::BF_RESET_DOWN
+                    } else {
+                        0
+                    },
                 },
             ));
             members.push((b.id(), b.weight, state));

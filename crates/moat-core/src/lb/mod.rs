@@ -84,6 +84,10 @@ pub struct Health {
     pub timeout_ms: u64,
     pub fall: u32,
     pub rise: u32,
+    /// `on_down: reset`: when the checks take a backend down, its tracked
+    /// connections are balanced again at their next packet (TCP ones get a
+    /// reset from their new backend) instead of being kept (drain).
+    pub reset_on_down: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +146,9 @@ pub struct Service {
     pub hash: u8,
     pub backends: Vec<Backend>,
     pub health: Option<Health>,
+    /// Tracked connections of a backend that is down are moved (health's
+    /// `on_down: reset`); kept in the kernel as a backend flag.
+    pub reset_on_down: bool,
     pub line: usize,
 }
 

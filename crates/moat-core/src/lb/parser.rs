@@ -462,6 +462,7 @@ impl Parser {
             mode,
             hash,
             backends,
+            reset_on_down: health.as_ref().is_some_and(|h| h.reset_on_down),
             health,
             line: at.0,
         })
@@ -549,6 +550,7 @@ impl Parser {
             timeout_ms: 1000,
             fall: 3,
             rise: 2,
+            reset_on_down: false,
         };
         let before = self.total;
         for (k, v) in m.iter() {
@@ -583,7 +585,13 @@ impl Parser {
                 "timeout" => h.timeout_ms = self.duration_ms(v, 10, 60_000).unwrap_or(1000),
                 "fall" => h.fall = self.number(v, "a count", 1, 100).unwrap_or(3) as u32,
                 "rise" => h.rise = self.number(v, "a count", 1, 100).unwrap_or(2) as u32,
-                other => self.err(pos(k.span()), format!("unknown key {other:?} in health (expected tcp, http, interval, timeout, fall, rise)")),
+                "on_down" => match self.scalar(v, "keep or reset") {
+                    Some("keep") => h.reset_on_down = false,
+                    Some("reset") => h.reset_on_down = true,
+                    Some(other) => self.err(node_pos(v), format!("on_down {other:?}: keep (a down backend keeps its connections: drain) or reset (they are balanced again)")),
+                    None => {}
+                },
+                other => self.err(pos(k.span()), format!("unknown key {other:?} in health (expected tcp, http, interval, timeout, fall, rise, on_down)")),
             }
         }
         if m.iter()

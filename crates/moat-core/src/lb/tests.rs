@@ -105,6 +105,12 @@ fn every_contract_rule_is_checked() {
         ("timeout: 300ms", "timeout: 3s", "longer than the interval"),
         ("udp_idle: 30s", "udp_idle: soon", "not a duration"),
         ("path: /healthz", "path: healthz", "not an HTTP path"),
+        (
+            "fall: 3,",
+            "fall: 3, on_down: later,",
+            "keep (a down backend",
+        ),
+        ("fall: 3,", "fall: 3, on_down: reset,", ""),
         ("    port: 80\n", "", ""),
     ];
     for (from, to, want) in cases {
