@@ -173,6 +173,7 @@ mod tests {
             timeout_ms: 100,
             fall,
             rise,
+            reset_on_down: false,
         }
     }
 
