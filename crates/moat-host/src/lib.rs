@@ -1,5 +1,5 @@
 //! moat's host side: everything that talks to the kernel, as values, never
-//! printing. The CLI (`crates/moat`), the daemon to come and the benchmarks
+//! printing. The CLI and the agent (`crates/moat`) and the benchmarks
 //! (`bench/`) all build on it.
 //!
 //! - [`loader`]: BPF objects in, verified programs out (readable verifier errors).
@@ -11,7 +11,8 @@
 //!   apply / detach / status / explain as operations, and the readers
 //!   behind flows, top and metrics.
 //! - [`lb`]: the load balancer: instances, apply / backend / plan / detach,
-//!   status read from the pinned maps.
+//!   status read from the pinned maps, health checks (fall/rise).
+//! - [`source`]: which file each family's running generation came from.
 //! - [`netlab`], [`traffic`]: throwaway namespaces and bounded traffic (the
 //!   demo, the tests, the benchmarks).
 

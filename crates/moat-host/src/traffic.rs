@@ -289,9 +289,9 @@ impl Drop for Lockstep {
 }
 
 /// Backends that say who they are: in network namespace `netns`, a TCP
-/// server on [::]:`port` (IPv4 too) that answers every line it reads with
+/// server on `[::]:port` (IPv4 too) that answers every line it reads with
 /// `name` and a newline (an HTTP GET gets `200 OK` with `name` as the body,
-/// and the connection closes), and a UDP server on [::]:`port` that answers
+/// and the connection closes), and a UDP server on `[::]:port` that answers
 /// every datagram with `name`. For load balancer labs and benchmarks.
 pub struct NameServer {
     stop: Arc<AtomicBool>,

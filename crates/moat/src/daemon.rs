@@ -447,36 +447,7 @@ impl Daemon {
     }
 
     fn save(&self) {
-        let p = daemon_paths();
-        let mut f = self.file.lock().unwrap();
-        f.updated_unix = unix_now();
-        let text = match serde_json::to_string_pretty(&*f) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
-        drop(f);
-        let tmp = p
-            .state_dir
-            .join(format!("state.json.{}.tmp", std::process::id()));
-        let r = (|| -> std::io::Result<()> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let _ = fs::remove_file(&tmp);
-            let mut w = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            w.write_all(text.as_bytes())?;
-            fs::rename(&tmp, p.state_dir.join("state.json"))
-        })();
-        if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
-            self.log.event(
-                "warn",
-                "state_file",
-                json!({"error": format!("{}: {e}", p.state_dir.display())}),
-            );
-        }
+        save_file(&self.file, &self.log);
     }
 
     /// Brings one family in line with its file. `start`: the daemon just
@@ -709,6 +680,40 @@ impl Daemon {
             ),
             Err(_) => bail!("metrics server did not start"),
         }
+    }
+}
+
+/// Writes the daemon's state file (a temporary file renamed into place).
+fn save_file(file: &Mutex<DaemonFile>, log: &Logger) {
+    let p = daemon_paths();
+    let mut f = file.lock().unwrap();
+    f.updated_unix = unix_now();
+    let text = match serde_json::to_string_pretty(&*f) {
+        Ok(t) => t,
+        Err(_) => return,
+    };
+    drop(f);
+    let tmp = p
+        .state_dir
+        .join(format!("state.json.{}.tmp", std::process::id()));
+    let r = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(&tmp);
+        let mut w = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        w.write_all(text.as_bytes())?;
+        fs::rename(&tmp, p.state_dir.join("state.json"))
+    })();
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        log.event(
+            "warn",
+            "state_file",
+            json!({"error": format!("{}: {e}", p.state_dir.display())}),
+        );
     }
 }
 
@@ -1009,6 +1014,7 @@ fn health_loop(
                 e.transitions += 1;
             }
         }
+        save_file(file, log);
         next += interval;
         let now = Instant::now();
         if next < now {

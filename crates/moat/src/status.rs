@@ -126,9 +126,13 @@ pub fn status(json_out: bool) -> Result<()> {
                 ifs.join(", ")
             );
             if *f == Family::Lb && v["detail"]["services"].is_number() {
+                let n = |k: &str| v["detail"][k].as_u64().unwrap_or(0);
+                let plural = |c: u64, w: &str| format!("{c} {w}{}", if c == 1 { "" } else { "s" });
                 line.push_str(&format!(
-                    ": {} services, {} backends ({} up)",
-                    v["detail"]["services"], v["detail"]["backends"], v["detail"]["backends_up"]
+                    ": {}, {} ({} up)",
+                    plural(n("services"), "service"),
+                    plural(n("backends"), "backend"),
+                    n("backends_up")
                 ));
             }
             println!("{line}");
