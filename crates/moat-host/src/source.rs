@@ -68,6 +68,36 @@ pub fn write(p: &Paths, s: &Source) -> Result<()> {
     r.with_context(|| format!("writing {}", dest.display()))
 }
 
+/// Largest config file read for a digest (the policy reader's own limit).
+pub const MAX_FILE: u64 = 16 << 20;
+
+/// The bytes of `path` if it is a regular file of at most [`MAX_FILE`]
+/// bytes. Opened non-blocking and checked on the open descriptor, so a FIFO
+/// or device put in its place cannot stall the caller.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if m.len() > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_FILE >> 20),
+        ));
+    }
+    let mut out = Vec::with_capacity(m.len() as usize);
+    f.take(MAX_FILE + 1).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Records an apply of `file` (its bytes as read before the apply).
 pub fn record(p: &Paths, file: &Path, bytes: &[u8], generation: u32, by: &str) -> Result<()> {
     write(

@@ -456,7 +456,7 @@ impl Daemon {
         let path = self.o.config_dir.join(f.file());
         let mut st = self.state(f);
         st.file = path.clone();
-        let bytes = match fs::read(&path) {
+        let bytes = match source::read_regular(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if st.status != "absent" {
@@ -523,10 +523,9 @@ impl Daemon {
             return;
         }
         // Validate first: a bad file is refused without touching anything.
-        let text = String::from_utf8_lossy(&bytes).into_owned();
         let checked: Result<Option<LbConfig>> = match f {
             Family::Fw => fw::apply::load_policy_within(&path, None).map(|_| None),
-            Family::Lb => parse_lb(text.as_bytes(), &path).map(Some),
+            Family::Lb => parse_lb(&bytes, &path).map(Some),
         };
         let lbcfg = match checked {
             Ok(c) => c,

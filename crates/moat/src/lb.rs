@@ -99,9 +99,11 @@ pub fn check(path: &Path, json_out: bool) -> Result<()> {
 
 pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let paths = status::paths();
-    let bytes = std::fs::read(&o.config).unwrap_or_default();
+    let bytes = moat_host::source::read_regular(&o.config).ok();
     let r = apply::apply_at(&paths, o, log)?;
-    if let Err(e) = moat_host::source::record(&paths, &o.config, &bytes, r.generation, "cli") {
+    if let Some(bytes) = bytes
+        && let Err(e) = moat_host::source::record(&paths, &o.config, &bytes, r.generation, "cli")
+    {
         eprintln!("warning: recording the applied file: {e:#}");
     }
     crate::daemon::note_cli_apply(crate::daemon::Family::Lb, &o.config);

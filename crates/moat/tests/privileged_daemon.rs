@@ -390,6 +390,20 @@ fn daemon_applies_watches_refuses_and_checks_health() {
         "{r}"
     );
     assert_eq!(root.status()["generation"], gen_before);
+    // A FIFO in the file's place cannot stall the daemon: refused.
+    std::fs::remove_file(dir.join("lb.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("lb.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let r = d.wait(
+        &[("event", "refused"), ("family", "lb")],
+        Duration::from_secs(5),
+    );
+    assert!(
+        r["error"].as_str().unwrap().contains("not a regular file"),
+        "{r}"
+    );
+    std::fs::remove_file(dir.join("lb.yaml")).unwrap();
     // Fixed again: applied.
     save(&dir, "lb.yaml", &lb_yaml(&[1, 2], 204));
     d.wait(

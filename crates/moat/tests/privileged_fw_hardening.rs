@@ -363,7 +363,9 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "state.json")
+                // The state file and the record of the applied file are
+                // expected; anything else (a temporary file) is a leftover.
+                .filter(|n| n != "state.json" && n != "source.json")
                 .collect()
         })
         .unwrap_or_default()

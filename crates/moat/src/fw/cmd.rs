@@ -193,9 +193,11 @@ fn progress_printer(quiet: bool) -> impl FnMut(&str, usize, usize) {
 pub fn apply(o: &ApplyOpts, log: &LogOpts) -> Result<()> {
     let mut progress = progress_printer(o.quiet);
     let paths = Paths::from_env();
-    let bytes = std::fs::read(&o.policy).unwrap_or_default();
+    let bytes = moat_host::source::read_regular(&o.policy).ok();
     let r = apply_at(&paths, o, log, &mut progress)?;
-    if let Err(e) = moat_host::source::record(&paths, &o.policy, &bytes, r.generation, "cli") {
+    if let Some(bytes) = bytes
+        && let Err(e) = moat_host::source::record(&paths, &o.policy, &bytes, r.generation, "cli")
+    {
         eprintln!("warning: recording the applied file: {e:#}");
     }
     print_apply(&r);
