@@ -745,7 +745,7 @@ pub fn markdown(
             cell(&r.one_flow)
         ));
     }
-    md.push_str("\nProgram cost per packet (BPF_PROG_TEST_RUN through the whole forwarding path: VIP, connection, Maglev, rewrite, FIB lookup, redirect), in ns: each packet is its own run (a program that rewrites cannot be timed with repeat: the kernel would run it again on the frame it rewrote), median of 500 runs per round, median of the rounds (min–max). A single run includes the kernel timer's own cost, which the floor (an XDP program that only drops) shows:\n\n| scenario |");
+    md.push_str("\nProgram cost per packet (BPF_PROG_TEST_RUN through the whole forwarding path: VIP, connection, Maglev, rewrite, FIB lookup, redirect), in ns: each packet is its own run (a program that rewrites cannot be timed with repeat: the kernel would run it again on the frame it rewrote), median of 500 runs per round (new connections: the sizes interleaved packet by packet, each SYN sent to every size in turn), median of the rounds (min–max). A single run includes the kernel timer's own cost, which the floor (an XDP program that only drops) shows:\n\n| scenario |");
     for n in COST_SIZES {
         md.push_str(&format!(" {n} backends |"));
     }
