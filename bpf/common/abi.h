@@ -22,5 +22,6 @@
 #include "abi/count.h"
 #include "abi/fw.h"
 #include "abi/lb.h"
+#include "abi/sec.h"
 
 #endif /* MOAT_ABI_H */

@@ -15,6 +15,7 @@ pub mod fw;
 pub mod lb;
 
 pub mod parse;
+pub mod sec;
 
 /// Layout of one struct crossing the kernel/user boundary: its C name, size
 /// and every field with its byte offset, in declaration order. Checked
@@ -172,6 +173,22 @@ pub const LAYOUTS: &[StructLayout] = &[
     ),
     layout!("lb_rev_val", lb::LbRevVal, [vip, vport, pad]),
     layout!("lb_back", lb::LbBack, [vip, vport, flags, pad, svc]),
+    layout!("sec_xid", sec::SecXid, [ns, pid, pad]),
+    layout!(
+        "sec_proc",
+        sec::SecProc,
+        [xid, parent, ppid, uid, gid, flags, cgroup, comm, binary]
+    ),
+    layout!("sec_stat", sec::SecStat, [seen, matched, lost, pad]),
+    layout!("sec_config", sec::SecConfig, [flags, pad]),
+    layout!(
+        "sec_event",
+        sec::SecEvent,
+        [
+            kind, pid, tid, ppid, xid, parent, ktime, cgroup, uid, gid, exit_code, signal,
+            args_len, flags, comm, binary, args
+        ]
+    ),
     layout!(
         "lb_config",
         lb::LbConfig,
@@ -225,6 +242,13 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, lb::LbConfig>("lb", lb::MAP_CONFIG),
     map::<lb::LbVipKey, lb::LbBack>("lb", lb::MAP_BACK),
     map::<u32, u32>("lb", lb::MAP_IFACES),
+    map::<u32, sec::SecProc>("sec", sec::MAP_PROCS),
+    map::<(), ()>("sec", sec::MAP_EVENTS),
+    map::<u32, sec::SecStat>("sec", sec::MAP_STATS),
+    map::<u32, sec::SecConfig>("sec", sec::MAP_CONFIG),
+    map::<[u8; sec::PATH_MAX], u8>("sec", sec::MAP_BINS),
+    map::<u32, u32>("sec", sec::MAP_CGROUPS),
+    map::<u32, sec::SecProc>("sec", sec::MAP_SCRATCH),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
@@ -242,11 +266,14 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("fw", fw::PROG_XDP),
     ("fw", fw::PROG_TC),
     ("lb", lb::PROG_XDP),
+    ("sec", sec::PROG_EXEC),
+    ("sec", sec::PROG_FORK),
+    ("sec", sec::PROG_EXIT),
 ];
 
 #[cfg(feature = "aya")]
 mod pod {
-    use super::{count::CountValue, fw::*, lb::*};
+    use super::{count::CountValue, fw::*, lb::*, sec::*};
     // SAFETY (all below): #[repr(C)] structs of integer fields and byte
     // arrays with explicit padding fields, so no implicit padding; every bit
     // pattern is a valid value.
@@ -271,6 +298,10 @@ mod pod {
     unsafe impl aya::Pod for LbCtKey {}
     unsafe impl aya::Pod for LbCtVal {}
     unsafe impl aya::Pod for LbBcount {}
+    unsafe impl aya::Pod for SecXid {}
+    unsafe impl aya::Pod for SecProc {}
+    unsafe impl aya::Pod for SecStat {}
+    unsafe impl aya::Pod for SecConfig {}
     unsafe impl aya::Pod for LbRevKey {}
     unsafe impl aya::Pod for LbRevVal {}
     unsafe impl aya::Pod for LbConfig {}
@@ -332,6 +363,19 @@ mod tests {
         assert_eq!(size_of::<lb::LbConfig>(), 24);
         assert_eq!(size_of::<lb::LbBack>(), 24);
         assert_eq!(lb::STAT_NAMES.len(), lb::STAT_MAX as usize);
+    }
+
+    #[test]
+    fn sec_layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<sec::SecXid>(), 16);
+        assert_eq!(size_of::<sec::SecProc>(), 16 + 16 + 16 + 8 + 16 + 256);
+        assert_eq!(size_of::<sec::SecStat>(), 32);
+        assert_eq!(
+            size_of::<sec::SecEvent>(),
+            16 + 32 + 16 + 8 + 8 + 8 + 16 + 256 + 512
+        );
+        assert_eq!(sec::HOOK_NAMES.len(), sec::HOOK_MAX as usize);
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub mod counters;
 pub mod fw;
 pub mod lb;
 pub mod packet;
+pub mod sec;

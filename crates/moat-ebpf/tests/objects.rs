@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use aya_obj::Object;
-use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, fw, lb, parse};
+use moat_abi::{BPF_OBJ_NAME_MAX, MAPS, PROGRAMS, count, fw, lb, parse, sec};
 
 /// bpf/common/abi.h and every part it includes (abi/*.h), as one text.
 fn abi_text() -> String {
@@ -212,6 +212,33 @@ fn abi_header_defines_match_rust_constants() {
         ("LB_B_DOWN", lb::B_DOWN.to_string()),
         ("LB_B_DRAIN", lb::B_DRAIN.to_string()),
         ("LB_STAT_MAX", lb::STAT_MAX.to_string()),
+        ("SEC_PROG_EXEC", sec::PROG_EXEC.into()),
+        ("SEC_PROG_FORK", sec::PROG_FORK.into()),
+        ("SEC_PROG_EXIT", sec::PROG_EXIT.into()),
+        ("SEC_MAP_PROCS", sec::MAP_PROCS.into()),
+        ("SEC_MAP_EVENTS", sec::MAP_EVENTS.into()),
+        ("SEC_MAP_STATS", sec::MAP_STATS.into()),
+        ("SEC_MAP_CONFIG", sec::MAP_CONFIG.into()),
+        ("SEC_MAP_BINS", sec::MAP_BINS.into()),
+        ("SEC_MAP_CGROUPS", sec::MAP_CGROUPS.into()),
+        ("SEC_MAP_SCRATCH", sec::MAP_SCRATCH.into()),
+        ("SEC_PROCS_MAX", sec::PROCS_MAX.to_string()),
+        ("SEC_PATH_MAX", sec::PATH_MAX.to_string()),
+        ("SEC_ARGS_MAX", sec::ARGS_MAX.to_string()),
+        ("SEC_XID_TICK_NS", format!("{}ULL", sec::XID_TICK_NS)),
+        ("SEC_HOOK_EXEC", sec::HOOK_EXEC.to_string()),
+        ("SEC_HOOK_EXIT", sec::HOOK_EXIT.to_string()),
+        ("SEC_HOOK_FORK", sec::HOOK_FORK.to_string()),
+        ("SEC_HOOK_MAX", sec::HOOK_MAX.to_string()),
+        ("SEC_EV_EXEC", sec::EV_EXEC.to_string()),
+        ("SEC_EV_EXIT", sec::EV_EXIT.to_string()),
+        ("SEC_CF_EXEC", sec::CF_EXEC.to_string()),
+        ("SEC_CF_EXIT", sec::CF_EXIT.to_string()),
+        ("SEC_CF_BINARY", sec::CF_BINARY.to_string()),
+        ("SEC_CF_CGROUP", sec::CF_CGROUP.to_string()),
+        ("SEC_EF_ARGS_TRUNC", sec::EF_ARGS_TRUNC.to_string()),
+        ("SEC_EF_NO_PARENT", sec::EF_NO_PARENT.to_string()),
+        ("SEC_EF_MEMFD", sec::EF_MEMFD.to_string()),
     ]);
     for (i, n) in lb::STAT_NAMES.iter().enumerate() {
         rust.push((

@@ -13,6 +13,7 @@
 //! - [`lb`]: the load balancer: instances, apply / backend / plan / detach,
 //!   status read from the pinned maps, health checks (fall/rise).
 //! - [`source`]: which file each family's running generation came from.
+//! - [`sec`]: runtime security: the process table and exec/exit events.
 //! - [`netlab`], [`traffic`]: throwaway namespaces and bounded traffic (the
 //!   demo, the tests, the benchmarks).
 
@@ -23,6 +24,7 @@ pub mod fw;
 pub mod lb;
 pub mod loader;
 pub mod netlab;
+pub mod sec;
 pub mod source;
 pub mod sys;
 pub mod traffic;

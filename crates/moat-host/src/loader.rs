@@ -170,16 +170,12 @@ pub fn load_program(bpf: &mut Ebpf, name: &str, log: &LogOpts) -> Result<Loaded>
             io_error,
             verifier_log,
         }) => {
-            let text = verifier_log.to_string();
-            let log_file = write_log(log, &text)?;
-            return Err(VerifierError {
-                program: name.to_string(),
-                errno: io_error.raw_os_error().unwrap_or(0),
-                log: text,
-                tail: log.tail_lines(),
-                log_file,
-            }
-            .into());
+            return Err(verifier_error(
+                name,
+                io_error,
+                &verifier_log.to_string(),
+                log,
+            )?);
         }
         Err(e) => return Err(anyhow!("loading {name}: {e}")),
     }
@@ -192,6 +188,25 @@ pub fn load_program(bpf: &mut Ebpf, name: &str, log: &LogOpts) -> Result<Loaded>
         insns: info.size_translated().unwrap_or(0) / 8,
         jited_bytes: info.size_jitted(),
     })
+}
+
+/// A verifier refusal of program `name` as a [`VerifierError`] (the whole
+/// log written where `log` asks).
+pub fn verifier_error(
+    name: &str,
+    io_error: std::io::Error,
+    text: &str,
+    log: &LogOpts,
+) -> Result<anyhow::Error> {
+    let log_file = write_log(log, text)?;
+    Ok(VerifierError {
+        program: name.to_string(),
+        errno: io_error.raw_os_error().unwrap_or(0),
+        log: text.to_string(),
+        tail: log.tail_lines(),
+        log_file,
+    }
+    .into())
 }
 
 /// Loads the XDP program `name` and returns it with what the kernel did.

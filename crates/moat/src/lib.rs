@@ -9,4 +9,5 @@ pub mod demo;
 pub mod fw;
 pub mod http;
 pub mod lb;
+pub mod sec;
 pub mod status;

@@ -140,6 +140,37 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
     },
+    /// Process exec and exit events with their lineage, filtered in the kernel (tp_btf tracepoints).
+    Watch {
+        /// JSON lines instead of text (a last line with totals: "final": true).
+        #[arg(long)]
+        json: bool,
+        /// Exec events (default: exec and exit).
+        #[arg(long)]
+        exec: bool,
+        /// Exit events (exit code, signal).
+        #[arg(long)]
+        exit: bool,
+        /// Only these binaries (absolute, as exec'd).
+        #[arg(long, value_name = "PATH")]
+        binary: Vec<PathBuf>,
+        /// Only processes in this cgroup v2 directory or below.
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// Ring buffer bytes (a power of two; default 4 MiB): smaller loses more under a storm, each loss counted.
+        #[arg(long, value_name = "BYTES")]
+        ring_size: Option<u32>,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_secs)]
+        duration: Option<Duration>,
+    },
+    /// Every process with its exec id, parent and binary (--tree: as a tree).
+    Ps {
+        #[arg(long)]
+        tree: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every family at a glance: what runs, its generation, the file in force and who applied it, the agent.
     Status {
         #[arg(long)]
@@ -366,6 +397,27 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { json } => moat::status::status(json),
+        Cmd::Watch {
+            json,
+            exec,
+            exit,
+            binary,
+            cgroup,
+            ring_size,
+            duration,
+        } => moat::sec::watch(
+            &moat::sec::WatchCmd {
+                json,
+                exec,
+                exit,
+                binaries: binary,
+                cgroup,
+                ring_bytes: ring_size,
+                duration,
+            },
+            &log,
+        ),
+        Cmd::Ps { tree, json } => moat::sec::ps(tree, json),
         Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
         Cmd::Fw(f) => match f {
             FwCmd::Check {

@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * abi/sec.h — runtime security: the process table kept by the kernel side
+ * and the events of bpf/sec/sec.bpf.c (exec, exit; fork keeps the table).
+ *
+ * Exec ids: every process image has one, struct sec_xid {ns, pid}. An exec
+ * seen live gets {boot-clock ns of the exec, pid}; a process known only from
+ * its task (started before moat, or whose entry was lost) gets
+ * {start_boottime rounded down to 10 ms, pid}: the same value userspace
+ * derives from /proc/PID/stat's starttime (USER_HZ 100), so both sides name
+ * it alike. A fork child runs its parent's image: it carries the parent's
+ * exec id until it execs; an exec's parent is the image it replaced, with
+ * or without a fork (`sh -c 'exec prog'`: prog's parent is sh).
+ */
+#ifndef MOAT_ABI_SEC_H
+#define MOAT_ABI_SEC_H
+
+#include <linux/types.h>
+
+#define SEC_PROG_EXEC "sec_exec"   /* tp_btf/sched_process_exec */
+#define SEC_PROG_FORK "sec_fork"   /* tp_btf/sched_process_fork */
+#define SEC_PROG_EXIT "sec_exit"   /* tp_btf/sched_process_exit */
+
+/*
+ * sec_procs: BPF_MAP_TYPE_HASH, SEC_PROCS_MAX; key __u32 tgid, value struct
+ *   sec_proc. writer: the three programs (fork adds, exec replaces, exit
+ *   removes) and userspace (seeds what /proc shows at start, BPF_NOEXIST);
+ *   reader: userspace (moat ps).
+ * sec_events: BPF_MAP_TYPE_RINGBUF of struct sec_event (size set at load).
+ * sec_stats: BPF_MAP_TYPE_PERCPU_ARRAY, SEC_HOOK_MAX; struct sec_stat per hook:
+ *   seen (every call), matched (passed the filters), lost (matched, ring full).
+ *   matched = events written + lost, exactly.
+ * sec_config: BPF_MAP_TYPE_ARRAY of 1 struct sec_config.
+ * sec_bins: BPF_MAP_TYPE_HASH; key char[SEC_PATH_MAX] (NUL padded), value __u8:
+ *   the binaries an exec must name when SEC_CF_BINARY is set.
+ * sec_cgroups: BPF_MAP_TYPE_CGROUP_ARRAY of 1: the cgroup (v2 directory fd)
+ *   events must come from, descendants included, when SEC_CF_CGROUP is set.
+ * sec_scratch: BPF_MAP_TYPE_PERCPU_ARRAY of 1 struct sec_proc (working space).
+ */
+#define SEC_MAP_PROCS   "sec_procs"
+#define SEC_MAP_EVENTS  "sec_events"
+#define SEC_MAP_STATS   "sec_stats"
+#define SEC_MAP_CONFIG  "sec_config"
+#define SEC_MAP_BINS    "sec_bins"
+#define SEC_MAP_CGROUPS "sec_cgroups"
+#define SEC_MAP_SCRATCH "sec_scratch"
+
+#define SEC_PROCS_MAX 65536
+#define SEC_PATH_MAX  256
+#define SEC_ARGS_MAX  512
+#define SEC_XID_TICK_NS 10000000ULL /* /proc starttime unit (USER_HZ 100) */
+
+/* Hooks: sec_stats slots. */
+#define SEC_HOOK_EXEC 0
+#define SEC_HOOK_EXIT 1
+#define SEC_HOOK_FORK 2
+#define SEC_HOOK_MAX  3
+
+/* Event types. */
+#define SEC_EV_EXEC 1
+#define SEC_EV_EXIT 2
+
+/* sec_config.flags */
+#define SEC_CF_EXEC   1 /* emit exec events */
+#define SEC_CF_EXIT   2 /* emit exit events */
+#define SEC_CF_BINARY 4 /* only binaries in sec_bins */
+#define SEC_CF_CGROUP 8 /* only tasks under sec_cgroups[0] */
+
+/* sec_event.flags */
+#define SEC_EF_ARGS_TRUNC 1 /* the arguments were longer than SEC_ARGS_MAX */
+#define SEC_EF_NO_PARENT  2 /* the image's entry was not in sec_procs: parent from the task */
+#define SEC_EF_MEMFD      4 /* the binary is a memfd or deleted file (exec of no path on disk) */
+
+struct sec_xid {
+	__u64 ns;
+	__u32 pid;
+	__u32 pad;
+};
+
+struct sec_proc {
+	struct sec_xid xid;    /* this image */
+	struct sec_xid parent; /* the image it replaced (exec) or was forked from */
+	__u32 ppid;            /* the kernel's parent (real_parent->tgid) */
+	__u32 uid;
+	__u32 gid;
+	__u32 flags;           /* SEC_EF_* of the exec that made it */
+	__u64 cgroup;          /* cgroup v2 id at exec */
+	char comm[16];
+	char binary[SEC_PATH_MAX];
+};
+
+struct sec_stat {
+	__u64 seen;
+	__u64 matched;
+	__u64 lost;
+	__u64 pad;
+};
+
+struct sec_config {
+	__u32 flags;
+	__u32 pad;
+};
+
+struct sec_event {
+	__u32 kind;      /* SEC_EV_* */
+	__u32 pid;       /* tgid */
+	__u32 tid;
+	__u32 ppid;
+	struct sec_xid xid;
+	struct sec_xid parent;
+	__u64 ktime;     /* boot clock, ns */
+	__u64 cgroup;
+	__u32 uid;
+	__u32 gid;
+	__u32 exit_code; /* exit: status (code >> 8) */
+	__u32 signal;    /* exit: the signal that ended it, 0 if none */
+	__u32 args_len;  /* exec: bytes of args (NUL separated) */
+	__u32 flags;     /* SEC_EF_* */
+	char comm[16];
+	char binary[SEC_PATH_MAX];
+	char args[SEC_ARGS_MAX];
+};
+
+#endif /* MOAT_ABI_SEC_H */

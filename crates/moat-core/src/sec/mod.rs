@@ -1,0 +1,332 @@
+//! Runtime security, the pure part: exec ids, process records, events as
+//! values, the lineage (ancestors) of a process image, and the parsing of
+//! /proc/PID/stat. The kernel side (bpf/sec/sec.bpf.c) keeps the process
+//! table and emits exec and exit events; moat-host reads them.
+
+use std::collections::HashMap;
+
+use moat_abi::sec as abi;
+use serde::Serialize;
+
+/// One process image: `pid:ns` (ns: boot clock of the exec, or the start
+/// time rounded to /proc's 10 ms for processes known from /proc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Xid {
+    pub pid: u32,
+    pub ns: u64,
+}
+
+impl Xid {
+    pub fn of(x: &abi::SecXid) -> Xid {
+        Xid {
+            pid: x.pid,
+            ns: x.ns,
+        }
+    }
+    pub fn abi(&self) -> abi::SecXid {
+        abi::SecXid {
+            ns: self.ns,
+            pid: self.pid,
+            pad: 0,
+        }
+    }
+    /// The exec id of a process that started `start_ticks` (/proc's
+    /// starttime, USER_HZ) after boot.
+    pub fn from_start_ticks(pid: u32, start_ticks: u64) -> Xid {
+        Xid {
+            pid,
+            ns: start_ticks * abi::XID_TICK_NS,
+        }
+    }
+    pub fn is_zero(&self) -> bool {
+        self.pid == 0 && self.ns == 0
+    }
+}
+
+impl std::fmt::Display for Xid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.pid, self.ns)
+    }
+}
+
+impl Serialize for Xid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// A NUL-terminated C string from a fixed buffer.
+pub fn cstr(b: &[u8]) -> String {
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+/// NUL-separated arguments.
+pub fn split_args(b: &[u8]) -> Vec<String> {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    if b.is_empty() {
+        return vec![];
+    }
+    b.split(|&c| c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// What /proc/PID/stat says that matters here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub ppid: u32,
+    /// Clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+/// Parses /proc/PID/stat (the comm is in parentheses and may hold spaces
+/// and parentheses itself: the last `)` ends it).
+pub fn parse_stat(s: &str) -> Option<Stat> {
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let pid = s[..open].trim().parse().ok()?;
+    let comm = s[open + 1..close].to_string();
+    let rest: Vec<&str> = s[close + 1..].split_whitespace().collect();
+    // rest[0] = state (field 3), rest[1] = ppid (4), ... starttime is field 22.
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start_ticks = rest.get(19)?.parse().ok()?;
+    Some(Stat {
+        pid,
+        comm,
+        ppid,
+        start_ticks,
+    })
+}
+
+/// One process image as the lineage knows it.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub pid: u32,
+    pub binary: String,
+    pub parent: Xid,
+    pub exited: bool,
+}
+
+/// Exec id -> image, for ancestors: kept from /proc at start and from the
+/// exec events since (an image stays after it exits while it may still be
+/// someone's ancestor; the oldest exited ones go first past `cap`).
+#[derive(Default)]
+pub struct Lineage {
+    nodes: HashMap<Xid, Node>,
+    exited: std::collections::VecDeque<Xid>,
+    cap: usize,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Ancestor {
+    pub exec_id: Xid,
+    pub pid: u32,
+    pub binary: String,
+}
+
+impl Lineage {
+    pub fn new(cap: usize) -> Lineage {
+        Lineage {
+            cap,
+            ..Default::default()
+        }
+    }
+    pub fn insert(&mut self, xid: Xid, node: Node) {
+        self.nodes.insert(xid, node);
+    }
+    pub fn get(&self, xid: &Xid) -> Option<&Node> {
+        self.nodes.get(xid)
+    }
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+    /// The image ended (its pid may be reused by a new image later).
+    pub fn exited(&mut self, xid: Xid) {
+        if let Some(n) = self.nodes.get_mut(&xid)
+            && !n.exited
+        {
+            n.exited = true;
+            self.exited.push_back(xid);
+        }
+        while self.nodes.len() > self.cap.max(1) {
+            match self.exited.pop_front() {
+                Some(old) => {
+                    self.nodes.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+    /// Ancestors from the parent up: to pid 1, an unknown image, or `max`.
+    pub fn ancestors(&self, parent: Xid, max: usize) -> Vec<Ancestor> {
+        let mut out = Vec::new();
+        let mut at = parent;
+        while out.len() < max && !at.is_zero() {
+            let Some(n) = self.nodes.get(&at) else { break };
+            out.push(Ancestor {
+                exec_id: at,
+                pid: n.pid,
+                binary: n.binary.clone(),
+            });
+            if n.pid <= 1 || n.parent == at {
+                break;
+            }
+            at = n.parent;
+        }
+        out
+    }
+}
+
+/// A decoded event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub event: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub exec_id: Xid,
+    pub parent_exec_id: Xid,
+    pub ktime_ns: u64,
+    pub binary: String,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    pub flags: Vec<&'static str>,
+}
+
+impl Event {
+    pub fn decode(e: &abi::SecEvent) -> Event {
+        let exec = e.kind == abi::EV_EXEC;
+        let mut flags = Vec::new();
+        for (bit, name) in [
+            (abi::EF_ARGS_TRUNC, "args_truncated"),
+            (abi::EF_NO_PARENT, "parent_from_task"),
+            (abi::EF_MEMFD, "memfd_or_deleted"),
+        ] {
+            if e.flags & bit != 0 {
+                flags.push(name);
+            }
+        }
+        let n = (e.args_len as usize).min(abi::ARGS_MAX);
+        Event {
+            event: if exec { "exec" } else { "exit" },
+            pid: e.pid,
+            tid: e.tid,
+            ppid: e.ppid,
+            exec_id: Xid::of(&e.xid),
+            parent_exec_id: Xid::of(&e.parent),
+            ktime_ns: e.ktime,
+            binary: cstr(&e.binary),
+            comm: cstr(&e.comm),
+            args: exec.then(|| split_args(&e.args[..n])),
+            uid: e.uid,
+            gid: e.gid,
+            cgroup_id: e.cgroup,
+            exit_code: (!exec).then_some(e.exit_code),
+            signal: (!exec).then_some(e.signal),
+            flags,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        let s = "4242 (my (odd) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10 18446744073709551615";
+        let st = parse_stat(s).unwrap();
+        assert_eq!(st.pid, 4242);
+        assert_eq!(st.comm, "my (odd) name");
+        assert_eq!(st.ppid, 17);
+        assert_eq!(st.start_ticks, 123456);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn ancestors_walk_to_pid_one_and_stop_at_unknowns() {
+        let mut l = Lineage::new(10);
+        let init = Xid { pid: 1, ns: 10 };
+        let sh = Xid { pid: 50, ns: 500 };
+        let sleep = Xid { pid: 50, ns: 900 }; // exec without fork: same pid
+        l.insert(
+            init,
+            Node {
+                pid: 1,
+                binary: "/sbin/init".into(),
+                parent: Xid::default(),
+                exited: false,
+            },
+        );
+        l.insert(
+            sh,
+            Node {
+                pid: 50,
+                binary: "/bin/sh".into(),
+                parent: init,
+                exited: false,
+            },
+        );
+        l.insert(
+            sleep,
+            Node {
+                pid: 50,
+                binary: "/bin/sleep".into(),
+                parent: sh,
+                exited: false,
+            },
+        );
+        let a = l.ancestors(sh, 10);
+        assert_eq!(
+            a.iter().map(|x| x.binary.as_str()).collect::<Vec<_>>(),
+            ["/bin/sh", "/sbin/init"]
+        );
+        assert!(l.ancestors(Xid { pid: 9, ns: 9 }, 10).is_empty());
+        assert_eq!(l.ancestors(sleep, 1).len(), 1);
+    }
+
+    #[test]
+    fn exited_images_are_dropped_oldest_first_past_the_cap() {
+        let mut l = Lineage::new(2);
+        for i in 0..4u32 {
+            let x = Xid {
+                pid: i + 2,
+                ns: i as u64,
+            };
+            l.insert(
+                x,
+                Node {
+                    pid: i + 2,
+                    binary: "b".into(),
+                    parent: Xid::default(),
+                    exited: false,
+                },
+            );
+            l.exited(x);
+        }
+        assert_eq!(l.len(), 2);
+        assert!(l.get(&Xid { pid: 5, ns: 3 }).is_some());
+        assert!(l.get(&Xid { pid: 2, ns: 0 }).is_none());
+    }
+
+    #[test]
+    fn args_split_on_nul() {
+        assert_eq!(split_args(b"sh\0-c\0sleep 1\0"), ["sh", "-c", "sleep 1"]);
+        assert!(split_args(b"").is_empty());
+        assert_eq!(cstr(b"abc\0def"), "abc");
+    }
+}

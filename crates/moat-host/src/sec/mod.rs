@@ -1,0 +1,367 @@
+//! Runtime security, host side: [`Watcher`] loads bpf/sec/sec.bpf.c, sets
+//! its filters, attaches the three tp_btf programs (exec, fork, exit), seeds
+//! the kernel's process table with what /proc shows (so processes that
+//! started before moat have their real parents) and reads the events. The
+//! programs' links belong to the Watcher: dropping it (or the process
+//! dying) detaches everything; nothing is pinned.
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf,
+    maps::{Array, CgroupArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use moat_abi::sec as abi;
+use moat_core::sec::{Lineage, Node, Xid, parse_stat};
+
+use crate::loader::{self, Loaded, LogOpts};
+
+#[derive(Clone, Debug, Default)]
+pub struct WatchOpts {
+    pub exec: bool,
+    pub exit: bool,
+    /// Only these binaries (as exec'd: the path given to execve).
+    pub binaries: Vec<PathBuf>,
+    /// Only processes in this cgroup v2 directory or below it.
+    pub cgroup: Option<PathBuf>,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: Option<u32>,
+}
+
+/// One process as /proc shows it.
+#[derive(Clone, Debug)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub xid: Xid,
+    pub parent: Xid,
+    pub comm: String,
+    pub binary: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub args: Vec<String>,
+}
+
+/// Every process /proc lists now (kernel threads included), with exec ids
+/// derived the way the kernel side derives them for processes it did not
+/// see start.
+pub fn proc_snapshot() -> Vec<ProcInfo> {
+    let mut raw = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut starts = std::collections::HashMap::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let dir = e.path();
+        let Some(st) = fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+        else {
+            continue; // gone meanwhile
+        };
+        starts.insert(pid, st.start_ticks);
+        let (mut uid, mut gid) = (0, 0);
+        if let Ok(s) = fs::read_to_string(dir.join("status")) {
+            for l in s.lines() {
+                let first = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+                if l.starts_with("Uid:") {
+                    uid = first(l).unwrap_or(0);
+                } else if l.starts_with("Gid:") {
+                    gid = first(l).unwrap_or(0);
+                }
+            }
+        }
+        let binary = fs::read_link(dir.join("exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let args = fs::read(dir.join("cmdline"))
+            .map(|b| moat_core::sec::split_args(&b))
+            .unwrap_or_default();
+        raw.push((st, uid, gid, binary, args));
+    }
+    raw.into_iter()
+        .map(|(st, uid, gid, binary, args)| ProcInfo {
+            pid: st.pid,
+            ppid: st.ppid,
+            xid: Xid::from_start_ticks(st.pid, st.start_ticks),
+            parent: starts
+                .get(&st.ppid)
+                .map(|t| Xid::from_start_ticks(st.ppid, *t))
+                .unwrap_or_default(),
+            binary: if binary.is_empty() {
+                format!("[{}]", st.comm)
+            } else {
+                binary
+            },
+            comm: st.comm,
+            uid,
+            gid,
+            args,
+        })
+        .collect()
+}
+
+/// The lineage of what runs now.
+pub fn lineage_of(procs: &[ProcInfo]) -> Lineage {
+    let mut l = Lineage::new(200_000);
+    for p in procs {
+        l.insert(
+            p.xid,
+            Node {
+                pid: p.pid,
+                binary: p.binary.clone(),
+                parent: p.parent,
+                exited: false,
+            },
+        );
+    }
+    l
+}
+
+pub struct Watcher {
+    bpf: Ebpf,
+    ring: RingBuf<MapData>,
+    pub programs: Vec<Loaded>,
+    /// Processes written into the kernel's table at start.
+    pub seeded: usize,
+    pub lineage: Lineage,
+}
+
+fn fill(dst: &mut [u8], s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(dst.len() - 1);
+    dst[..n].copy_from_slice(&b[..n]);
+}
+
+fn load_tp(bpf: &mut Ebpf, name: &str, tp: &str, btf: &Btf, log: &LogOpts) -> Result<Loaded> {
+    let prog: &mut BtfTracePoint = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} is not in the object"))?
+        .try_into()
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    match prog.load(tp, btf) {
+        Ok(()) => {}
+        Err(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => {
+            return Err(loader::verifier_error(
+                name,
+                io_error,
+                &verifier_log.to_string(),
+                log,
+            )?);
+        }
+        Err(e) => return Err(anyhow!("loading {name} (tp_btf/{tp}): {e}")),
+    }
+    prog.attach()
+        .map_err(|e| anyhow!("attaching {name} to tp_btf/{tp}: {e}"))?;
+    let info = prog
+        .info()
+        .with_context(|| format!("reading info of {name}"))?;
+    Ok(Loaded {
+        name: name.to_string(),
+        id: info.id(),
+        insns: info.size_translated().unwrap_or(0) / 8,
+        jited_bytes: info.size_jitted(),
+    })
+}
+
+impl Watcher {
+    pub fn start(o: &WatchOpts, log: &LogOpts) -> Result<Watcher> {
+        crate::sys::require_privileges("moat watch")?;
+        let ring = o.ring_bytes.unwrap_or(1 << 22);
+        if !ring.is_power_of_two() || ring < 4096 {
+            bail!("ring buffer size {ring}: a power of two of at least 4096 bytes");
+        }
+        for b in &o.binaries {
+            if !b.is_absolute() {
+                bail!("--binary {}: give an absolute path", b.display());
+            }
+            if b.as_os_str().len() >= abi::PATH_MAX {
+                bail!(
+                    "--binary {}: longer than {} bytes",
+                    b.display(),
+                    abi::PATH_MAX - 1
+                );
+            }
+        }
+        let cg =
+            match &o.cgroup {
+                Some(p) => Some(fs::File::open(p).with_context(|| {
+                    format!("--cgroup {}: not a cgroup v2 directory", p.display())
+                })?),
+                None => None,
+            };
+        let mut bpf = loader::open_with(moat_ebpf::SEC, log, |l| {
+            l.map_max_entries(abi::MAP_EVENTS, ring);
+        })?;
+        let mut flags = 0;
+        if o.exec {
+            flags |= abi::CF_EXEC;
+        }
+        if o.exit {
+            flags |= abi::CF_EXIT;
+        }
+        if !o.binaries.is_empty() {
+            flags |= abi::CF_BINARY;
+            let mut m: BpfHashMap<_, [u8; abi::PATH_MAX], u8> = BpfHashMap::try_from(
+                bpf.map_mut(abi::MAP_BINS)
+                    .ok_or_else(|| anyhow!("no {}", abi::MAP_BINS))?,
+            )?;
+            for b in &o.binaries {
+                let mut k = [0u8; abi::PATH_MAX];
+                fill(&mut k, &b.to_string_lossy());
+                m.insert(k, 1, 0)?;
+            }
+        }
+        if let Some(f) = &cg {
+            flags |= abi::CF_CGROUP;
+            let mut a = CgroupArray::try_from(
+                bpf.map_mut(abi::MAP_CGROUPS)
+                    .ok_or_else(|| anyhow!("no {}", abi::MAP_CGROUPS))?,
+            )?;
+            a.set(0, f.as_raw_fd(), 0).with_context(|| {
+                format!(
+                    "{}: not a cgroup v2 directory",
+                    o.cgroup.as_ref().unwrap().display()
+                )
+            })?;
+        }
+        {
+            let mut c: Array<_, abi::SecConfig> = Array::try_from(
+                bpf.map_mut(abi::MAP_CONFIG)
+                    .ok_or_else(|| anyhow!("no {}", abi::MAP_CONFIG))?,
+            )?;
+            c.set(0, abi::SecConfig { flags, pad: 0 }, 0)?;
+        }
+        let btf =
+            Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+        // Fork first: from then on the table follows every new process.
+        let mut programs = Vec::new();
+        for (name, tp) in [
+            (abi::PROG_FORK, "sched_process_fork"),
+            (abi::PROG_EXEC, "sched_process_exec"),
+            (abi::PROG_EXIT, "sched_process_exit"),
+        ] {
+            programs.push(load_tp(&mut bpf, name, tp, &btf, log)?);
+        }
+        // Then what already runs, without overwriting what the programs
+        // wrote meanwhile (BPF_NOEXIST).
+        let procs = proc_snapshot();
+        let mut seeded = 0;
+        {
+            let mut t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(
+                bpf.map_mut(abi::MAP_PROCS)
+                    .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?,
+            )?;
+            for p in &procs {
+                let mut e = abi::SecProc {
+                    xid: p.xid.abi(),
+                    parent: p.parent.abi(),
+                    ppid: p.ppid,
+                    uid: p.uid,
+                    gid: p.gid,
+                    ..Default::default()
+                };
+                fill(&mut e.comm, &p.comm);
+                fill(&mut e.binary, &p.binary);
+                if t.insert(p.pid, e, 1 /* BPF_NOEXIST */).is_ok() {
+                    seeded += 1;
+                }
+            }
+        }
+        let ring = RingBuf::try_from(
+            bpf.take_map(abi::MAP_EVENTS)
+                .ok_or_else(|| anyhow!("no {}", abi::MAP_EVENTS))?,
+        )?;
+        Ok(Watcher {
+            bpf,
+            ring,
+            programs,
+            seeded,
+            lineage: lineage_of(&procs),
+        })
+    }
+
+    /// Waits up to `timeout` for events, then returns what is there.
+    pub fn poll(&mut self, timeout: Duration) -> Vec<abi::SecEvent> {
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        if out.is_empty() {
+            let mut pfd = libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe {
+                libc::poll(
+                    &mut pfd,
+                    1,
+                    timeout.as_millis().min(i32::MAX as u128) as i32,
+                )
+            };
+            self.drain(&mut out);
+        }
+        out
+    }
+
+    fn drain(&mut self, out: &mut Vec<abi::SecEvent>) {
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<abi::SecEvent>() {
+                // SAFETY: the record is a struct sec_event written by the
+                // kernel side (size checked); read unaligned into a copy.
+                let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const abi::SecEvent) };
+                out.push(e);
+            }
+        }
+    }
+
+    /// Per hook (`abi::HOOK_*`), summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<abi::SecStat>> {
+        let m = self
+            .bpf
+            .map(abi::MAP_STATS)
+            .ok_or_else(|| anyhow!("no {}", abi::MAP_STATS))?;
+        let a: PerCpuArray<_, abi::SecStat> = PerCpuArray::try_from(m)?;
+        let mut out = Vec::new();
+        for i in 0..abi::HOOK_MAX {
+            let v = a.get(&i, 0)?;
+            out.push(v.iter().fold(abi::SecStat::default(), |s, c| abi::SecStat {
+                seen: s.seen + c.seen,
+                matched: s.matched + c.matched,
+                lost: s.lost + c.lost,
+                pad: 0,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The kernel's process table now.
+    pub fn procs(&self) -> Result<Vec<(u32, abi::SecProc)>> {
+        let m = self
+            .bpf
+            .map(abi::MAP_PROCS)
+            .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?;
+        let t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(m)?;
+        Ok(t.iter().filter_map(Result::ok).collect())
+    }
+}
+
+/// The current working directory of `pid`, if it still runs.
+pub fn cwd_of(pid: u32) -> Option<String> {
+    fs::read_link(Path::new("/proc").join(pid.to_string()).join("cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}

@@ -1,0 +1,397 @@
+//! `moat watch` with real processes on the real kernel: exec ids that chain
+//! through `bash -c 'sh -c "sleep …"'`, exact exit codes and signals, a
+//! process that started before moat reported with its real parent, an exec
+//! storm where events + lost = processes started exactly, kernel-side
+//! filters (cgroup subtree, binaries), and nothing left behind at the end.
+//! Each test runs its processes in its own cgroup v2 directory, removed at
+//! the end (also on failure).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const CGROOT: &str = "/sys/fs/cgroup/unified";
+
+/// A cgroup v2 directory for the test's processes, removed on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let p = Path::new(CGROOT).join(format!("moat-test-{tag}"));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        Cgroup(p)
+    }
+    /// `cmd` with its child placed in this cgroup before it execs.
+    fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let procs = std::ffi::CString::new(self.0.join("cgroup.procs").to_str().unwrap()).unwrap();
+        let mut c = Command::new(prog);
+        c.args(args);
+        // SAFETY: between fork and exec only open/write/close on a path
+        // prepared before the fork (async-signal-safe, no allocation).
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        c
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Anything still inside is ours: end it, then remove the directory.
+        if let Ok(s) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in s.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: kill on processes this test started in its cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `moat watch --json …`, its lines read as they come.
+struct Watch {
+    child: Child,
+    rx: Receiver<Value>,
+    seen: Vec<Value>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watch {
+    fn start(args: &[&str]) -> Watch {
+        let mut child = Command::new(common::moat_bin())
+            .arg("watch")
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (etx, erx) = channel();
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    stderr.lock().unwrap().push_str(&format!("{l}\n"));
+                    if l.starts_with("attached") {
+                        let _ = etx.send(l);
+                    }
+                }
+            });
+        }
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value =
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        if erx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("moat watch did not attach: {}", stderr.lock().unwrap());
+        }
+        Watch {
+            child,
+            rx,
+            seen: vec![],
+            stderr,
+        }
+    }
+
+    /// Events until `pred` has matched `n` of them (or `timeout`).
+    fn collect(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        got.push(v);
+                    }
+                }
+                Err(_) => panic!(
+                    "{} of {n} events within {timeout:?}; all so far:\n{}\nstderr: {}",
+                    got.len(),
+                    self.seen
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+        got
+    }
+
+    /// SIGTERM, then the last line (totals) and the exit status.
+    fn finish(mut self) -> (Value, Vec<Value>) {
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut rest = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(v) if v["final"] == true => {
+                    let st = self.child.wait().unwrap();
+                    assert!(st.success(), "moat watch exit: {st:?}");
+                    return (v, rest);
+                }
+                Ok(v) => rest.push(v),
+                Err(_) => panic!("no final line; stderr: {}", self.stderr.lock().unwrap()),
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn prog_ids(stderr: &str) -> Vec<u32> {
+    let l = stderr.lines().find(|l| l.starts_with("attached")).unwrap();
+    let ids = l.split("prog ids ").nth(1).unwrap();
+    let ids = &ids[..ids.find(')').unwrap()];
+    ids.split(", ").map(|x| x.parse().unwrap()).collect()
+}
+
+#[test]
+fn exec_ids_chain_and_exits_are_exact() {
+    if !common::privileged("exec_ids_chain_and_exits_are_exact") {
+        return;
+    }
+    let tag = common::tag("sec");
+    let cg = Cgroup::new(&tag);
+    // A process that started before moat: its exit names its real parent.
+    let mut early = cg.command("/bin/sleep", &["30"]).spawn().unwrap();
+    let early_pid = early.id();
+    let cgs = cg.0.to_str().unwrap().to_string();
+    let mut w = Watch::start(&["--cgroup", &cgs]);
+    let ids = prog_ids(&w.stderr.lock().unwrap());
+    assert_eq!(ids.len(), 3);
+
+    // bash -c 'sh -c "sleep 0.2"': three execs, each the parent of the next.
+    let st = cg
+        .command("/bin/bash", &["-c", "sh -c \"sleep 0.2\""])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let execs = w.collect(3, Duration::from_secs(10), |v| v["event"] == "exec");
+    let bins: Vec<&str> = execs
+        .iter()
+        .map(|v| v["binary"].as_str().unwrap())
+        .collect();
+    assert!(bins[0].ends_with("/bash"), "{bins:?}");
+    assert!(bins[1].ends_with("/sh"), "{bins:?}");
+    assert!(bins[2].ends_with("/sleep"), "{bins:?}");
+    assert_eq!(
+        execs[1]["parent_exec_id"], execs[0]["exec_id"],
+        "sh's parent is bash"
+    );
+    assert_eq!(
+        execs[2]["parent_exec_id"], execs[1]["exec_id"],
+        "sleep's parent is sh"
+    );
+    assert_eq!(execs[2]["args"], serde_json::json!(["sleep", "0.2"]));
+    // The ancestors of sleep name sh, then bash, then this test.
+    let anc: Vec<&str> = execs[2]["ancestors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["binary"].as_str().unwrap())
+        .collect();
+    assert!(
+        anc.len() >= 3 && anc[0].ends_with("/sh") && anc[1].ends_with("/bash"),
+        "{anc:?}"
+    );
+    assert_eq!(
+        execs[2]["ancestors"][2]["pid"],
+        std::process::id(),
+        "{anc:?}"
+    );
+    // bash's ppid is this test process (the kernel's parent).
+    assert_eq!(execs[0]["ppid"], std::process::id());
+
+    // Exit codes and signals, exactly.
+    let st = cg.command("/bin/sh", &["-c", "exit 7"]).status().unwrap();
+    assert_eq!(st.code(), Some(7));
+    let e = w.collect(1, Duration::from_secs(10), |v| {
+        v["event"] == "exit"
+            && v["binary"].as_str().unwrap().ends_with("/sh")
+            && v["exit_code"] == 7
+    });
+    assert_eq!(e[0]["signal"], 0);
+    let st = cg
+        .command("/bin/sh", &["-c", "kill -KILL $$"])
+        .status()
+        .unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    w.collect(1, Duration::from_secs(10), |v| {
+        v["event"] == "exit" && v["signal"] == 9
+    });
+
+    // The early process: ended by SIGTERM; its exec id and its parent's are
+    // the ones /proc gives, its ppid is this test.
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(early_pid as i32, libc::SIGTERM) };
+    let _ = early.wait();
+    let e = w.collect(1, Duration::from_secs(10), |v| {
+        v["event"] == "exit" && v["pid"] == early_pid
+    });
+    assert_eq!(e[0]["signal"], 15);
+    assert_eq!(e[0]["ppid"], std::process::id());
+    let parent = e[0]["parent_exec_id"].as_str().unwrap();
+    assert!(
+        parent.starts_with(&format!("{}:", std::process::id())),
+        "{parent}"
+    );
+    // Nothing outside the cgroup was reported: every event is the early
+    // process or a descendant of this test.
+    let mine = std::process::id() as u64;
+    for v in &w.seen {
+        let ours = v["pid"] == early_pid
+            || v["ppid"] == mine
+            || v["ancestors"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["pid"] == mine));
+        assert!(ours, "an event from outside the test's cgroup: {v}");
+    }
+
+    let (last, _) = w.finish();
+    assert_eq!(last["hooks"]["exec"]["lost"], 0, "{last}");
+    assert_eq!(
+        last["hooks"]["exec"]["events"], last["hooks"]["exec"]["matched"],
+        "{last}"
+    );
+    // The end of watch leaves no program behind (the kernel frees tracing
+    // programs after an RCU grace period: allow it a few seconds).
+    let t0 = Instant::now();
+    while ids.iter().any(|id| common::prog_loaded(*id)) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in ids {
+        assert!(
+            !common::prog_loaded(id),
+            "program {id} still loaded 10 s after watch ended"
+        );
+    }
+}
+
+#[test]
+fn an_exec_storm_is_counted_exactly() {
+    if !common::privileged("an_exec_storm_is_counted_exactly") {
+        return;
+    }
+    let tag = common::tag("sst");
+    let cg = Cgroup::new(&tag);
+    // A copy of true under a unique path: the binary filter matches it only.
+    let dir = std::env::temp_dir().join(format!("moat-sec-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let t = dir.join("true");
+    std::fs::copy("/bin/true", &t).unwrap();
+    let ts = t.to_str().unwrap().to_string();
+    let cgs = cg.0.to_str().unwrap().to_string();
+    // A small ring (8 KiB: 9 events) so that the storm overflows it: every
+    // event is then either read or counted lost, never silently gone.
+    let w = Watch::start(&["--cgroup", &cgs, "--binary", &ts, "--ring-size", "8192"]);
+    const N: usize = 20_000;
+    let t0 = Instant::now();
+    let mut storm = cg
+        .command(
+            "/bin/bash",
+            &["-c", &format!("for ((i = 0; i < {N}; i++)); do {ts}; done")],
+        )
+        .spawn()
+        .unwrap();
+    // The reader stops for a while mid-storm: the ring fills and the rest
+    // of that time's events are lost, each one counted.
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: as above.
+    unsafe { libc::kill(w.child.id() as i32, libc::SIGCONT) };
+    assert!(storm.wait().unwrap().success());
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(240),
+        "{N} processes took {took:?}"
+    );
+    // A process of the same binary outside the cgroup is not counted.
+    assert!(Command::new(&ts).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let (last, events) = w.finish();
+    let count = |kind: &str| events.iter().filter(|v| v["event"] == kind).count() as u64;
+    let h = &last["hooks"];
+    for kind in ["exec", "exit"] {
+        let emitted = h[kind]["events"].as_u64().unwrap();
+        let lost = h[kind]["lost"].as_u64().unwrap();
+        assert_eq!(
+            emitted,
+            count(kind),
+            "{kind}: events printed = events counted ({last})"
+        );
+        assert_eq!(
+            emitted + lost,
+            N as u64,
+            "{kind}: events + lost = processes started ({last})"
+        );
+        assert_eq!(h[kind]["matched"].as_u64().unwrap(), N as u64, "{last}");
+    }
+    assert!(
+        h["exec"]["lost"].as_u64().unwrap() > 0,
+        "the reader stopped for 2 s with an 8 KiB ring and nothing was lost? {last}"
+    );
+    eprintln!("exec storm: {N} processes in {took:?}: {last}");
+}
