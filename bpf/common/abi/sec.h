@@ -121,4 +121,25 @@ struct sec_event {
 	char args[SEC_ARGS_MAX];
 };
 
+/* The ring-buffer record is not in the objects' BTF: its layout is pinned here
+ * (MOAT_OFFSET_OF comes from abi/fw.h; moat-abi checks the same offsets). */
+_Static_assert(MOAT_OFFSET_OF(sec_event, kind) == 0, "sec_event.kind");
+_Static_assert(MOAT_OFFSET_OF(sec_event, pid) == 4, "sec_event.pid");
+_Static_assert(MOAT_OFFSET_OF(sec_event, tid) == 8, "sec_event.tid");
+_Static_assert(MOAT_OFFSET_OF(sec_event, ppid) == 12, "sec_event.ppid");
+_Static_assert(MOAT_OFFSET_OF(sec_event, xid) == 16, "sec_event.xid");
+_Static_assert(MOAT_OFFSET_OF(sec_event, parent) == 32, "sec_event.parent");
+_Static_assert(MOAT_OFFSET_OF(sec_event, ktime) == 48, "sec_event.ktime");
+_Static_assert(MOAT_OFFSET_OF(sec_event, cgroup) == 56, "sec_event.cgroup");
+_Static_assert(MOAT_OFFSET_OF(sec_event, uid) == 64, "sec_event.uid");
+_Static_assert(MOAT_OFFSET_OF(sec_event, gid) == 68, "sec_event.gid");
+_Static_assert(MOAT_OFFSET_OF(sec_event, exit_code) == 72, "sec_event.exit_code");
+_Static_assert(MOAT_OFFSET_OF(sec_event, signal) == 76, "sec_event.signal");
+_Static_assert(MOAT_OFFSET_OF(sec_event, args_len) == 80, "sec_event.args_len");
+_Static_assert(MOAT_OFFSET_OF(sec_event, flags) == 84, "sec_event.flags");
+_Static_assert(MOAT_OFFSET_OF(sec_event, comm) == 88, "sec_event.comm");
+_Static_assert(MOAT_OFFSET_OF(sec_event, binary) == 104, "sec_event.binary");
+_Static_assert(MOAT_OFFSET_OF(sec_event, args) == 360, "sec_event.args");
+_Static_assert(sizeof(struct sec_event) == 872, "sec_event size");
+
 #endif /* MOAT_ABI_SEC_H */
