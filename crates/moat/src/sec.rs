@@ -118,7 +118,9 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
                     },
                 );
             }
-            let ancestors = w.lineage.ancestors(e.parent_exec_id, 32);
+            let ancestors = w
+                .lineage
+                .ancestors_with(e.parent_exec_id, 32, |x| w.kernel_node(x));
             let cwd = if raw.kind == abi::EV_EXEC {
                 cwd_of(e.pid)
             } else {

@@ -165,10 +165,32 @@ impl Lineage {
     }
     /// Ancestors from the parent up: to pid 1, an unknown image, or `max`.
     pub fn ancestors(&self, parent: Xid, max: usize) -> Vec<Ancestor> {
+        self.ancestors_with(parent, max, |_| None)
+    }
+
+    /// [`Lineage::ancestors`], asking `other` (e.g. the kernel's process
+    /// table) for images this lineage has not seen (their exec events were
+    /// filtered out in the kernel).
+    pub fn ancestors_with(
+        &self,
+        parent: Xid,
+        max: usize,
+        other: impl Fn(Xid) -> Option<Node>,
+    ) -> Vec<Ancestor> {
         let mut out = Vec::new();
         let mut at = parent;
         while out.len() < max && !at.is_zero() {
-            let Some(n) = self.nodes.get(&at) else { break };
+            let found;
+            let n = match self.nodes.get(&at) {
+                Some(n) => n,
+                None => match other(at) {
+                    Some(n) => {
+                        found = n;
+                        &found
+                    }
+                    None => break,
+                },
+            };
             out.push(Ancestor {
                 exec_id: at,
                 pid: n.pid,

@@ -348,6 +348,20 @@ impl Watcher {
         Ok(out)
     }
 
+    /// The image `xid` as the kernel's table holds it, if that pid still
+    /// runs that image.
+    pub fn kernel_node(&self, xid: Xid) -> Option<Node> {
+        let m = self.bpf.map(abi::MAP_PROCS)?;
+        let t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(m).ok()?;
+        let e = t.get(&xid.pid, 0).ok()?;
+        (Xid::of(&e.xid) == xid).then(|| Node {
+            pid: xid.pid,
+            binary: moat_core::sec::cstr(&e.binary),
+            parent: Xid::of(&e.parent),
+            exited: false,
+        })
+    }
+
     /// The kernel's process table now.
     pub fn procs(&self) -> Result<Vec<(u32, abi::SecProc)>> {
         let m = self
