@@ -15,6 +15,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 
 #include "../common/abi.h"
 
@@ -48,10 +49,16 @@ struct task_struct {
 	struct signal_struct *signal;
 	char comm[16];
 } __attribute__((preserve_access_index));
+struct super_block {
+	unsigned int s_dev;
+} __attribute__((preserve_access_index));
 struct inode {
 	unsigned int i_nlink;
+	unsigned long i_ino;
+	struct super_block *i_sb;
 } __attribute__((preserve_access_index));
 struct dentry {
+	struct dentry *d_parent;
 	struct inode *d_inode;
 } __attribute__((preserve_access_index));
 struct path {
@@ -66,6 +73,19 @@ struct linux_binprm {
 } __attribute__((preserve_access_index));
 
 #define SIGNAL_GROUP_EXIT 0x00000004
+#define SIGKILL 9
+#define AF_INET 2
+#define AF_INET6 10
+#define PTRACE_ATTACH 16
+#define PTRACE_SEIZE 0x4206
+
+/* A syscalls/sys_enter_* tracepoint's record. */
+struct sys_enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -116,6 +136,43 @@ struct {
 	__type(value, struct sec_proc);
 } sec_scratch SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sec_guard);
+} guard_conf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SEC_FILES_MAX);
+	__type(key, struct sec_inode);
+	__type(value, struct sec_masks);
+} guard_files SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SEC_NETS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sec_net4_key);
+	__type(value, struct sec_net);
+} guard_net4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SEC_NETS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sec_net6_key);
+	__type(value, struct sec_net);
+} guard_net6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SEC_RULES_MAX);
+	__type(key, __u32);
+	__type(value, struct sec_rule_stat);
+} guard_counts SEC(".maps");
+
 static __always_inline struct sec_stat *sec_stat(__u32 hook)
 {
 	return bpf_map_lookup_elem(&sec_stats, &hook);
@@ -147,6 +204,221 @@ static __always_inline int sec_wanted(__u32 flags, const char *bin)
 	if ((flags & SEC_CF_BINARY) && !bpf_map_lookup_elem(&sec_bins, bin))
 		return 0;
 	return 1;
+}
+
+/* Fills the fields every event has from the image `e` (NULL: unknown). */
+static __always_inline void sec_fill_event(struct sec_event *ev, __u32 kind,
+					   const struct sec_proc *e, __u64 pid_tgid)
+{
+	__builtin_memset(ev, 0, __builtin_offsetof(struct sec_event, args));
+	__builtin_memset(&ev->rule, 0, sizeof(*ev) - __builtin_offsetof(struct sec_event, rule));
+	ev->kind = kind;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->ktime = bpf_ktime_get_boot_ns();
+	if (!e)
+		return;
+	ev->ppid = e->ppid;
+	ev->xid = e->xid;
+	ev->parent = e->parent;
+	ev->cgroup = e->cgroup;
+	ev->uid = e->uid;
+	ev->gid = e->gid;
+	ev->flags = e->flags;
+	__builtin_memcpy(ev->comm, e->comm, sizeof(ev->comm));
+	__builtin_memcpy(ev->binary, e->binary, sizeof(ev->binary));
+}
+
+static __always_inline const struct sec_guard *sec_guard(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&guard_conf, &zero);
+}
+
+/* ORs the guard masks of a file and of the directories above it on its
+ * filesystem (a `binary:` prefix names a directory). */
+static __always_inline void sec_file_masks(struct dentry *d, struct sec_proc *e)
+{
+	struct sec_inode k = {};
+	int i;
+
+	for (i = 0; i < SEC_DIR_DEPTH; i++) {
+		struct inode *in;
+		const struct sec_masks *m;
+		struct dentry *up;
+
+		if (!d)
+			break;
+		in = BPF_CORE_READ(d, d_inode);
+		if (!in)
+			break;
+		k.ino = BPF_CORE_READ(in, i_ino);
+		k.dev = BPF_CORE_READ(in, i_sb, s_dev);
+		m = bpf_map_lookup_elem(&guard_files, &k);
+		if (m) {
+			e->bin |= m->bin;
+			e->notbin |= m->notbin;
+			e->selfanc |= m->anc;
+		}
+		up = BPF_CORE_READ(d, d_parent);
+		if (up == d)
+			break;
+		d = up;
+	}
+}
+
+struct sec_cg {
+	const struct sec_guard *g;
+	__u64 cand;
+	__u64 cg;
+};
+
+static long sec_cg_step(__u64 i, void *ctx)
+{
+	struct sec_cg *c = ctx;
+	__u32 j = i & (SEC_RULES_MAX - 1);
+
+	if (!c->cg)
+		return 1;
+	if (!(c->cg & (1ULL << j)))
+		return 0;
+	c->cg &= ~(1ULL << j);
+	if (bpf_get_current_ancestor_cgroup_id(c->g->cg_level[j]) != c->g->cg_id[j])
+		c->cand &= ~(1ULL << j);
+	return 0;
+}
+
+/* Of the rules `cand`, those whose process conditions hold for an image
+ * with masks bin/notbin, ancestors anc, memfd-backed or not. */
+static __always_inline __u64 sec_match(const struct sec_guard *g, __u64 cand, __u64 bin,
+				       __u64 notbin, __u64 anc, int memfd)
+{
+	struct sec_cg c = { .g = g };
+
+	cand &= ~g->need_bin | bin;
+	cand &= ~notbin;
+	cand &= ~g->need_anc | anc;
+	if (!memfd)
+		cand &= ~g->need_memfd;
+	c.cand = cand;
+	c.cg = cand & g->need_cg;
+	if (c.cg)
+		bpf_loop(SEC_RULES_MAX, sec_cg_step, &c, 0);
+	return c.cand;
+}
+
+struct sec_vd {
+	const struct sec_guard *g;
+	__u64 hit;
+	__u32 act;
+	__u32 rule;
+};
+
+static long sec_verdict_step(__u64 i, void *ctx)
+{
+	struct sec_vd *v = ctx;
+	__u32 j = i & (SEC_RULES_MAX - 1), a;
+	struct sec_rule_stat *rs;
+
+	if (!v->hit)
+		return 1;
+	if (!(v->hit & (1ULL << j)))
+		return 0;
+	v->hit &= ~(1ULL << j);
+	a = (v->g->kill & (1ULL << j)) ? SEC_ACT_KILL :
+	    (v->g->deny & (1ULL << j)) ? SEC_ACT_DENY : SEC_ACT_LOG;
+	rs = bpf_map_lookup_elem(&guard_counts, &j);
+	if (rs) {
+		__sync_fetch_and_add(&rs->matched, 1);
+		__sync_fetch_and_add(&rs->acted, 1);
+	}
+	if (a > v->act) {
+		v->act = a;
+		v->rule = j;
+	}
+	return 0;
+}
+
+/* Counts every rule in `hit` and returns the strongest action among them
+ * (kill > deny > log); *rule is the first rule with it. */
+static __always_inline __u32 sec_verdict(const struct sec_guard *g, __u64 hit, __u32 *rule)
+{
+	struct sec_vd v = { .g = g, .hit = hit };
+
+	bpf_loop(SEC_RULES_MAX, sec_verdict_step, &v, 0);
+	*rule = v.rule;
+	return v.act;
+}
+
+/* The event of rule `rule` was written (or lost). */
+static __always_inline void sec_rule_event(__u32 rule, int written)
+{
+	struct sec_rule_stat *rs = bpf_map_lookup_elem(&guard_counts, &rule);
+
+	if (rs) {
+		if (written)
+			__sync_fetch_and_add(&rs->events, 1);
+		else
+			__sync_fetch_and_add(&rs->lost, 1);
+	}
+}
+
+/* A guard operation other than exec (connect, setid, ptrace) by the
+ * current process: matches, counts, emits the event and returns the action
+ * (0: no rule matched). `net` is the remote's LPM entry (connect only). */
+static __always_inline __u32 sec_guard_op(__u32 op, __u32 kind, __u32 hook,
+					  const struct sec_net *net, __u32 family,
+					  const __u8 *addr, __u32 port, __u64 arg0, __u64 arg1)
+{
+	const struct sec_guard *g = sec_guard();
+	struct sec_stat *st = sec_stat(hook);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, rule = 0, act;
+	const struct sec_proc *img;
+	struct sec_event *ev;
+	__u64 cand, hit;
+
+	if (st)
+		st->seen++;
+	if (!g || !g->op[op])
+		return 0;
+	cand = g->op[op];
+	cand &= ~g->need_remote | (net ? net->remote : 0);
+	if (net)
+		cand &= ~net->remote_not;
+	if (!cand)
+		return 0;
+	img = bpf_map_lookup_elem(&sec_procs, &tgid);
+	if (img)
+		hit = sec_match(g, cand, img->bin, img->notbin, img->anc,
+				img->flags & SEC_EF_MEMFD);
+	else
+		hit = sec_match(g, cand, 0, 0, 0, 0);
+	if (!hit)
+		return 0;
+	act = sec_verdict(g, hit, &rule);
+	if (st)
+		st->matched++;
+	ev = bpf_ringbuf_reserve(&sec_events, sizeof(*ev), 0);
+	if (!ev) {
+		if (st)
+			st->lost++;
+		sec_rule_event(rule, 0);
+		return act;
+	}
+	sec_fill_event(ev, kind, img, pid_tgid);
+	ev->rule = rule + 1;
+	ev->action = act;
+	ev->family = family;
+	ev->port = port;
+	if (addr)
+		__builtin_memcpy(ev->addr, addr, 16);
+	ev->arg0 = arg0;
+	ev->arg1 = arg1;
+	bpf_ringbuf_submit(ev, 0);
+	sec_rule_event(rule, 1);
+	return act;
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -195,8 +467,11 @@ int sec_exec(unsigned long long *ctx)
 	struct sec_stat *st = sec_stat(SEC_HOOK_EXEC);
 	__u32 zero = 0, tgid, flags = sec_flags();
 	struct sec_proc *e, *old;
+	const struct sec_guard *g;
 	struct sec_event *ev;
+	__u32 rule = 0, act = 0;
 	const char *fname;
+	__u64 hit;
 	unsigned long a0, a1;
 	__u32 len;
 	long n;
@@ -226,9 +501,25 @@ int sec_exec(unsigned long long *ctx)
 	bpf_probe_read_kernel_str(e->binary, sizeof(e->binary), fname);
 	if (BPF_CORE_READ(bprm, file, f_path.dentry, d_inode, i_nlink) == 0)
 		e->flags |= SEC_EF_MEMFD;
+	if (flags & SEC_CF_GUARD) {
+		/* The image it replaced and that one's ancestors are this one's. */
+		if (old)
+			e->anc = old->anc | old->selfanc;
+		sec_file_masks(BPF_CORE_READ(bprm, file, f_path.dentry), e);
+	}
 	bpf_map_update_elem(&sec_procs, &tgid, e, BPF_ANY);
 
-	if (!(flags & SEC_CF_EXEC) || !sec_wanted(flags, e->binary))
+	g = sec_guard();
+	if ((flags & SEC_CF_GUARD) && g && g->op[SEC_OP_EXEC]) {
+		hit = sec_match(g, g->op[SEC_OP_EXEC], e->bin, e->notbin, e->anc,
+				e->flags & SEC_EF_MEMFD);
+		if (hit) {
+			act = sec_verdict(g, hit, &rule);
+			if (act == SEC_ACT_KILL)
+				bpf_send_signal(SIGKILL);
+		}
+	}
+	if (!act && (!(flags & SEC_CF_EXEC) || !sec_wanted(flags, e->binary)))
 		return 0;
 	if (st)
 		st->matched++;
@@ -236,23 +527,17 @@ int sec_exec(unsigned long long *ctx)
 	if (!ev) {
 		if (st)
 			st->lost++;
+		if (act)
+			sec_rule_event(rule, 0);
 		return 0;
 	}
-	ev->kind = SEC_EV_EXEC;
-	ev->pid = tgid;
-	ev->tid = BPF_CORE_READ(p, pid);
-	ev->ppid = e->ppid;
-	ev->xid = e->xid;
-	ev->parent = e->parent;
+	sec_fill_event(ev, SEC_EV_EXEC, e, ((__u64)tgid << 32) | (__u32)BPF_CORE_READ(p, pid));
 	ev->ktime = e->xid.ns;
-	ev->cgroup = e->cgroup;
-	ev->uid = e->uid;
-	ev->gid = e->gid;
-	ev->exit_code = 0;
-	ev->signal = 0;
-	ev->flags = e->flags;
-	__builtin_memcpy(ev->comm, e->comm, sizeof(ev->comm));
-	__builtin_memcpy(ev->binary, e->binary, sizeof(ev->binary));
+	if (act) {
+		ev->rule = rule + 1;
+		ev->action = act;
+		sec_rule_event(rule, 1);
+	}
 	/* The new image's arguments, NUL separated, as far as they fit. */
 	a0 = BPF_CORE_READ(p, mm, arg_start);
 	a1 = BPF_CORE_READ(p, mm, arg_end);
@@ -302,25 +587,117 @@ int sec_exit(unsigned long long *ctx)
 				code = BPF_CORE_READ(p, signal, group_exit_code);
 			else
 				code = BPF_CORE_READ(p, exit_code);
-			ev->kind = SEC_EV_EXIT;
-			ev->pid = tgid;
-			ev->tid = BPF_CORE_READ(p, pid);
+			sec_fill_event(ev, SEC_EV_EXIT, e,
+				       ((__u64)tgid << 32) | (__u32)BPF_CORE_READ(p, pid));
 			ev->ppid = BPF_CORE_READ(p, real_parent, tgid);
-			ev->xid = e->xid;
-			ev->parent = e->parent;
-			ev->ktime = bpf_ktime_get_boot_ns();
-			ev->cgroup = e->cgroup;
-			ev->uid = e->uid;
-			ev->gid = e->gid;
 			ev->exit_code = (code >> 8) & 0xff;
 			ev->signal = code & 0x7f;
-			ev->args_len = 0;
-			ev->flags = e->flags;
-			__builtin_memcpy(ev->comm, e->comm, sizeof(ev->comm));
-			__builtin_memcpy(ev->binary, e->binary, sizeof(ev->binary));
 			bpf_ringbuf_submit(ev, 0);
 		}
 	}
 	bpf_map_delete_elem(&sec_procs, &tgid);
+	return 0;
+}
+
+/* Guard: connect (cgroup hooks: log and deny; EPERM to the caller). */
+SEC("cgroup/connect4")
+int sec_connect4(struct bpf_sock_addr *ctx)
+{
+	struct sec_net4_key k = { .prefixlen = 32 };
+	__u8 addr[16] = {};
+	__u32 ip = ctx->user_ip4;
+	__u32 port = bpf_ntohs((__u16)ctx->user_port);
+
+	__builtin_memcpy(k.addr, &ip, 4);
+	__builtin_memcpy(addr, &ip, 4);
+	if (sec_guard_op(SEC_OP_CONNECT, SEC_EV_CONNECT, SEC_HOOK_CONNECT,
+			 bpf_map_lookup_elem(&guard_net4, &k), AF_INET, addr, port,
+			 ctx->protocol, 0) == SEC_ACT_DENY)
+		return 0;
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int sec_connect6(struct bpf_sock_addr *ctx)
+{
+	struct sec_net6_key k = { .prefixlen = 128 };
+	__u32 ip[4];
+	__u32 port = bpf_ntohs((__u16)ctx->user_port);
+
+	ip[0] = ctx->user_ip6[0];
+	ip[1] = ctx->user_ip6[1];
+	ip[2] = ctx->user_ip6[2];
+	ip[3] = ctx->user_ip6[3];
+	__builtin_memcpy(k.addr, ip, 16);
+	if (sec_guard_op(SEC_OP_CONNECT, SEC_EV_CONNECT, SEC_HOOK_CONNECT,
+			 bpf_map_lookup_elem(&guard_net6, &k), AF_INET6, (const __u8 *)ip, port,
+			 ctx->protocol, 0) == SEC_ACT_DENY)
+		return 0;
+	return 1;
+}
+
+/* Guard: connect, kill rules (a signal needs a tracing program). */
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sec_connect_tp(struct sys_enter_ctx *ctx)
+{
+	struct {
+		__u16 family;
+		__u16 port;
+		__u32 flow; /* sockaddr_in: the IPv4 address; sockaddr_in6: flowinfo */
+		__u8 addr6[16];
+	} sa = {};
+	__u8 addr[16] = {};
+	const struct sec_net *net = 0;
+	__u32 family;
+
+	if (bpf_probe_read_user(&sa, sizeof(sa.family) + sizeof(sa.port) + sizeof(sa.flow),
+				(const void *)ctx->args[1]))
+		return 0;
+	family = sa.family;
+	if (family == AF_INET) {
+		struct sec_net4_key k = { .prefixlen = 32 };
+
+		__builtin_memcpy(k.addr, &sa.flow, 4);
+		__builtin_memcpy(addr, &sa.flow, 4);
+		net = bpf_map_lookup_elem(&guard_net4, &k);
+	} else if (family == AF_INET6) {
+		struct sec_net6_key k = { .prefixlen = 128 };
+
+		if (bpf_probe_read_user(&sa, sizeof(sa), (const void *)ctx->args[1]))
+			return 0;
+		__builtin_memcpy(k.addr, sa.addr6, 16);
+		__builtin_memcpy(addr, sa.addr6, 16);
+		net = bpf_map_lookup_elem(&guard_net6, &k);
+	} else {
+		return 0;
+	}
+	if (sec_guard_op(SEC_OP_CONNECT_TP, SEC_EV_CONNECT, SEC_HOOK_CONNECT, net, family, addr,
+			 bpf_ntohs(sa.port), 0, 0) == SEC_ACT_KILL)
+		bpf_send_signal(SIGKILL);
+	return 0;
+}
+
+/* Guard: privilege changes (setuid family, capset): log, kill. Attached
+ * to every sys_enter_set*id and sys_enter_capset tracepoint. */
+SEC("tracepoint/syscalls/sys_enter_setuid")
+int sec_setid(struct sys_enter_ctx *ctx)
+{
+	if (sec_guard_op(SEC_OP_SETID, SEC_EV_SETID, SEC_HOOK_SETID, 0, 0, 0, 0, ctx->nr,
+			 ctx->args[0]) == SEC_ACT_KILL)
+		bpf_send_signal(SIGKILL);
+	return 0;
+}
+
+/* Guard: ptrace attach (PTRACE_ATTACH, PTRACE_SEIZE): log, kill. */
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int sec_ptrace(struct sys_enter_ctx *ctx)
+{
+	__u64 req = ctx->args[0];
+
+	if (req != PTRACE_ATTACH && req != PTRACE_SEIZE)
+		return 0;
+	if (sec_guard_op(SEC_OP_PTRACE, SEC_EV_PTRACE, SEC_HOOK_PTRACE, 0, 0, 0, 0, req,
+			 ctx->args[1]) == SEC_ACT_KILL)
+		bpf_send_signal(SIGKILL);
 	return 0;
 }

@@ -20,6 +20,12 @@
 #define SEC_PROG_EXEC "sec_exec"   /* tp_btf/sched_process_exec */
 #define SEC_PROG_FORK "sec_fork"   /* tp_btf/sched_process_fork */
 #define SEC_PROG_EXIT "sec_exit"   /* tp_btf/sched_process_exit */
+/* moat guard (rules compiled to the guard_* maps; none loaded by watch): */
+#define SEC_PROG_CONNECT4 "sec_connect4" /* cgroup/connect4: log, deny */
+#define SEC_PROG_CONNECT6 "sec_connect6" /* cgroup/connect6: log, deny */
+#define SEC_PROG_CONNECT_TP "sec_connect_tp" /* tracepoint sys_enter_connect: kill */
+#define SEC_PROG_SETID "sec_setid"   /* tracepoint sys_enter_set*id, capset */
+#define SEC_PROG_PTRACE "sec_ptrace" /* tracepoint sys_enter_ptrace */
 
 /*
  * sec_procs: BPF_MAP_TYPE_HASH, SEC_PROCS_MAX; key __u32 tgid, value struct
@@ -36,6 +42,21 @@
  * sec_cgroups: BPF_MAP_TYPE_CGROUP_ARRAY of 1: the cgroup (v2 directory fd)
  *   events must come from, descendants included, when SEC_CF_CGROUP is set.
  * sec_scratch: BPF_MAP_TYPE_PERCPU_ARRAY of 1 struct sec_proc (working space).
+ *
+ * Guard (moat guard): rule i of a policy is bit i of every mask (at most
+ * SEC_RULES_MAX rules). Userspace compiles the policy; the kernel only looks up.
+ * guard_conf: BPF_MAP_TYPE_ARRAY of 1 struct sec_guard: per operation, the
+ *   rules the kernel enforces there, and which rules carry which conditions.
+ * guard_files: BPF_MAP_TYPE_HASH; key struct sec_inode (a binary, or a
+ *   directory a `binary:` prefix names), value struct sec_masks. An exec
+ *   looks up its file and up to SEC_DIR_DEPTH parent directories on the
+ *   file's own filesystem and ORs their masks into the new image's entry.
+ * guard_net4 / guard_net6: BPF_MAP_TYPE_LPM_TRIE; key struct sec_net4_key /
+ *   sec_net6_key, value struct sec_net: the rules whose remote (remote_not)
+ *   lists cover the longest stored prefix (userspace folds shorter ones in).
+ * guard_counts: BPF_MAP_TYPE_ARRAY, SEC_RULES_MAX struct sec_rule_stat:
+ *   per rule, exact even when events are lost (atomic adds; rules enforced
+ *   in userspace are counted there, in the same slots).
  */
 #define SEC_MAP_PROCS   "sec_procs"
 #define SEC_MAP_EVENTS  "sec_events"
@@ -44,6 +65,16 @@
 #define SEC_MAP_BINS    "sec_bins"
 #define SEC_MAP_CGROUPS "sec_cgroups"
 #define SEC_MAP_SCRATCH "sec_scratch"
+#define SEC_MAP_GUARD   "guard_conf"
+#define SEC_MAP_FILES   "guard_files"
+#define SEC_MAP_NET4    "guard_net4"
+#define SEC_MAP_NET6    "guard_net6"
+#define SEC_MAP_COUNTS  "guard_counts"
+
+#define SEC_RULES_MAX 64
+#define SEC_FILES_MAX 4096
+#define SEC_NETS_MAX  4096
+#define SEC_DIR_DEPTH 24
 
 #define SEC_PROCS_MAX 65536
 #define SEC_PATH_MAX  256
@@ -54,17 +85,38 @@
 #define SEC_HOOK_EXEC 0
 #define SEC_HOOK_EXIT 1
 #define SEC_HOOK_FORK 2
-#define SEC_HOOK_MAX  3
+#define SEC_HOOK_CONNECT 3
+#define SEC_HOOK_SETID 4
+#define SEC_HOOK_PTRACE 5
+#define SEC_HOOK_MAX  6
 
 /* Event types. */
 #define SEC_EV_EXEC 1
 #define SEC_EV_EXIT 2
+#define SEC_EV_CONNECT 3
+#define SEC_EV_SETID 4
+#define SEC_EV_PTRACE 5
+#define SEC_EV_OPEN 6 /* userspace only (fanotify) */
+
+/* Guard operations: struct sec_guard.op slots. */
+#define SEC_OP_EXEC 0
+#define SEC_OP_CONNECT 1    /* the cgroup hooks */
+#define SEC_OP_CONNECT_TP 2 /* the syscall tracepoint (kill) */
+#define SEC_OP_SETID 3
+#define SEC_OP_PTRACE 4
+#define SEC_OP_MAX 5
+
+/* Actions (struct sec_event.action). */
+#define SEC_ACT_LOG 1
+#define SEC_ACT_DENY 2
+#define SEC_ACT_KILL 3
 
 /* sec_config.flags */
 #define SEC_CF_EXEC   1 /* emit exec events */
 #define SEC_CF_EXIT   2 /* emit exit events */
 #define SEC_CF_BINARY 4 /* only binaries in sec_bins */
 #define SEC_CF_CGROUP 8 /* only tasks under sec_cgroups[0] */
+#define SEC_CF_GUARD  16 /* a guard instance: keep the guard masks, match rules */
 
 /* sec_event.flags */
 #define SEC_EF_ARGS_TRUNC 1 /* the arguments were longer than SEC_ARGS_MAX */
@@ -85,8 +137,61 @@ struct sec_proc {
 	__u32 gid;
 	__u32 flags;           /* SEC_EF_* of the exec that made it */
 	__u64 cgroup;          /* cgroup v2 id at exec */
+	/* Guard masks (rule bits), set at exec: */
+	__u64 bin;             /* rules whose binary: names this image's file */
+	__u64 notbin;          /* rules whose not_binary: names it */
+	__u64 anc;             /* rules whose ancestor: names an image before it */
+	__u64 selfanc;         /* rules whose ancestor: names this image's file */
 	char comm[16];
 	char binary[SEC_PATH_MAX];
+};
+
+struct sec_inode {
+	__u64 ino;
+	__u32 dev; /* the kernel's dev_t: major << 20 | minor */
+	__u32 pad;
+};
+
+struct sec_masks {
+	__u64 bin;
+	__u64 notbin;
+	__u64 anc;
+	__u64 pad;
+};
+
+struct sec_net4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct sec_net6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct sec_net {
+	__u64 remote;     /* rules whose remote: covers it */
+	__u64 remote_not; /* rules whose remote_not: covers it */
+};
+
+struct sec_guard {
+	__u64 op[SEC_OP_MAX];  /* rules the kernel enforces at each operation */
+	__u64 need_bin;        /* rules with binary: */
+	__u64 need_anc;        /* rules with ancestor: */
+	__u64 need_cg;         /* rules with cgroup: */
+	__u64 need_memfd;      /* rules with memfd: true */
+	__u64 need_remote;     /* rules with remote: */
+	__u64 deny;            /* rules whose action is deny */
+	__u64 kill;            /* rules whose action is kill */
+	__u64 cg_id[SEC_RULES_MAX];    /* cgroup: the directory's cgroup id */
+	__u32 cg_level[SEC_RULES_MAX]; /* and its depth below the root */
+};
+
+struct sec_rule_stat {
+	__u64 matched; /* the rule matched an operation */
+	__u64 acted;   /* denied or killed (log rules: = matched) */
+	__u64 events;  /* events written */
+	__u64 lost;    /* events lost (ring full) */
 };
 
 struct sec_stat {
@@ -119,6 +224,14 @@ struct sec_event {
 	char comm[16];
 	char binary[SEC_PATH_MAX];
 	char args[SEC_ARGS_MAX];
+	/* Guard events (rule != 0): */
+	__u32 rule;      /* rule index + 1; 0: not a guard event */
+	__u32 action;    /* SEC_ACT_* taken */
+	__u32 family;    /* connect: AF_INET, AF_INET6 */
+	__u32 port;      /* connect: remote port (host order) */
+	__u8 addr[16];   /* connect: remote address (IPv4 in the first 4) */
+	__u64 arg0;      /* setid: syscall nr; ptrace: request */
+	__u64 arg1;      /* setid: first argument; ptrace: target pid */
 };
 
 /* The ring-buffer record is not in the objects' BTF: its layout is pinned here
@@ -140,6 +253,13 @@ _Static_assert(MOAT_OFFSET_OF(sec_event, flags) == 84, "sec_event.flags");
 _Static_assert(MOAT_OFFSET_OF(sec_event, comm) == 88, "sec_event.comm");
 _Static_assert(MOAT_OFFSET_OF(sec_event, binary) == 104, "sec_event.binary");
 _Static_assert(MOAT_OFFSET_OF(sec_event, args) == 360, "sec_event.args");
-_Static_assert(sizeof(struct sec_event) == 872, "sec_event size");
+_Static_assert(MOAT_OFFSET_OF(sec_event, rule) == 872, "sec_event.rule");
+_Static_assert(MOAT_OFFSET_OF(sec_event, action) == 876, "sec_event.action");
+_Static_assert(MOAT_OFFSET_OF(sec_event, family) == 880, "sec_event.family");
+_Static_assert(MOAT_OFFSET_OF(sec_event, port) == 884, "sec_event.port");
+_Static_assert(MOAT_OFFSET_OF(sec_event, addr) == 888, "sec_event.addr");
+_Static_assert(MOAT_OFFSET_OF(sec_event, arg0) == 904, "sec_event.arg0");
+_Static_assert(MOAT_OFFSET_OF(sec_event, arg1) == 912, "sec_event.arg1");
+_Static_assert(sizeof(struct sec_event) == 920, "sec_event size");
 
 #endif /* MOAT_ABI_SEC_H */

@@ -177,7 +177,35 @@ pub const LAYOUTS: &[StructLayout] = &[
     layout!(
         "sec_proc",
         sec::SecProc,
-        [xid, parent, ppid, uid, gid, flags, cgroup, comm, binary]
+        [
+            xid, parent, ppid, uid, gid, flags, cgroup, bin, notbin, anc, selfanc, comm, binary
+        ]
+    ),
+    layout!("sec_inode", sec::SecInode, [ino, dev, pad]),
+    layout!("sec_masks", sec::SecMasks, [bin, notbin, anc, pad]),
+    layout!("sec_net4_key", sec::SecNet4Key, [prefixlen, addr]),
+    layout!("sec_net6_key", sec::SecNet6Key, [prefixlen, addr]),
+    layout!("sec_net", sec::SecNet, [remote, remote_not]),
+    layout!(
+        "sec_guard",
+        sec::SecGuard,
+        [
+            op,
+            need_bin,
+            need_anc,
+            need_cg,
+            need_memfd,
+            need_remote,
+            deny,
+            kill,
+            cg_id,
+            cg_level
+        ]
+    ),
+    layout!(
+        "sec_rule_stat",
+        sec::SecRuleStat,
+        [matched, acted, events, lost]
     ),
     layout!("sec_stat", sec::SecStat, [seen, matched, lost, pad]),
     layout!("sec_config", sec::SecConfig, [flags, pad]),
@@ -186,7 +214,7 @@ pub const LAYOUTS: &[StructLayout] = &[
         sec::SecEvent,
         [
             kind, pid, tid, ppid, xid, parent, ktime, cgroup, uid, gid, exit_code, signal,
-            args_len, flags, comm, binary, args
+            args_len, flags, comm, binary, args, rule, action, family, port, addr, arg0, arg1
         ]
     ),
     layout!(
@@ -249,6 +277,11 @@ pub const MAPS: &[MapAbi] = &[
     map::<[u8; sec::PATH_MAX], u8>("sec", sec::MAP_BINS),
     map::<u32, u32>("sec", sec::MAP_CGROUPS),
     map::<u32, sec::SecProc>("sec", sec::MAP_SCRATCH),
+    map::<u32, sec::SecGuard>("sec", sec::MAP_GUARD),
+    map::<sec::SecInode, sec::SecMasks>("sec", sec::MAP_FILES),
+    map::<sec::SecNet4Key, sec::SecNet>("sec", sec::MAP_NET4),
+    map::<sec::SecNet6Key, sec::SecNet>("sec", sec::MAP_NET6),
+    map::<u32, sec::SecRuleStat>("sec", sec::MAP_COUNTS),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
@@ -269,6 +302,11 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sec", sec::PROG_EXEC),
     ("sec", sec::PROG_FORK),
     ("sec", sec::PROG_EXIT),
+    ("sec", sec::PROG_CONNECT4),
+    ("sec", sec::PROG_CONNECT6),
+    ("sec", sec::PROG_CONNECT_TP),
+    ("sec", sec::PROG_SETID),
+    ("sec", sec::PROG_PTRACE),
 ];
 
 #[cfg(feature = "aya")]
@@ -302,6 +340,11 @@ mod pod {
     unsafe impl aya::Pod for SecProc {}
     unsafe impl aya::Pod for SecStat {}
     unsafe impl aya::Pod for SecConfig {}
+    unsafe impl aya::Pod for SecInode {}
+    unsafe impl aya::Pod for SecMasks {}
+    unsafe impl aya::Pod for SecNet {}
+    unsafe impl aya::Pod for SecGuard {}
+    unsafe impl aya::Pod for SecRuleStat {}
     unsafe impl aya::Pod for LbRevKey {}
     unsafe impl aya::Pod for LbRevVal {}
     unsafe impl aya::Pod for LbConfig {}
@@ -369,11 +412,15 @@ mod tests {
     fn sec_layouts_have_no_implicit_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<sec::SecXid>(), 16);
-        assert_eq!(size_of::<sec::SecProc>(), 16 + 16 + 16 + 8 + 16 + 256);
+        assert_eq!(size_of::<sec::SecProc>(), 16 + 16 + 16 + 8 + 32 + 16 + 256);
+        assert_eq!(size_of::<sec::SecInode>(), 16);
+        assert_eq!(size_of::<sec::SecNet4Key>(), 8);
+        assert_eq!(size_of::<sec::SecNet6Key>(), 20);
+        assert_eq!(size_of::<sec::SecGuard>(), 8 * 12 + 8 * 64 + 4 * 64);
         assert_eq!(size_of::<sec::SecStat>(), 32);
         assert_eq!(
             size_of::<sec::SecEvent>(),
-            16 + 32 + 16 + 8 + 8 + 8 + 16 + 256 + 512
+            16 + 32 + 16 + 8 + 8 + 8 + 16 + 256 + 512 + 48
         );
         assert_eq!(sec::HOOK_NAMES.len(), sec::HOOK_MAX as usize);
     }

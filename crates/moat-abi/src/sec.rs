@@ -3,6 +3,11 @@
 pub const PROG_EXEC: &str = "sec_exec";
 pub const PROG_FORK: &str = "sec_fork";
 pub const PROG_EXIT: &str = "sec_exit";
+pub const PROG_CONNECT4: &str = "sec_connect4";
+pub const PROG_CONNECT6: &str = "sec_connect6";
+pub const PROG_CONNECT_TP: &str = "sec_connect_tp";
+pub const PROG_SETID: &str = "sec_setid";
+pub const PROG_PTRACE: &str = "sec_ptrace";
 pub const MAP_PROCS: &str = "sec_procs";
 pub const MAP_EVENTS: &str = "sec_events";
 pub const MAP_STATS: &str = "sec_stats";
@@ -10,6 +15,16 @@ pub const MAP_CONFIG: &str = "sec_config";
 pub const MAP_BINS: &str = "sec_bins";
 pub const MAP_CGROUPS: &str = "sec_cgroups";
 pub const MAP_SCRATCH: &str = "sec_scratch";
+pub const MAP_GUARD: &str = "guard_conf";
+pub const MAP_FILES: &str = "guard_files";
+pub const MAP_NET4: &str = "guard_net4";
+pub const MAP_NET6: &str = "guard_net6";
+pub const MAP_COUNTS: &str = "guard_counts";
+
+pub const RULES_MAX: usize = 64;
+pub const FILES_MAX: u32 = 4096;
+pub const NETS_MAX: u32 = 4096;
+pub const DIR_DEPTH: u32 = 24;
 
 pub const PROCS_MAX: u32 = 65536;
 pub const PATH_MAX: usize = 256;
@@ -21,17 +36,36 @@ pub const XID_TICK_NS: u64 = 10_000_000;
 pub const HOOK_EXEC: u32 = 0;
 pub const HOOK_EXIT: u32 = 1;
 pub const HOOK_FORK: u32 = 2;
-pub const HOOK_MAX: u32 = 3;
+pub const HOOK_CONNECT: u32 = 3;
+pub const HOOK_SETID: u32 = 4;
+pub const HOOK_PTRACE: u32 = 5;
+pub const HOOK_MAX: u32 = 6;
 /// Hook names in slot order.
-pub const HOOK_NAMES: [&str; 3] = ["exec", "exit", "fork"];
+pub const HOOK_NAMES: [&str; 6] = ["exec", "exit", "fork", "connect", "setid", "ptrace"];
 
 pub const EV_EXEC: u32 = 1;
 pub const EV_EXIT: u32 = 2;
+pub const EV_CONNECT: u32 = 3;
+pub const EV_SETID: u32 = 4;
+pub const EV_PTRACE: u32 = 5;
+pub const EV_OPEN: u32 = 6;
+
+pub const OP_EXEC: usize = 0;
+pub const OP_CONNECT: usize = 1;
+pub const OP_CONNECT_TP: usize = 2;
+pub const OP_SETID: usize = 3;
+pub const OP_PTRACE: usize = 4;
+pub const OP_MAX: usize = 5;
+
+pub const ACT_LOG: u32 = 1;
+pub const ACT_DENY: u32 = 2;
+pub const ACT_KILL: u32 = 3;
 
 pub const CF_EXEC: u32 = 1;
 pub const CF_EXIT: u32 = 2;
 pub const CF_BINARY: u32 = 4;
 pub const CF_CGROUP: u32 = 8;
+pub const CF_GUARD: u32 = 16;
 
 pub const EF_ARGS_TRUNC: u32 = 1;
 pub const EF_NO_PARENT: u32 = 2;
@@ -56,8 +90,92 @@ pub struct SecProc {
     pub gid: u32,
     pub flags: u32,
     pub cgroup: u64,
+    pub bin: u64,
+    pub notbin: u64,
+    pub anc: u64,
+    pub selfanc: u64,
     pub comm: [u8; 16],
     pub binary: [u8; PATH_MAX],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SecInode {
+    pub ino: u64,
+    /// The kernel's dev_t (major << 20 | minor).
+    pub dev: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecMasks {
+    pub bin: u64,
+    pub notbin: u64,
+    pub anc: u64,
+    pub pad: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecNet4Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecNet6Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecNet {
+    pub remote: u64,
+    pub remote_not: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecGuard {
+    pub op: [u64; OP_MAX],
+    pub need_bin: u64,
+    pub need_anc: u64,
+    pub need_cg: u64,
+    pub need_memfd: u64,
+    pub need_remote: u64,
+    pub deny: u64,
+    pub kill: u64,
+    pub cg_id: [u64; RULES_MAX],
+    pub cg_level: [u32; RULES_MAX],
+}
+
+impl Default for SecGuard {
+    fn default() -> Self {
+        SecGuard {
+            op: [0; OP_MAX],
+            need_bin: 0,
+            need_anc: 0,
+            need_cg: 0,
+            need_memfd: 0,
+            need_remote: 0,
+            deny: 0,
+            kill: 0,
+            cg_id: [0; RULES_MAX],
+            cg_level: [0; RULES_MAX],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecRuleStat {
+    pub matched: u64,
+    pub acted: u64,
+    pub events: u64,
+    pub lost: u64,
 }
 
 impl Default for SecProc {
@@ -70,6 +188,10 @@ impl Default for SecProc {
             gid: 0,
             flags: 0,
             cgroup: 0,
+            bin: 0,
+            notbin: 0,
+            anc: 0,
+            selfanc: 0,
             comm: [0; 16],
             binary: [0; PATH_MAX],
         }
@@ -113,4 +235,11 @@ pub struct SecEvent {
     pub comm: [u8; 16],
     pub binary: [u8; PATH_MAX],
     pub args: [u8; ARGS_MAX],
+    pub rule: u32,
+    pub action: u32,
+    pub family: u32,
+    pub port: u32,
+    pub addr: [u8; 16],
+    pub arg0: u64,
+    pub arg1: u64,
 }

@@ -14,3 +14,4 @@ pub mod fw;
 pub mod lb;
 pub mod packet;
 pub mod sec;
+pub mod yaml;

@@ -156,15 +156,26 @@ impl fmt::Display for Loaded {
 /// Loads program `name` (XDP or TC classifier) from `bpf`, turning a
 /// verifier refusal into a [`VerifierError`].
 pub fn load_program(bpf: &mut Ebpf, name: &str, log: &LogOpts) -> Result<Loaded> {
+    load_with(bpf, name, log, |prog| match prog {
+        Program::Xdp(p) => Ok(p.load()),
+        Program::SchedClassifier(p) => Ok(p.load()),
+        _ => Err(anyhow!("program {name}: unsupported program type")),
+    })
+}
+
+/// Loads program `name` with `load` (which picks the program type and its
+/// load arguments), turning a verifier refusal into a [`VerifierError`],
+/// and returns what the kernel did.
+pub fn load_with(
+    bpf: &mut Ebpf,
+    name: &str,
+    log: &LogOpts,
+    load: impl FnOnce(&mut Program) -> Result<Result<(), ProgramError>>,
+) -> Result<Loaded> {
     let prog = bpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} is not in the object"))?;
-    let result = match prog {
-        Program::Xdp(p) => p.load(),
-        Program::SchedClassifier(p) => p.load(),
-        _ => return Err(anyhow!("program {name}: unsupported program type")),
-    };
-    match result {
+    match load(prog)? {
         Ok(()) => {}
         Err(ProgramError::LoadError {
             io_error,

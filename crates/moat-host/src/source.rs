@@ -9,12 +9,10 @@
 
 use std::{
     fs,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -46,26 +44,8 @@ fn path(p: &Paths) -> PathBuf {
 /// place, mode 0600 in the family's 0700 state directory).
 pub fn write(p: &Paths, s: &Source) -> Result<()> {
     sys::private_dir(&p.state_dir)?;
-    let dest = path(p);
-    let tmp = p
-        .state_dir
-        .join(format!("source.json.{}.tmp", std::process::id()));
     let text = serde_json::to_string_pretty(s)?;
-    let r = (|| -> std::io::Result<()> {
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.with_context(|| format!("writing {}", dest.display()))
+    sys::write_private_atomic(&path(p), text.as_bytes())
 }
 
 /// Largest config file read for a digest (the policy reader's own limit).

@@ -84,6 +84,33 @@ fn is_bpffs(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// Writes `bytes` to `dest` atomically (a temporary file beside it, mode
+/// 0600, synced, renamed into place): a reader sees the old or the new
+/// content, never a part; a failure (disk full) leaves the old one.
+pub fn write_private_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dest.with_file_name(format!("{name}.{}.tmp", std::process::id()));
+    let r = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dest)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("writing {}", dest.display()))
+}
+
 /// Makes `dir` a directory only root controls, creating what is missing with
 /// mode 0700, and refuses (naming the path, owner and mode) a path that
 /// someone else could change: every component must be a real directory (no

@@ -7,6 +7,7 @@ pub mod count;
 pub mod daemon;
 pub mod demo;
 pub mod fw;
+pub mod guard;
 pub mod http;
 pub mod lb;
 pub mod sec;

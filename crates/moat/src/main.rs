@@ -164,6 +164,9 @@ enum Cmd {
         #[arg(long, value_parser = parse_secs)]
         duration: Option<Duration>,
     },
+    /// Runtime security enforcement: rules on exec, open, connect, setuid, ptrace (log, deny, kill).
+    #[command(subcommand)]
+    Guard(GuardCmd),
     /// Every process with its exec id, parent and binary (--tree: as a tree).
     Ps {
         #[arg(long)]
@@ -184,6 +187,49 @@ enum Cmd {
         /// JSON lines instead of tables.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuardCmd {
+    /// Validate a guard policy (no privileges): FILE:LINE:COL errors, each rule's mechanism.
+    Check {
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enforce a policy: starts the enforcer, then stops the one it replaces.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: PathBuf,
+        /// Ring buffer bytes for events (a power of two; default 4 MiB).
+        #[arg(long, value_name = "BYTES")]
+        ring_size: Option<u32>,
+    },
+    /// What is enforced, by which mechanism, and each rule's counts (from the kernel).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop enforcing: the enforcer ends, its programs, links, marks and pins go.
+    Detach,
+    /// Run CMD in a throwaway cgroup under the policy, log-only: what would be denied or killed.
+    Test {
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// The enforcer itself (started by apply).
+    #[command(hide = true)]
+    Run {
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        policy: PathBuf,
+        #[arg(long, value_name = "BYTES")]
+        ring_size: Option<u32>,
     },
 }
 
@@ -418,6 +464,19 @@ fn main() -> ExitCode {
             &log,
         ),
         Cmd::Ps { tree, json } => moat::sec::ps(tree, json),
+        Cmd::Guard(gc) => match gc {
+            GuardCmd::Check { policy, json } => moat::guard::check(&policy, json),
+            GuardCmd::Apply { policy, ring_size } => moat::guard::apply(&policy, ring_size),
+            GuardCmd::Status { json } => moat::guard::status(json),
+            GuardCmd::Detach => moat::guard::detach(),
+            GuardCmd::Run { policy, ring_size } => moat::guard::run(&policy, ring_size, &log),
+            GuardCmd::Test { policy, json, cmd } => {
+                match moat::guard::test(&policy, &cmd, json, &log) {
+                    Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
+                    Err(e) => Err(e),
+                }
+            }
+        },
         Cmd::Demo { duration, json } => demo::run(&demo::DemoOpts { duration, json }, &log),
         Cmd::Fw(f) => match f {
             FwCmd::Check {

@@ -270,6 +270,6 @@ pub fn parse(text: &str, path: &Path) -> Result<LbConfig, ConfigErrors> {
     let mut p = parser::Parser::new(path);
     match p.config(text) {
         Some(c) if p.total == 0 => Ok(c),
-        _ => Err(ConfigErrors(p.errors, p.total)),
+        _ => Err(ConfigErrors(std::mem::take(&mut p.errors), p.total)),
     }
 }

@@ -4,21 +4,32 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use marked_yaml::{LoaderOptions, Node};
 
 use super::*;
-use crate::fw::policy::{
-    MAX_ERRORS_KEPT,
-    parser::{load_error, node_pos, pos, shorten},
+use crate::{
+    fw::policy::parser::{load_error, node_pos, pos},
+    yaml::Walker,
 };
 
 pub(super) struct Parser {
-    file: PathBuf,
-    pub(super) errors: Vec<ConfigError>,
-    pub(super) total: usize,
+    w: Walker,
+}
+
+impl std::ops::Deref for Parser {
+    type Target = Walker;
+    fn deref(&self) -> &Walker {
+        &self.w
+    }
+}
+
+impl std::ops::DerefMut for Parser {
+    fn deref_mut(&mut self) -> &mut Walker {
+        &mut self.w
+    }
 }
 
 type At = (usize, usize);
@@ -30,108 +41,10 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// Milliseconds in `300ms`, `1s`, `2m`, `1h`, or a bare number of seconds.
-pub(super) fn parse_ms(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (s, 1000)
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 impl Parser {
     pub(super) fn new(path: &Path) -> Parser {
         Parser {
-            file: path.to_path_buf(),
-            errors: Vec::new(),
-            total: 0,
-        }
-    }
-
-    fn err(&mut self, at: At, msg: impl Into<String>) {
-        self.total += 1;
-        if self.errors.len() < MAX_ERRORS_KEPT {
-            self.errors.push(ConfigError {
-                file: self.file.clone(),
-                line: at.0,
-                col: at.1,
-                msg: shorten(msg.into()),
-            });
-        }
-    }
-
-    fn scalar<'a>(&mut self, n: &'a Node, what: &str) -> Option<&'a str> {
-        match n.as_scalar() {
-            Some(s) => Some(s.as_str()),
-            None => {
-                self.err(node_pos(n), format!("expected {what}"));
-                None
-            }
-        }
-    }
-
-    fn number(&mut self, n: &Node, what: &str, lo: u64, hi: u64) -> Option<u64> {
-        let s = self.scalar(n, what)?;
-        match s.parse::<u64>() {
-            Ok(v) if (lo..=hi).contains(&v) => Some(v),
-            _ => {
-                self.err(
-                    node_pos(n),
-                    format!("{s:?} is not {what} (a whole number from {lo} to {hi})"),
-                );
-                None
-            }
-        }
-    }
-
-    fn duration_ms(&mut self, n: &Node, lo: u64, hi: u64) -> Option<u64> {
-        let s = self.scalar(n, "a duration such as 300ms, 1s, 30s, 2m")?;
-        match parse_ms(s) {
-            Some(v) if (lo..=hi).contains(&v) => Some(v),
-            _ => {
-                self.err(
-                    node_pos(n),
-                    format!(
-                        "{s:?} is not a duration from {lo}ms to {}s (e.g. 300ms, 1s, 2m)",
-                        hi / 1000
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn mapping<'a>(
-        &mut self,
-        n: &'a Node,
-        what: &str,
-    ) -> Option<&'a marked_yaml::types::MarkedMappingNode> {
-        match n.as_mapping() {
-            Some(m) => Some(m),
-            None => {
-                self.err(node_pos(n), format!("{what} must be a mapping"));
-                None
-            }
-        }
-    }
-
-    fn list<'a>(&mut self, n: &'a Node) -> Vec<&'a Node> {
-        match n {
-            Node::Sequence(s) => s.iter().collect(),
-            Node::Scalar(s) if s.as_str().is_empty() => vec![],
-            Node::Scalar(_) => vec![n],
-            Node::Mapping(_) => {
-                self.err(node_pos(n), "expected a value or a list, found a mapping");
-                vec![]
-            }
+            w: Walker::new(path),
         }
     }
 

@@ -3,6 +3,8 @@
 //! /proc/PID/stat. The kernel side (bpf/sec/sec.bpf.c) keeps the process
 //! table and emits exec and exit events; moat-host reads them.
 
+pub mod guard;
+
 use std::collections::HashMap;
 
 use moat_abi::sec as abi;
@@ -227,11 +229,41 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<u32>,
     pub flags: Vec<&'static str>,
+    /// Guard events: the rule's index in its policy (the caller names it).
+    #[serde(skip)]
+    pub rule_index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// connect: the remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// setid: the syscall; ptrace: the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<u64>,
+    /// setid: the first argument (the new id); ptrace: the target pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arg: Option<u64>,
+}
+
+/// The event name of a kind.
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        abi::EV_EXEC => "exec",
+        abi::EV_EXIT => "exit",
+        abi::EV_CONNECT => "connect",
+        abi::EV_SETID => "setid",
+        abi::EV_PTRACE => "ptrace",
+        abi::EV_OPEN => "open",
+        _ => "unknown",
+    }
 }
 
 impl Event {
     pub fn decode(e: &abi::SecEvent) -> Event {
         let exec = e.kind == abi::EV_EXEC;
+        let exit = e.kind == abi::EV_EXIT;
         let mut flags = Vec::new();
         for (bit, name) in [
             (abi::EF_ARGS_TRUNC, "args_truncated"),
@@ -244,7 +276,7 @@ impl Event {
         }
         let n = (e.args_len as usize).min(abi::ARGS_MAX);
         Event {
-            event: if exec { "exec" } else { "exit" },
+            event: kind_name(e.kind),
             pid: e.pid,
             tid: e.tid,
             ppid: e.ppid,
@@ -257,9 +289,25 @@ impl Event {
             uid: e.uid,
             gid: e.gid,
             cgroup_id: e.cgroup,
-            exit_code: (!exec).then_some(e.exit_code),
-            signal: (!exec).then_some(e.signal),
+            exit_code: exit.then_some(e.exit_code),
+            signal: exit.then_some(e.signal),
             flags,
+            rule_index: (e.rule != 0).then(|| e.rule as usize - 1),
+            action: (e.rule != 0).then_some(match e.action {
+                abi::ACT_DENY => "deny",
+                abi::ACT_KILL => "kill",
+                _ => "log",
+            }),
+            remote: (e.kind == abi::EV_CONNECT).then(|| {
+                if e.family == 10 {
+                    std::net::Ipv6Addr::from(e.addr).to_string()
+                } else {
+                    std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()
+                }
+            }),
+            port: (e.kind == abi::EV_CONNECT).then_some(e.port),
+            syscall: matches!(e.kind, abi::EV_SETID | abi::EV_PTRACE).then_some(e.arg0),
+            arg: matches!(e.kind, abi::EV_SETID | abi::EV_PTRACE).then_some(e.arg1),
         }
     }
 }

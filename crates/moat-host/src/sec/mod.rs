@@ -13,10 +13,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+
+pub mod guard;
 use aya::{
     Btf, Ebpf,
     maps::{Array, CgroupArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
+    programs::BtfTracePoint,
 };
 use moat_abi::sec as abi;
 use moat_core::sec::{Lineage, Node, Xid, parse_stat};
@@ -137,44 +139,32 @@ pub struct Watcher {
     pub lineage: Lineage,
 }
 
-fn fill(dst: &mut [u8], s: &str) {
+pub(crate) fn fill(dst: &mut [u8], s: &str) {
     let b = s.as_bytes();
     let n = b.len().min(dst.len() - 1);
     dst[..n].copy_from_slice(&b[..n]);
 }
 
-fn load_tp(bpf: &mut Ebpf, name: &str, tp: &str, btf: &Btf, log: &LogOpts) -> Result<Loaded> {
+/// Loads the tp_btf program `name` for tracepoint `tp` and attaches it.
+pub(crate) fn load_tp(
+    bpf: &mut Ebpf,
+    name: &str,
+    tp: &str,
+    btf: &Btf,
+    log: &LogOpts,
+) -> Result<Loaded> {
+    let loaded = loader::load_with(bpf, name, log, |p| {
+        let p: &mut BtfTracePoint = p.try_into().map_err(|e| anyhow!("{name}: {e}"))?;
+        Ok(p.load(tp, btf))
+    })?;
     let prog: &mut BtfTracePoint = bpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} is not in the object"))?
         .try_into()
         .map_err(|e| anyhow!("{name}: {e}"))?;
-    match prog.load(tp, btf) {
-        Ok(()) => {}
-        Err(ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        }) => {
-            return Err(loader::verifier_error(
-                name,
-                io_error,
-                &verifier_log.to_string(),
-                log,
-            )?);
-        }
-        Err(e) => return Err(anyhow!("loading {name} (tp_btf/{tp}): {e}")),
-    }
     prog.attach()
         .map_err(|e| anyhow!("attaching {name} to tp_btf/{tp}: {e}"))?;
-    let info = prog
-        .info()
-        .with_context(|| format!("reading info of {name}"))?;
-    Ok(Loaded {
-        name: name.to_string(),
-        id: info.id(),
-        insns: info.size_translated().unwrap_or(0) / 8,
-        jited_bytes: info.size_jitted(),
-    })
+    Ok(loaded)
 }
 
 impl Watcher {
@@ -330,22 +320,7 @@ impl Watcher {
 
     /// Per hook (`abi::HOOK_*`), summed over CPUs.
     pub fn stats(&self) -> Result<Vec<abi::SecStat>> {
-        let m = self
-            .bpf
-            .map(abi::MAP_STATS)
-            .ok_or_else(|| anyhow!("no {}", abi::MAP_STATS))?;
-        let a: PerCpuArray<_, abi::SecStat> = PerCpuArray::try_from(m)?;
-        let mut out = Vec::new();
-        for i in 0..abi::HOOK_MAX {
-            let v = a.get(&i, 0)?;
-            out.push(v.iter().fold(abi::SecStat::default(), |s, c| abi::SecStat {
-                seen: s.seen + c.seen,
-                matched: s.matched + c.matched,
-                lost: s.lost + c.lost,
-                pad: 0,
-            }));
-        }
-        Ok(out)
+        sum_stats(&self.bpf)
     }
 
     /// The image `xid` as the kernel's table holds it, if that pid still
@@ -371,6 +346,25 @@ impl Watcher {
         let t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(m)?;
         Ok(t.iter().filter_map(Result::ok).collect())
     }
+}
+
+/// sec_stats per hook (`abi::HOOK_*`), summed over CPUs.
+pub(crate) fn sum_stats(bpf: &Ebpf) -> Result<Vec<abi::SecStat>> {
+    let m = bpf
+        .map(abi::MAP_STATS)
+        .ok_or_else(|| anyhow!("no {}", abi::MAP_STATS))?;
+    let a: PerCpuArray<_, abi::SecStat> = PerCpuArray::try_from(m)?;
+    let mut out = Vec::new();
+    for i in 0..abi::HOOK_MAX {
+        let v = a.get(&i, 0)?;
+        out.push(v.iter().fold(abi::SecStat::default(), |s, c| abi::SecStat {
+            seen: s.seen + c.seen,
+            matched: s.matched + c.matched,
+            lost: s.lost + c.lost,
+            pad: 0,
+        }));
+    }
+    Ok(out)
 }
 
 /// The current working directory of `pid`, if it still runs.
