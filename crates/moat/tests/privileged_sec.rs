@@ -10,69 +10,14 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     time::{Duration, Instant},
 };
 
+use common::Cgroup;
 use serde_json::Value;
-
-const CGROOT: &str = "/sys/fs/cgroup/unified";
-
-/// A cgroup v2 directory for the test's processes, removed on drop.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new(tag: &str) -> Cgroup {
-        let p = Path::new(CGROOT).join(format!("moat-test-{tag}"));
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
-        Cgroup(p)
-    }
-    /// `cmd` with its child placed in this cgroup before it execs.
-    fn command(&self, prog: &str, args: &[&str]) -> Command {
-        let procs = std::ffi::CString::new(self.0.join("cgroup.procs").to_str().unwrap()).unwrap();
-        let mut c = Command::new(prog);
-        c.args(args);
-        // SAFETY: between fork and exec only open/write/close on a path
-        // prepared before the fork (async-signal-safe, no allocation).
-        unsafe {
-            c.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                libc::close(fd);
-                if ok {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        c
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // Anything still inside is ours: end it, then remove the directory.
-        if let Ok(s) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in s.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                // SAFETY: kill on processes this test started in its cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// `moat watch --json …`, its lines read as they come.
 struct Watch {

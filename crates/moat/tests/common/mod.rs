@@ -361,12 +361,72 @@ impl LbRoot {
     }
 }
 
+/// The same private root serves a test's guard.
+pub type GuardRoot = LbRoot;
+
 impl Drop for LbRoot {
     fn drop(&mut self) {
+        let _ = self.moat(&["guard", "detach"]);
         let _ = self.moat(&["lb", "detach"]);
         let _ = self.moat(&["fw", "detach"]);
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.state_root);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub const CGROOT: &str = "/sys/fs/cgroup/unified";
+
+/// A cgroup v2 directory for the test's processes, removed on drop.
+pub struct Cgroup(pub std::path::PathBuf);
+
+impl Cgroup {
+    pub fn new(tag: &str) -> Cgroup {
+        let p = std::path::Path::new(CGROOT).join(format!("moat-test-{tag}"));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        Cgroup(p)
+    }
+    /// `cmd` with its child placed in this cgroup before it execs.
+    pub fn command(&self, prog: &str, args: &[&str]) -> std::process::Command {
+        let procs = std::ffi::CString::new(self.0.join("cgroup.procs").to_str().unwrap()).unwrap();
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new(prog);
+        c.args(args);
+        // SAFETY: between fork and exec only open/write/close on a path
+        // prepared before the fork (async-signal-safe, no allocation).
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        c
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Anything still inside is ours: end it, then remove the directory.
+        if let Ok(s) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in s.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: kill on processes this test started in its cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
