@@ -474,3 +474,64 @@ fn an_exec_storm_is_counted_exactly_per_rule() {
     assert_eq!(events(&root).len() as u64, ev);
     let _ = CGROOT;
 }
+
+/// Every file of the rule pack passes `guard check` (no privileges needed).
+#[test]
+fn the_rule_pack_checks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let o = run(std::process::Command::new(common::moat_bin())
+            .args(["guard", "check", "-f"])
+            .arg(e.path())
+            .output());
+        assert!(o.status.success(), "{}: {}", e.path().display(), text(&o));
+        n += 1;
+    }
+    assert!(n >= 2);
+}
+
+/// The rule pack's detections fire on what they name (under `guard test`:
+/// the throwaway cgroup, log-only, nothing is stopped).
+#[test]
+fn the_rule_pack_detects_what_it_names() {
+    if !privileged("the_rule_pack_detects_what_it_names") {
+        return;
+    }
+    let t = tag("gp");
+    let root = GuardRoot::new(&t);
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard/falco-like.yaml");
+    let tmpbin = format!("/tmp/moat-guard-pack-{t}");
+    let script = format!(
+        "cat /etc/shadow > /dev/null; cp /bin/true {tmpbin}; {tmpbin}; rm -f {tmpbin}; \
+         perl -e '$< = 0'; sleep 3 & perl -e 'syscall(101, 16, '$!', 0, 0)'; kill $! 2>/dev/null; \
+         dash -c 'exec perl -e \"print 1\"' > /dev/null; true"
+    );
+    let (_, out, err) = root.moat(&[
+        "guard",
+        "test",
+        "--json",
+        "-f",
+        &pack.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let _ = std::fs::remove_file(&tmpbin);
+    let evs: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let has = |rule: &str| evs.iter().any(|e| e["rule"] == rule);
+    assert!(has("read-sensitive-files"), "{out}{err}");
+    assert!(
+        evs.iter()
+            .any(|e| e["rule"] == "exec-from-tmp" && e["binary"] == tmpbin.as_str()),
+        "{out}{err}"
+    );
+    assert!(has("unexpected-setuid"), "{out}{err}");
+    assert!(has("ptrace-attach"), "{out}{err}");
+    // Nothing outside the throwaway cgroup: every event's pid was ours.
+    assert!(evs.iter().all(|e| e["action"] == "log"), "{out}");
+}
