@@ -141,14 +141,14 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct sec_guard);
-} guard_conf SEC(".maps");
+} sec_gconf SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SEC_FILES_MAX);
 	__type(key, struct sec_inode);
 	__type(value, struct sec_masks);
-} guard_files SEC(".maps");
+} sec_gfiles SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -156,7 +156,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sec_net4_key);
 	__type(value, struct sec_net);
-} guard_net4 SEC(".maps");
+} sec_gnet4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -164,14 +164,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sec_net6_key);
 	__type(value, struct sec_net);
-} guard_net6 SEC(".maps");
+} sec_gnet6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SEC_RULES_MAX);
 	__type(key, __u32);
 	__type(value, struct sec_rule_stat);
-} guard_counts SEC(".maps");
+} sec_gcounts SEC(".maps");
 
 static __always_inline struct sec_stat *sec_stat(__u32 hook)
 {
@@ -233,7 +233,7 @@ static __always_inline const struct sec_guard *sec_guard(void)
 {
 	__u32 zero = 0;
 
-	return bpf_map_lookup_elem(&guard_conf, &zero);
+	return bpf_map_lookup_elem(&sec_gconf, &zero);
 }
 
 /* ORs the guard masks of a file and of the directories above it on its
@@ -255,7 +255,7 @@ static __always_inline void sec_file_masks(struct dentry *d, struct sec_proc *e)
 			break;
 		k.ino = BPF_CORE_READ(in, i_ino);
 		k.dev = BPF_CORE_READ(in, i_sb, s_dev);
-		m = bpf_map_lookup_elem(&guard_files, &k);
+		m = bpf_map_lookup_elem(&sec_gfiles, &k);
 		if (m) {
 			e->bin |= m->bin;
 			e->notbin |= m->notbin;
@@ -328,7 +328,7 @@ static long sec_verdict_step(__u64 i, void *ctx)
 	v->hit &= ~(1ULL << j);
 	a = (v->g->kill & (1ULL << j)) ? SEC_ACT_KILL :
 	    (v->g->deny & (1ULL << j)) ? SEC_ACT_DENY : SEC_ACT_LOG;
-	rs = bpf_map_lookup_elem(&guard_counts, &j);
+	rs = bpf_map_lookup_elem(&sec_gcounts, &j);
 	if (rs) {
 		__sync_fetch_and_add(&rs->matched, 1);
 		__sync_fetch_and_add(&rs->acted, 1);
@@ -354,7 +354,7 @@ static __always_inline __u32 sec_verdict(const struct sec_guard *g, __u64 hit, _
 /* The event of rule `rule` was written (or lost). */
 static __always_inline void sec_rule_event(__u32 rule, int written)
 {
-	struct sec_rule_stat *rs = bpf_map_lookup_elem(&guard_counts, &rule);
+	struct sec_rule_stat *rs = bpf_map_lookup_elem(&sec_gcounts, &rule);
 
 	if (rs) {
 		if (written)
@@ -611,7 +611,7 @@ int sec_connect4(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(k.addr, &ip, 4);
 	__builtin_memcpy(addr, &ip, 4);
 	if (sec_guard_op(SEC_OP_CONNECT, SEC_EV_CONNECT, SEC_HOOK_CONNECT,
-			 bpf_map_lookup_elem(&guard_net4, &k), AF_INET, addr, port,
+			 bpf_map_lookup_elem(&sec_gnet4, &k), AF_INET, addr, port,
 			 ctx->protocol, 0) == SEC_ACT_DENY)
 		return 0;
 	return 1;
@@ -630,7 +630,7 @@ int sec_connect6(struct bpf_sock_addr *ctx)
 	ip[3] = ctx->user_ip6[3];
 	__builtin_memcpy(k.addr, ip, 16);
 	if (sec_guard_op(SEC_OP_CONNECT, SEC_EV_CONNECT, SEC_HOOK_CONNECT,
-			 bpf_map_lookup_elem(&guard_net6, &k), AF_INET6, (const __u8 *)ip, port,
+			 bpf_map_lookup_elem(&sec_gnet6, &k), AF_INET6, (const __u8 *)ip, port,
 			 ctx->protocol, 0) == SEC_ACT_DENY)
 		return 0;
 	return 1;
@@ -659,7 +659,7 @@ int sec_connect_tp(struct sys_enter_ctx *ctx)
 
 		__builtin_memcpy(k.addr, &sa.flow, 4);
 		__builtin_memcpy(addr, &sa.flow, 4);
-		net = bpf_map_lookup_elem(&guard_net4, &k);
+		net = bpf_map_lookup_elem(&sec_gnet4, &k);
 	} else if (family == AF_INET6) {
 		struct sec_net6_key k = { .prefixlen = 128 };
 
@@ -667,7 +667,7 @@ int sec_connect_tp(struct sys_enter_ctx *ctx)
 			return 0;
 		__builtin_memcpy(k.addr, sa.addr6, 16);
 		__builtin_memcpy(addr, sa.addr6, 16);
-		net = bpf_map_lookup_elem(&guard_net6, &k);
+		net = bpf_map_lookup_elem(&sec_gnet6, &k);
 	} else {
 		return 0;
 	}

@@ -45,16 +45,16 @@
  *
  * Guard (moat guard): rule i of a policy is bit i of every mask (at most
  * SEC_RULES_MAX rules). Userspace compiles the policy; the kernel only looks up.
- * guard_conf: BPF_MAP_TYPE_ARRAY of 1 struct sec_guard: per operation, the
+ * sec_gconf: BPF_MAP_TYPE_ARRAY of 1 struct sec_guard: per operation, the
  *   rules the kernel enforces there, and which rules carry which conditions.
- * guard_files: BPF_MAP_TYPE_HASH; key struct sec_inode (a binary, or a
+ * sec_gfiles: BPF_MAP_TYPE_HASH; key struct sec_inode (a binary, or a
  *   directory a `binary:` prefix names), value struct sec_masks. An exec
  *   looks up its file and up to SEC_DIR_DEPTH parent directories on the
  *   file's own filesystem and ORs their masks into the new image's entry.
- * guard_net4 / guard_net6: BPF_MAP_TYPE_LPM_TRIE; key struct sec_net4_key /
+ * sec_gnet4 / sec_gnet6: BPF_MAP_TYPE_LPM_TRIE; key struct sec_net4_key /
  *   sec_net6_key, value struct sec_net: the rules whose remote (remote_not)
  *   lists cover the longest stored prefix (userspace folds shorter ones in).
- * guard_counts: BPF_MAP_TYPE_ARRAY, SEC_RULES_MAX struct sec_rule_stat:
+ * sec_gcounts: BPF_MAP_TYPE_ARRAY, SEC_RULES_MAX struct sec_rule_stat:
  *   per rule, exact even when events are lost (atomic adds; rules enforced
  *   in userspace are counted there, in the same slots).
  */
@@ -65,11 +65,11 @@
 #define SEC_MAP_BINS    "sec_bins"
 #define SEC_MAP_CGROUPS "sec_cgroups"
 #define SEC_MAP_SCRATCH "sec_scratch"
-#define SEC_MAP_GUARD   "guard_conf"
-#define SEC_MAP_FILES   "guard_files"
-#define SEC_MAP_NET4    "guard_net4"
-#define SEC_MAP_NET6    "guard_net6"
-#define SEC_MAP_COUNTS  "guard_counts"
+#define SEC_MAP_GUARD   "sec_gconf"
+#define SEC_MAP_FILES   "sec_gfiles"
+#define SEC_MAP_NET4    "sec_gnet4"
+#define SEC_MAP_NET6    "sec_gnet6"
+#define SEC_MAP_COUNTS  "sec_gcounts"
 
 #define SEC_RULES_MAX 64
 #define SEC_FILES_MAX 4096

@@ -15,11 +15,11 @@ pub const MAP_CONFIG: &str = "sec_config";
 pub const MAP_BINS: &str = "sec_bins";
 pub const MAP_CGROUPS: &str = "sec_cgroups";
 pub const MAP_SCRATCH: &str = "sec_scratch";
-pub const MAP_GUARD: &str = "guard_conf";
-pub const MAP_FILES: &str = "guard_files";
-pub const MAP_NET4: &str = "guard_net4";
-pub const MAP_NET6: &str = "guard_net6";
-pub const MAP_COUNTS: &str = "guard_counts";
+pub const MAP_GUARD: &str = "sec_gconf";
+pub const MAP_FILES: &str = "sec_gfiles";
+pub const MAP_NET4: &str = "sec_gnet4";
+pub const MAP_NET6: &str = "sec_gnet6";
+pub const MAP_COUNTS: &str = "sec_gcounts";
 
 pub const RULES_MAX: usize = 64;
 pub const FILES_MAX: u32 = 4096;

@@ -409,26 +409,26 @@ impl Guard {
             )?;
             let mut gc: Array<_, abi::SecGuard> = Array::try_from(
                 bpf.map_mut(abi::MAP_GUARD)
-                    .ok_or_else(|| anyhow!("no guard_conf"))?,
+                    .ok_or_else(|| anyhow!("no sec_gconf"))?,
             )?;
             gc.set(0, compiled.guard, 0)?;
             let mut f: BpfHashMap<_, abi::SecInode, abi::SecMasks> = BpfHashMap::try_from(
                 bpf.map_mut(abi::MAP_FILES)
-                    .ok_or_else(|| anyhow!("no guard_files"))?,
+                    .ok_or_else(|| anyhow!("no sec_gfiles"))?,
             )?;
             for (k, v) in &compiled.files {
                 f.insert(*k, *v, 0)?;
             }
             let mut n4: LpmTrie<_, [u8; 4], abi::SecNet> = LpmTrie::try_from(
                 bpf.map_mut(abi::MAP_NET4)
-                    .ok_or_else(|| anyhow!("no guard_net4"))?,
+                    .ok_or_else(|| anyhow!("no sec_gnet4"))?,
             )?;
             for (k, v) in &compiled.net4 {
                 n4.insert(&Key::new(k.prefixlen, k.addr), *v, 0)?;
             }
             let mut n6: LpmTrie<_, [u8; 16], abi::SecNet> = LpmTrie::try_from(
                 bpf.map_mut(abi::MAP_NET6)
-                    .ok_or_else(|| anyhow!("no guard_net6"))?,
+                    .ok_or_else(|| anyhow!("no sec_gnet6"))?,
             )?;
             for (k, v) in &compiled.net6 {
                 n6.insert(&Key::new(k.prefixlen, k.addr), *v, 0)?;
