@@ -18,6 +18,7 @@ use moat_host::{
 pub mod lb;
 pub mod live;
 pub mod report;
+pub mod sec;
 pub mod tcplife;
 pub mod updates;
 pub mod xdpfilter;

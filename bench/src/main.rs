@@ -122,6 +122,8 @@ enum Cmd {
         life: LifeArgs,
         #[command(flatten)]
         lb: LbArgs,
+        #[command(flatten)]
+        sec: SecArgs,
         /// Markdown report to write (the SVGs go next to it).
         #[arg(long, default_value = "docs/benchmarks.md")]
         out: PathBuf,
@@ -151,6 +153,21 @@ enum Cmd {
         #[command(flatten)]
         lb: LbArgs,
     },
+    /// One loop of the runtime security benchmark (run by `sec` in a fresh process).
+    #[command(hide = true)]
+    SecWork { work: String, n: usize, port: u16 },
+    /// Runtime security: overhead of moat watch and auditd on openat, connect, fork+exec loops.
+    Sec {
+        #[command(flatten)]
+        sec: SecArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SecArgs {
+    /// Interleaved rounds of the runtime security overhead loops.
+    #[arg(long, default_value = "5")]
+    sec_rounds: usize,
 }
 
 struct LbRun {
@@ -302,6 +319,17 @@ fn main() -> Result<()> {
                 report::bars_markdown(&moat_bench::lb::bars(&r.live, &r.cost, &r.dis))
             );
         }
+        Cmd::SecWork { work, n, port } => {
+            let w = moat_bench::sec::Work::parse(&work)
+                .ok_or_else(|| anyhow::anyhow!("unknown work {work}"))?;
+            moat_bench::sec::run_work(w, n / 10, port); // warm up
+            println!("{}", moat_bench::sec::run_work(w, n, port));
+        }
+        Cmd::Sec { sec } => {
+            let r = moat_bench::sec::overhead(sec.sec_rounds, |s| eprintln!("{s}"))?;
+            println!("{}", moat_bench::sec::markdown(&r, sec.sec_rounds));
+            println!("{}", report::bars_markdown(&moat_bench::sec::bars(&r)));
+        }
         Cmd::TcpLife { life } => {
             let r = moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
             println!("{}", report::life_markdown(&r));
@@ -312,6 +340,7 @@ fn main() -> Result<()> {
             updates,
             life,
             lb,
+            sec,
             out,
         } => {
             let (co, lo) = (cost_opts(&cost)?, live_opts(&live)?);
@@ -322,13 +351,15 @@ fn main() -> Result<()> {
             let lives =
                 moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
             let lbr = run_lb(&lb)?;
+            let secr = moat_bench::sec::overhead(sec.sec_rounds, |s| eprintln!("{s}"))?;
             let dir = out.parent().map(PathBuf::from).unwrap_or_default();
             let (cost_svg, live_svg) = ("benchmarks-prog-cost.svg", "benchmarks-live.svg");
             std::fs::write(dir.join(cost_svg), moat_bench::svg(&samples, &co.sizes))?;
             std::fs::write(dir.join(live_svg), report::live_svg(&res))?;
             let mut bars = report::bars(&samples, &res, Some(&traffic));
             bars.extend(moat_bench::lb::bars(&lbr.live, &lbr.cost, &lbr.dis));
-            let md = document(
+            bars.extend(moat_bench::sec::bars(&secr));
+            let mut md = document(
                 &co,
                 &lo,
                 &samples,
@@ -341,6 +372,7 @@ fn main() -> Result<()> {
                 &lbr,
                 t0.elapsed(),
             );
+            md.push_str(&moat_bench::sec::markdown(&secr, sec.sec_rounds));
             std::fs::write(&out, md)?;
             println!("{}", report::bars_markdown(&bars));
             println!("wrote {}, {cost_svg} and {live_svg}", out.display());

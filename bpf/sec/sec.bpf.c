@@ -173,6 +173,21 @@ struct {
 	__type(value, struct sec_rule_stat);
 } sec_gcounts SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SEC_PATHS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sec_path_key);
+	__type(value, __u8);
+} sec_paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sec_path_key);
+} sec_pkey SEC(".maps");
+
 static __always_inline struct sec_stat *sec_stat(__u32 hook)
 {
 	return bpf_map_lookup_elem(&sec_stats, &hook);
@@ -204,6 +219,17 @@ static __always_inline int sec_wanted(__u32 flags, const char *bin)
 	if ((flags & SEC_CF_BINARY) && !bpf_map_lookup_elem(&sec_bins, bin))
 		return 0;
 	return 1;
+}
+
+/* Submits an event, waking the reader only once a sixteenth of the ring
+ * is waiting: a wakeup per event would cost more than the event (the
+ * reader also looks every 100 ms, so an event is at most that late). */
+static __always_inline void sec_submit(struct sec_event *ev)
+{
+	__u64 avail = bpf_ringbuf_query(&sec_events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&sec_events, BPF_RB_RING_SIZE);
+
+	bpf_ringbuf_submit(ev, avail >= size / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Fills the fields every event has from the image `e` (NULL: unknown). */
@@ -416,9 +442,15 @@ static __always_inline __u32 sec_guard_op(__u32 op, __u32 kind, __u32 hook,
 		__builtin_memcpy(ev->addr, addr, 16);
 	ev->arg0 = arg0;
 	ev->arg1 = arg1;
-	bpf_ringbuf_submit(ev, 0);
+	sec_submit(ev);
 	sec_rule_event(rule, 1);
 	return act;
+}
+
+/* The cgroup filter of the config for the current task (no binary filter). */
+static __always_inline int sec_wanted_current(__u32 flags)
+{
+	return !(flags & SEC_CF_CGROUP) || bpf_current_task_under_cgroup(&sec_cgroups, 0) == 1;
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -552,7 +584,7 @@ int sec_exec(unsigned long long *ctx)
 	ev->args_len = 0;
 	if (bpf_probe_read_user(ev->args, len & (SEC_ARGS_MAX - 1), (const void *)a0) == 0)
 		ev->args_len = len & (SEC_ARGS_MAX - 1);
-	bpf_ringbuf_submit(ev, 0);
+	sec_submit(ev);
 	return 0;
 }
 
@@ -592,7 +624,7 @@ int sec_exit(unsigned long long *ctx)
 			ev->ppid = BPF_CORE_READ(p, real_parent, tgid);
 			ev->exit_code = (code >> 8) & 0xff;
 			ev->signal = code & 0x7f;
-			bpf_ringbuf_submit(ev, 0);
+			sec_submit(ev);
 		}
 	}
 	bpf_map_delete_elem(&sec_procs, &tgid);
@@ -648,7 +680,7 @@ int sec_connect_tp(struct sys_enter_ctx *ctx)
 	} sa = {};
 	__u8 addr[16] = {};
 	const struct sec_net *net = 0;
-	__u32 family;
+	__u32 family, flags = sec_flags();
 
 	if (bpf_probe_read_user(&sa, sizeof(sa.family) + sizeof(sa.port) + sizeof(sa.flow),
 				(const void *)ctx->args[1]))
@@ -671,9 +703,115 @@ int sec_connect_tp(struct sys_enter_ctx *ctx)
 	} else {
 		return 0;
 	}
+	if ((flags & SEC_CF_CONNECT) && sec_wanted_current(flags)) {
+		struct sec_stat *st = sec_stat(SEC_HOOK_CONNECT);
+		struct sec_event *ev;
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		__u32 tgid = pid_tgid >> 32;
+
+		if (st)
+			st->matched++;
+		ev = bpf_ringbuf_reserve(&sec_events, sizeof(*ev), 0);
+		if (!ev) {
+			if (st)
+				st->lost++;
+		} else {
+			sec_fill_event(ev, SEC_EV_CONNECT, bpf_map_lookup_elem(&sec_procs, &tgid),
+				       pid_tgid);
+			ev->family = family;
+			ev->port = bpf_ntohs(sa.port);
+			__builtin_memcpy(ev->addr, addr, 16);
+			sec_submit(ev);
+		}
+	}
 	if (sec_guard_op(SEC_OP_CONNECT_TP, SEC_EV_CONNECT, SEC_HOOK_CONNECT, net, family, addr,
 			 bpf_ntohs(sa.port), 0, 0) == SEC_ACT_KILL)
 		bpf_send_signal(SIGKILL);
+	return 0;
+}
+
+#define NR_open 2
+#define NR_creat 85
+#define NR_openat 257
+#define NR_openat2 437
+
+/* moat watch --file: opens whose path (as given, when absolute) is under a
+ * watched prefix. tp_btf/sys_enter: called for every syscall, but straight
+ * from the raw tracepoint (no perf record is built) and it reads the
+ * syscall's registers directly; anything but open, openat, openat2 and
+ * creat returns at once (x86-64 syscall numbers). */
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+} __attribute__((preserve_access_index));
+
+SEC("tp_btf/sys_enter")
+int sec_open(unsigned long long *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long id = (long)ctx[1];
+	struct sec_stat *st;
+	__u32 zero = 0, flags, tgid;
+	struct sec_path_key *k;
+	const char *name;
+	struct sec_event *ev;
+	__u64 oflags = 0, pid_tgid;
+	long n;
+
+	switch (id) {
+	case NR_open:
+		name = (const char *)regs->di;
+		oflags = regs->si;
+		break;
+	case NR_creat:
+		name = (const char *)regs->di;
+		oflags = 01 | 0100 | 01000; /* O_WRONLY | O_CREAT | O_TRUNC */
+		break;
+	case NR_openat:
+		name = (const char *)regs->si;
+		oflags = regs->dx;
+		break;
+	case NR_openat2:
+		name = (const char *)regs->si;
+		bpf_probe_read_user(&oflags, sizeof(oflags), (const void *)regs->dx);
+		break;
+	default:
+		return 0;
+	}
+	st = sec_stat(SEC_HOOK_OPEN);
+	if (st)
+		st->seen++;
+	flags = sec_flags();
+	if (!(flags & SEC_CF_OPEN))
+		return 0;
+	k = bpf_map_lookup_elem(&sec_pkey, &zero);
+	if (!k)
+		return 0;
+	n = bpf_probe_read_user_str(k->path, sizeof(k->path), name);
+	if (n <= 1 || k->path[0] != '/')
+		return 0; /* relative to a directory: not resolved here */
+	k->prefixlen = (__u32)n * 8;
+	if (!bpf_map_lookup_elem(&sec_paths, k))
+		return 0;
+	if ((flags & SEC_CF_CGROUP) && bpf_current_task_under_cgroup(&sec_cgroups, 0) != 1)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	if (st)
+		st->matched++;
+	ev = bpf_ringbuf_reserve(&sec_events, sizeof(*ev), 0);
+	if (!ev) {
+		if (st)
+			st->lost++;
+		return 0;
+	}
+	sec_fill_event(ev, SEC_EV_OPEN, bpf_map_lookup_elem(&sec_procs, &tgid), pid_tgid);
+	__builtin_memcpy(ev->args, k->path, SEC_PATH_MAX);
+	ev->args_len = (__u32)n - 1;
+	ev->arg0 = oflags;
+	ev->arg1 = id;
+	sec_submit(ev);
 	return 0;
 }
 

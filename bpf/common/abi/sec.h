@@ -26,6 +26,8 @@
 #define SEC_PROG_CONNECT_TP "sec_connect_tp" /* tracepoint sys_enter_connect: kill */
 #define SEC_PROG_SETID "sec_setid"   /* tracepoint sys_enter_set*id, capset */
 #define SEC_PROG_PTRACE "sec_ptrace" /* tracepoint sys_enter_ptrace */
+/* moat watch --file (open, openat, openat2, creat): */
+#define SEC_PROG_OPEN "sec_open"     /* tp_btf/sys_enter (open, openat, openat2, creat) */
 
 /*
  * sec_procs: BPF_MAP_TYPE_HASH, SEC_PROCS_MAX; key __u32 tgid, value struct
@@ -54,6 +56,10 @@
  * sec_gnet4 / sec_gnet6: BPF_MAP_TYPE_LPM_TRIE; key struct sec_net4_key /
  *   sec_net6_key, value struct sec_net: the rules whose remote (remote_not)
  *   lists cover the longest stored prefix (userspace folds shorter ones in).
+ * sec_paths: BPF_MAP_TYPE_LPM_TRIE; key struct sec_path_key, value __u8:
+ *   the path prefixes of moat watch --file (a prefix ending in '/' covers
+ *   what is below it; an exact path is stored with its NUL). sec_pkey:
+ *   PERCPU_ARRAY of 1 struct sec_path_key (the lookup key, too big for the stack).
  * sec_gcounts: BPF_MAP_TYPE_ARRAY, SEC_RULES_MAX struct sec_rule_stat:
  *   per rule, exact even when events are lost (atomic adds; rules enforced
  *   in userspace are counted there, in the same slots).
@@ -70,6 +76,9 @@
 #define SEC_MAP_NET4    "sec_gnet4"
 #define SEC_MAP_NET6    "sec_gnet6"
 #define SEC_MAP_COUNTS  "sec_gcounts"
+#define SEC_MAP_PATHS   "sec_paths"
+#define SEC_MAP_PKEY    "sec_pkey"
+#define SEC_PATHS_MAX   1024
 
 #define SEC_RULES_MAX 64
 #define SEC_FILES_MAX 4096
@@ -88,7 +97,8 @@
 #define SEC_HOOK_CONNECT 3
 #define SEC_HOOK_SETID 4
 #define SEC_HOOK_PTRACE 5
-#define SEC_HOOK_MAX  6
+#define SEC_HOOK_OPEN 6
+#define SEC_HOOK_MAX  7
 
 /* Event types. */
 #define SEC_EV_EXEC 1
@@ -117,6 +127,8 @@
 #define SEC_CF_BINARY 4 /* only binaries in sec_bins */
 #define SEC_CF_CGROUP 8 /* only tasks under sec_cgroups[0] */
 #define SEC_CF_GUARD  16 /* a guard instance: keep the guard masks, match rules */
+#define SEC_CF_OPEN   32 /* emit open events for paths in sec_paths */
+#define SEC_CF_CONNECT 64 /* emit connect events (sys_enter_connect) */
 
 /* sec_event.flags */
 #define SEC_EF_ARGS_TRUNC 1 /* the arguments were longer than SEC_ARGS_MAX */
@@ -144,6 +156,11 @@ struct sec_proc {
 	__u64 selfanc;         /* rules whose ancestor: names this image's file */
 	char comm[16];
 	char binary[SEC_PATH_MAX];
+};
+
+struct sec_path_key {
+	__u32 prefixlen; /* bits */
+	char path[SEC_PATH_MAX];
 };
 
 struct sec_inode {
@@ -230,8 +247,8 @@ struct sec_event {
 	__u32 family;    /* connect: AF_INET, AF_INET6 */
 	__u32 port;      /* connect: remote port (host order) */
 	__u8 addr[16];   /* connect: remote address (IPv4 in the first 4) */
-	__u64 arg0;      /* setid: syscall nr; ptrace: request */
-	__u64 arg1;      /* setid: first argument; ptrace: target pid */
+	__u64 arg0;      /* setid: syscall nr; ptrace: request; open: flags */
+	__u64 arg1;      /* setid: first argument; ptrace: target pid; open: syscall nr */
 };
 
 /* The ring-buffer record is not in the objects' BTF: its layout is pinned here

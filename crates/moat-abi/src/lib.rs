@@ -182,6 +182,7 @@ pub const LAYOUTS: &[StructLayout] = &[
         ]
     ),
     layout!("sec_inode", sec::SecInode, [ino, dev, pad]),
+    layout!("sec_path_key", sec::SecPathKey, [prefixlen, path]),
     layout!("sec_masks", sec::SecMasks, [bin, notbin, anc, pad]),
     layout!("sec_net4_key", sec::SecNet4Key, [prefixlen, addr]),
     layout!("sec_net6_key", sec::SecNet6Key, [prefixlen, addr]),
@@ -282,6 +283,8 @@ pub const MAPS: &[MapAbi] = &[
     map::<sec::SecNet4Key, sec::SecNet>("sec", sec::MAP_NET4),
     map::<sec::SecNet6Key, sec::SecNet>("sec", sec::MAP_NET6),
     map::<u32, sec::SecRuleStat>("sec", sec::MAP_COUNTS),
+    map::<sec::SecPathKey, u8>("sec", sec::MAP_PATHS),
+    map::<u32, sec::SecPathKey>("sec", sec::MAP_PKEY),
 ];
 
 const fn map<K, V>(object: &'static str, name: &'static str) -> MapAbi {
@@ -307,6 +310,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sec", sec::PROG_CONNECT_TP),
     ("sec", sec::PROG_SETID),
     ("sec", sec::PROG_PTRACE),
+    ("sec", sec::PROG_OPEN),
 ];
 
 #[cfg(feature = "aya")]
@@ -341,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for SecStat {}
     unsafe impl aya::Pod for SecConfig {}
     unsafe impl aya::Pod for SecInode {}
+    unsafe impl aya::Pod for SecPathKey {}
     unsafe impl aya::Pod for SecMasks {}
     unsafe impl aya::Pod for SecNet {}
     unsafe impl aya::Pod for SecGuard {}

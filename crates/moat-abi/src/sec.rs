@@ -8,6 +8,7 @@ pub const PROG_CONNECT6: &str = "sec_connect6";
 pub const PROG_CONNECT_TP: &str = "sec_connect_tp";
 pub const PROG_SETID: &str = "sec_setid";
 pub const PROG_PTRACE: &str = "sec_ptrace";
+pub const PROG_OPEN: &str = "sec_open";
 pub const MAP_PROCS: &str = "sec_procs";
 pub const MAP_EVENTS: &str = "sec_events";
 pub const MAP_STATS: &str = "sec_stats";
@@ -20,6 +21,9 @@ pub const MAP_FILES: &str = "sec_gfiles";
 pub const MAP_NET4: &str = "sec_gnet4";
 pub const MAP_NET6: &str = "sec_gnet6";
 pub const MAP_COUNTS: &str = "sec_gcounts";
+pub const MAP_PATHS: &str = "sec_paths";
+pub const MAP_PKEY: &str = "sec_pkey";
+pub const PATHS_MAX: u32 = 1024;
 
 pub const RULES_MAX: usize = 64;
 pub const FILES_MAX: u32 = 4096;
@@ -39,9 +43,10 @@ pub const HOOK_FORK: u32 = 2;
 pub const HOOK_CONNECT: u32 = 3;
 pub const HOOK_SETID: u32 = 4;
 pub const HOOK_PTRACE: u32 = 5;
-pub const HOOK_MAX: u32 = 6;
+pub const HOOK_OPEN: u32 = 6;
+pub const HOOK_MAX: u32 = 7;
 /// Hook names in slot order.
-pub const HOOK_NAMES: [&str; 6] = ["exec", "exit", "fork", "connect", "setid", "ptrace"];
+pub const HOOK_NAMES: [&str; 7] = ["exec", "exit", "fork", "connect", "setid", "ptrace", "open"];
 
 pub const EV_EXEC: u32 = 1;
 pub const EV_EXIT: u32 = 2;
@@ -66,6 +71,8 @@ pub const CF_EXIT: u32 = 2;
 pub const CF_BINARY: u32 = 4;
 pub const CF_CGROUP: u32 = 8;
 pub const CF_GUARD: u32 = 16;
+pub const CF_OPEN: u32 = 32;
+pub const CF_CONNECT: u32 = 64;
 
 pub const EF_ARGS_TRUNC: u32 = 1;
 pub const EF_NO_PARENT: u32 = 2;
@@ -96,6 +103,13 @@ pub struct SecProc {
     pub selfanc: u64,
     pub comm: [u8; 16],
     pub binary: [u8; PATH_MAX],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SecPathKey {
+    pub prefixlen: u32,
+    pub path: [u8; PATH_MAX],
 }
 
 #[repr(C)]

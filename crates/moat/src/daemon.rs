@@ -129,26 +129,30 @@ impl Logger {
 pub enum Family {
     Fw,
     Lb,
+    Guard,
 }
 
 impl Family {
-    pub const ALL: [Family; 2] = [Family::Fw, Family::Lb];
+    pub const ALL: [Family; 3] = [Family::Fw, Family::Lb, Family::Guard];
     pub fn file(self) -> &'static str {
         match self {
             Family::Fw => "policy.yaml",
             Family::Lb => "lb.yaml",
+            Family::Guard => "guard.yaml",
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Family::Fw => "fw",
             Family::Lb => "lb",
+            Family::Guard => "guard",
         }
     }
     pub fn paths(self) -> Paths {
         match self {
             Family::Fw => Paths::from_env(),
             Family::Lb => lb::status::paths(),
+            Family::Guard => Paths::from_env_family("guard"),
         }
     }
 }
@@ -497,8 +501,32 @@ impl Daemon {
         }
         let paths = f.paths();
         let canon = fs::canonicalize(&path).unwrap_or(path.clone());
+        // Adopt: an enforcer runs these very bytes.
+        if start
+            && f == Family::Guard
+            && let Some(gs) = crate::guard::read_state()
+            && crate::guard::is_runner(gs.pid)
+            && gs.sha256 == sha
+            && gs.file == canon
+        {
+            st.status = "in force".into();
+            st.sha256 = Some(sha);
+            st.generation = None;
+            st.error = None;
+            st.retry_at = None;
+            st.adopted = true;
+            st.changed_unix = unix_now();
+            self.log.event(
+                "info",
+                "adopted",
+                json!({"family": f.name(), "file": path, "enforcer_pid": gs.pid}),
+            );
+            self.set_state(f, st);
+            return;
+        }
         // Adopt: the kernel runs the generation these very bytes produced.
         if start
+            && f != Family::Guard
             && let Some(src) = source::in_force(&paths)
             && src.sha256 == sha
             && src.file == canon
@@ -526,6 +554,9 @@ impl Daemon {
         let checked: Result<Option<LbConfig>> = match f {
             Family::Fw => fw::apply::load_policy_within(&path, None).map(|_| None),
             Family::Lb => parse_lb(&bytes, &path).map(Some),
+            Family::Guard => moat_core::sec::guard::load(&path)
+                .map(|_| None)
+                .map_err(|e| anyhow::anyhow!("{e}")),
         };
         let lbcfg = match checked {
             Ok(c) => c,
@@ -561,16 +592,20 @@ impl Daemon {
                 &self.lo,
             )
             .map(|r| (r.generation, r.interfaces)),
+            Family::Guard => crate::guard::start_enforcer(&path, None)
+                .map(|pid| (pid, vec![format!("enforcer pid {pid}")])),
         };
         match applied {
             Ok((generation, ifaces)) => {
-                if let Err(e) = source::record(&paths, &path, &bytes, generation, &self.by) {
+                if f == Family::Guard {
+                    // The enforcer's own state.json records the file and its digest.
+                } else if let Err(e) = source::record(&paths, &path, &bytes, generation, &self.by) {
                     self.log
                         .event("warn", "source_record", json!({"error": format!("{e:#}")}));
                 }
                 st.status = "in force".into();
                 st.sha256 = Some(sha);
-                st.generation = Some(generation);
+                st.generation = (f != Family::Guard).then_some(generation);
                 st.error = None;
                 st.retry_at = None;
                 st.adopted = false;

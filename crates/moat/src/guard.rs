@@ -255,6 +255,29 @@ fn stop_runner(pid: u32) {
 /// one it replaces (no gap: both enforce for a moment).
 pub fn apply(path: &Path, ring_bytes: Option<u32>) -> Result<()> {
     let policy = load_policy(path)?;
+    let pid = start_enforcer(path, ring_bytes)?;
+    println!(
+        "guard: {} applied ({} rules), enforcer pid {pid}",
+        path.display(),
+        policy.rules.len(),
+    );
+    for r in &policy.rules {
+        println!(
+            "  {:<28} on {:<8} {:<5} by {}",
+            r.name,
+            r.on.name(),
+            r.action.name(),
+            g::mechanism(r).expect("checked").describe()
+        );
+    }
+    Ok(())
+}
+
+/// Starts an enforcer for FILE (checked first), waits until it enforces,
+/// then stops the one it replaces; returns its pid. On failure nothing
+/// changed: the old enforcer (if any) keeps running.
+pub fn start_enforcer(path: &Path, ring_bytes: Option<u32>) -> Result<u32> {
+    load_policy(path)?;
     sys::require_privileges("moat guard apply")?;
     let dir = state_dir();
     sys::private_dir(&dir)?;
@@ -307,23 +330,9 @@ pub fn apply(path: &Path, ring_bytes: Option<u32>) -> Result<()> {
         stop_runner(o.pid);
     }
     // The runner lives on; it is not our child to wait for.
+    let pid = child.id();
     std::mem::forget(child);
-    println!(
-        "guard: {} applied ({} rules), enforcer pid {}",
-        path.display(),
-        policy.rules.len(),
-        line.trim().trim_start_matches("ready ")
-    );
-    for r in &policy.rules {
-        println!(
-            "  {:<28} on {:<8} {:<5} by {}",
-            r.name,
-            r.on.name(),
-            r.action.name(),
-            g::mechanism(r).expect("checked").describe()
-        );
-    }
-    Ok(())
+    Ok(pid)
 }
 
 fn counts_of(pid: u32, n: usize) -> Option<Vec<abi::SecRuleStat>> {
@@ -386,6 +395,58 @@ pub fn status(json_out: bool) -> Result<()> {
         println!("  note: {rule}: {p} does not exist here (matches nothing)");
     }
     Ok(())
+}
+
+/// The guard's Prometheus metrics (None when no enforcer runs): per rule
+/// from the counts the enforcer pinned.
+pub fn metrics_text() -> Option<String> {
+    let st = read_state().filter(|s| is_runner(s.pid))?;
+    let c = counts_of(st.pid, st.rules.len())?;
+    let mut t = String::new();
+    t.push_str("# HELP moat_sec_guard_rules Rules the guard enforces.\n# TYPE moat_sec_guard_rules gauge\n");
+    t.push_str(&format!("moat_sec_guard_rules {}\n", st.rules.len()));
+    t.push_str("# HELP moat_sec_events_total Events written by guard rules, per hook (operation) and rule.\n# TYPE moat_sec_events_total counter\n");
+    for (r, c) in st.rules.iter().zip(&c) {
+        t.push_str(&format!(
+            "moat_sec_events_total{{hook=\"{}\",rule=\"{}\"}} {}\n",
+            r.on, r.name, c.events
+        ));
+    }
+    t.push_str("# HELP moat_sec_events_lost_total Guard events lost (ring buffer full), per hook.\n# TYPE moat_sec_events_lost_total counter\n");
+    let mut lost: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (r, c) in st.rules.iter().zip(&c) {
+        *lost.entry(r.on.as_str()).or_default() += c.lost;
+    }
+    for (h, n) in lost {
+        t.push_str(&format!("moat_sec_events_lost_total{{hook=\"{h}\"}} {n}\n"));
+    }
+    t.push_str("# HELP moat_sec_matched_total Operations a rule matched (exact, also when events are lost).\n# TYPE moat_sec_matched_total counter\n");
+    for (r, c) in st.rules.iter().zip(&c) {
+        t.push_str(&format!(
+            "moat_sec_matched_total{{rule=\"{}\"}} {}\n",
+            r.name, c.matched
+        ));
+    }
+    for (metric, action, help) in [
+        (
+            "moat_sec_denied_total",
+            "deny",
+            "Operations denied (EPERM), per rule.",
+        ),
+        (
+            "moat_sec_killed_total",
+            "kill",
+            "Processes killed at the operation, per rule.",
+        ),
+    ] {
+        t.push_str(&format!(
+            "# HELP {metric} {help}\n# TYPE {metric} counter\n"
+        ));
+        for (r, c) in st.rules.iter().zip(&c).filter(|(r, _)| r.action == action) {
+            t.push_str(&format!("{metric}{{rule=\"{}\"}} {}\n", r.name, c.acted));
+        }
+    }
+    Some(t)
 }
 
 /// `moat guard detach`.

@@ -140,7 +140,7 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
     },
-    /// Process exec and exit events with their lineage, filtered in the kernel (tp_btf tracepoints).
+    /// Process exec, exit, file-open and connect events with their lineage, filtered in the kernel.
     Watch {
         /// JSON lines instead of text (a last line with totals: "final": true).
         #[arg(long)]
@@ -157,6 +157,12 @@ enum Cmd {
         /// Only processes in this cgroup v2 directory or below.
         #[arg(long, value_name = "PATH")]
         cgroup: Option<PathBuf>,
+        /// Open events for this absolute path (a trailing / covers everything below it), filtered in the kernel.
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<String>,
+        /// Connect events (address, port), filtered in the kernel by --cgroup.
+        #[arg(long)]
+        connect: bool,
         /// Ring buffer bytes (a power of two; default 4 MiB): smaller loses more under a storm, each loss counted.
         #[arg(long, value_name = "BYTES")]
         ring_size: Option<u32>,
@@ -449,6 +455,8 @@ fn main() -> ExitCode {
             exit,
             binary,
             cgroup,
+            files,
+            connect,
             ring_size,
             duration,
         } => moat::sec::watch(
@@ -460,6 +468,8 @@ fn main() -> ExitCode {
                 cgroup,
                 ring_bytes: ring_size,
                 duration,
+                files,
+                connect,
             },
             &log,
         ),

@@ -27,6 +27,8 @@ pub struct WatchCmd {
     pub cgroup: Option<PathBuf>,
     pub ring_bytes: Option<u32>,
     pub duration: Option<Duration>,
+    pub files: Vec<String>,
+    pub connect: bool,
 }
 
 /// Boot-clock ns -> wall clock, for event times.
@@ -42,8 +44,8 @@ fn boot_to_wall(ns: u64) -> SystemTime {
 
 /// `moat watch`.
 pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
-    // Neither asked: both.
-    let (exec, exit) = if !c.exec && !c.exit {
+    // Nothing asked: exec and exit.
+    let (exec, exit) = if !c.exec && !c.exit && c.files.is_empty() && !c.connect {
         (true, true)
     } else {
         (c.exec, c.exit)
@@ -55,12 +57,14 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
             binaries: c.binaries.clone(),
             cgroup: c.cgroup.clone(),
             ring_bytes: c.ring_bytes,
+            files: c.files.clone(),
+            connect: c.connect,
         },
         log,
     )?;
     let stop = sys::stop_flag()?;
     eprintln!(
-        "attached: {} (tp_btf sched_process_fork/exec/exit; prog ids {}); {} processes from /proc; events: {}{}{}",
+        "attached: {} (prog ids {}); {} processes from /proc; events: {}{}{}",
         w.programs
             .iter()
             .map(|p| p.name.as_str())
@@ -72,11 +76,16 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         w.seeded,
-        [exec.then_some("exec"), exit.then_some("exit")]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(", "),
+        [
+            exec.then_some("exec"),
+            exit.then_some("exit"),
+            (!c.files.is_empty()).then_some("open"),
+            c.connect.then_some("connect"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", "),
         if c.binaries.is_empty() {
             String::new()
         } else {
@@ -97,7 +106,9 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
     let t0 = Instant::now();
     let mut got: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut out = std::io::stdout().lock();
+    let mut guard_tail = GuardTail::open();
     loop {
+        guard_tail.relay(&mut out, c.json, &mut got)?;
         let done = stop.load(Ordering::Relaxed) || c.duration.is_some_and(|d| t0.elapsed() >= d);
         let evs = w.poll(if done {
             Duration::ZERO
@@ -115,12 +126,13 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
                         binary: e.binary.clone(),
                         parent: e.parent_exec_id,
                         exited: false,
+                        cgroup: e.cgroup_id,
                     },
                 );
             }
             let ancestors = w
                 .lineage
-                .ancestors_with(e.parent_exec_id, 32, |x| w.kernel_node(x));
+                .ancestors_with(e.parent_exec_id, 32, e.cgroup_id, |x| w.kernel_node(x));
             let cwd = if raw.kind == abi::EV_EXEC {
                 cwd_of(e.pid)
             } else {
@@ -160,6 +172,24 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
                         } else {
                             format!("  [{}]", e.flags.join(", "))
                         },
+                    )?,
+                    abi::EV_OPEN => writeln!(
+                        out,
+                        "{time} open  {:>7} {} {} {}  exec_id {}",
+                        e.pid,
+                        e.binary,
+                        e.path.as_deref().unwrap_or(""),
+                        e.access.unwrap_or(""),
+                        e.exec_id
+                    )?,
+                    abi::EV_CONNECT => writeln!(
+                        out,
+                        "{time} connect {:>5} {} {} port {}  exec_id {}",
+                        e.pid,
+                        e.binary,
+                        e.remote.as_deref().unwrap_or(""),
+                        e.port.unwrap_or(0),
+                        e.exec_id
                     )?,
                     _ => writeln!(
                         out,
@@ -224,6 +254,88 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
     Ok(())
 }
 
+/// The guard's events (STATE_ROOT/guard/events.jsonl, written by the
+/// enforcer) from the moment watch started, relayed as they are written.
+struct GuardTail {
+    path: PathBuf,
+    f: Option<std::fs::File>,
+    ino: u64,
+    partial: String,
+}
+
+impl GuardTail {
+    fn open() -> GuardTail {
+        let path = crate::guard::state_dir().join("events.jsonl");
+        let mut t = GuardTail {
+            path,
+            f: None,
+            ino: 0,
+            partial: String::new(),
+        };
+        t.reopen(true);
+        t
+    }
+    fn reopen(&mut self, at_end: bool) {
+        use std::{io::Seek, os::unix::fs::MetadataExt};
+        self.f = std::fs::File::open(&self.path).ok().map(|mut f| {
+            if at_end {
+                let _ = f.seek(std::io::SeekFrom::End(0));
+            }
+            self.ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
+            f
+        });
+        self.partial.clear();
+    }
+    fn relay(
+        &mut self,
+        out: &mut impl Write,
+        json_out: bool,
+        got: &mut BTreeMap<&'static str, u64>,
+    ) -> Result<()> {
+        use std::{io::Read, os::unix::fs::MetadataExt};
+        // Rotated or created since: read the new file from its start.
+        let now = std::fs::metadata(&self.path).map(|m| m.ino()).unwrap_or(0);
+        if now != 0 && now != self.ino {
+            self.reopen(false);
+        }
+        let Some(f) = &mut self.f else {
+            return Ok(());
+        };
+        let mut buf = String::new();
+        let _ = f.read_to_string(&mut buf);
+        self.partial.push_str(&buf);
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+                continue;
+            };
+            *got.entry("guard").or_default() += 1;
+            if json_out {
+                let mut v = v;
+                v["source"] = json!("guard");
+                writeln!(out, "{v}")?;
+            } else {
+                let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+                writeln!(
+                    out,
+                    "{} guard {:<4} rule {} {} {:>7} {} {}",
+                    s("time"),
+                    s("action"),
+                    s("rule"),
+                    s("event"),
+                    v["pid"],
+                    s("binary"),
+                    v["path"]
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| s("remote"))
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn short(b: &str) -> &str {
     b.rsplit('/').next().unwrap_or(b)
 }
@@ -256,7 +368,7 @@ pub fn ps(tree: bool, json_out: bool) -> Result<()> {
                 json!({"pid": p.pid, "ppid": p.ppid, "exec_id": p.xid, "parent_exec_id": p.parent,
                        "binary": p.binary, "comm": p.comm, "args": p.args, "uid": p.uid, "gid": p.gid,
                        "cwd": cwd_of(p.pid),
-                       "ancestors": lineage.ancestors(p.parent, 32)})
+                       "ancestors": lineage.ancestors_with(p.parent, 32, p.cgroup, |_| None)})
             )?;
         }
         return Ok(());

@@ -24,6 +24,18 @@ fn ago(unix: u64) -> String {
 }
 
 fn family_view(f: Family) -> Value {
+    if f == Family::Guard {
+        let st = crate::guard::read_state().filter(|s| crate::guard::is_runner(s.pid));
+        return json!({
+            "family": f.name(),
+            "running": st.is_some(),
+            "generation": null,
+            "interfaces": [],
+            "source": st.as_ref().map(|s| json!({"file": s.file, "sha256": s.sha256,
+                "applied_by": format!("enforcer pid {}", s.pid), "applied_unix": s.started_unix})),
+            "detail": st.as_ref().map(|s| json!({"rules": s.rules.len(), "pid": s.pid})).unwrap_or(json!({})),
+        });
+    }
     let p: Paths = f.paths();
     let generation = source::kernel_generation(&p);
     let rec = source::read(&p);
@@ -41,6 +53,7 @@ fn family_view(f: Family) -> Value {
                 json!({}),
             )
         }
+        Family::Guard => (vec![], json!({})),
         Family::Lb => match lb::status::status_at(&p) {
             Ok(st) if st.running => {
                 let backends: Vec<_> = st.services.iter().flat_map(|s| &s.backends).collect();
@@ -112,9 +125,17 @@ pub fn status(json_out: bool) -> Result<()> {
         let title = match f {
             Family::Fw => "firewall",
             Family::Lb => "load balancer",
+            Family::Guard => "guard",
         };
         if v["running"] != true {
             println!("{title:<14} not running");
+        } else if *f == Family::Guard {
+            println!(
+                "{title:<14} {} rules from {} (enforcer pid {}; moat guard status)",
+                v["detail"]["rules"],
+                v["source"]["file"].as_str().unwrap_or("?"),
+                v["detail"]["pid"]
+            );
         } else {
             let ifs: Vec<&str> = v["interfaces"]
                 .as_array()

@@ -78,18 +78,21 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &LbRoot, dir: &Path, netns: &str) -> Daemon {
+        Self::start_with(root, dir, &["--netns", netns])
+    }
+
+    fn start_with(root: &LbRoot, dir: &Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(common::moat_bin())
             .args([
                 "daemon",
                 "--config-dir",
                 dir.to_str().unwrap(),
-                "--netns",
-                netns,
                 "--metrics",
                 "127.0.0.1:0",
                 "--retry",
                 "1",
             ])
+            .args(extra)
             .envs(root.env())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -717,4 +720,81 @@ fn shipped_unit_verifies_and_its_execstart_runs() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = child.wait().unwrap();
     assert!(st.success(), "{st:?}: {seen:?}");
+}
+
+/// guard.yaml: applied at start (the enforcer denies at once), its counts in
+/// the daemon's metrics, adopted (not restarted) when the daemon is killed
+/// and started again, a broken edit refused while the enforcer keeps going.
+#[test]
+fn the_daemon_applies_and_adopts_guard_yaml() {
+    if !common::privileged("the_daemon_applies_and_adopts_guard_yaml") {
+        return;
+    }
+    let tag = common::tag("dg");
+    let root = LbRoot::new(&tag);
+    let cg = common::Cgroup::new(&tag);
+    let dir = config_dir(&root);
+    let secret = root.dir.join("secret");
+    std::fs::write(&secret, "s\n").unwrap();
+    let yaml = format!(
+        "rules:\n  - name: daemon-deny\n    on: open\n    match: {{ path: [{}], cgroup: {} }}\n    action: deny\n",
+        secret.display(),
+        cg.0.display()
+    );
+    save(&dir, "guard.yaml", &yaml);
+    let mut d = Daemon::start_with(&root, &dir, &[]);
+    let a = d.wait(
+        &[("event", "applied"), ("family", "guard")],
+        Duration::from_secs(30),
+    );
+    let m = d.wait(&[("event", "metrics")], Duration::from_secs(10));
+    let maddr = m["listen"].as_str().unwrap().to_string();
+    let cat = || {
+        cg.command("cat", &[secret.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    assert!(!cat().status.success(), "not denied after {a}");
+    let mt = metrics(&maddr);
+    assert!(
+        mt.contains("moat_sec_denied_total{rule=\"daemon-deny\"} 1"),
+        "{mt}"
+    );
+    assert!(
+        mt.contains("moat_sec_events_total{hook=\"open\",rule=\"daemon-deny\"} 1"),
+        "{mt}"
+    );
+    let st: Value = serde_json::from_str(&root.ok(&["guard", "status", "--json"])).unwrap();
+    let pid = st["pid"].as_u64().unwrap();
+    // Killed and started again: the same enforcer is adopted.
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let mut d = Daemon::start_with(&root, &dir, &[]);
+    d.wait(
+        &[("event", "adopted"), ("family", "guard")],
+        Duration::from_secs(30),
+    );
+    let st: Value = serde_json::from_str(&root.ok(&["guard", "status", "--json"])).unwrap();
+    assert_eq!(
+        st["pid"].as_u64().unwrap(),
+        pid,
+        "the enforcer was replaced"
+    );
+    assert!(!cat().status.success());
+    // A broken edit is refused; the enforcer keeps denying.
+    save(
+        &dir,
+        "guard.yaml",
+        "rules:\n  - name: x\n    on: setuid\n    action: deny\n",
+    );
+    let r = d.wait(
+        &[("event", "refused"), ("family", "guard")],
+        Duration::from_secs(10),
+    );
+    assert!(r.to_string().contains("guard.yaml:"), "{r}");
+    assert!(!cat().status.success());
+    let status = root.ok(&["status"]);
+    assert!(status.contains("guard"), "{status}");
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    d.child.wait().unwrap();
 }

@@ -535,3 +535,52 @@ fn the_rule_pack_detects_what_it_names() {
     // Nothing outside the throwaway cgroup: every event's pid was ours.
     assert!(evs.iter().all(|e| e["action"] == "log"), "{out}");
 }
+
+/// Guard events also appear in `moat watch --json`, naming the rule and
+/// the action (source "guard").
+#[test]
+fn guard_events_appear_in_watch() {
+    if !privileged("guard_events_appear_in_watch") {
+        return;
+    }
+    let t = tag("gw");
+    let root = GuardRoot::new(&t);
+    let cg = Cgroup::new(&t);
+    let secret = root.dir.join("secret");
+    std::fs::write(&secret, "s\n").unwrap();
+    let policy = root.file(
+        "guard.yaml",
+        &format!(
+            "rules:\n  - name: watched-deny\n    on: open\n    match: {{ path: [{}], cgroup: {} }}\n    action: deny\n",
+            secret.display(),
+            cg.0.display()
+        ),
+    );
+    root.ok(&["guard", "apply", "-f", &policy.display().to_string()]);
+    let watch = common::MoatProc::spawn_env(
+        &[
+            "watch",
+            "--json",
+            "--exec",
+            "--binary",
+            "/nonexistent",
+            "--duration",
+            "4",
+        ],
+        &root.env(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = run(cg.command("cat", &[&secret.display().to_string()]).output());
+    assert!(!o.status.success());
+    let (ok, out, err) = watch.finish();
+    assert!(ok, "{out}{err}");
+    let g: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["source"] == "guard")
+        .collect();
+    assert_eq!(g.len(), 1, "{out}");
+    assert_eq!(g[0]["rule"], "watched-deny");
+    assert_eq!(g[0]["action"], "deny");
+    assert_eq!(g[0]["path"], secret.display().to_string());
+}

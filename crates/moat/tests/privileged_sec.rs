@@ -350,3 +350,90 @@ fn an_exec_storm_is_counted_exactly() {
     );
     eprintln!("exec storm: {N} processes in {took:?}: {last}");
 }
+
+/// `--file` and `--connect`: opens under a watched prefix or of an exact
+/// path (with the access mode) and connects, from the test's cgroup only,
+/// filtered in the kernel: nothing else is reported or counted.
+#[test]
+fn file_opens_and_connects_are_filtered_in_the_kernel() {
+    if !common::privileged("file_opens_and_connects_are_filtered_in_the_kernel") {
+        return;
+    }
+    let tag = common::tag("sf");
+    let cg = Cgroup::new(&tag);
+    let d = std::env::temp_dir().join(format!("moat-sec-{tag}"));
+    std::fs::create_dir_all(d.join("watched")).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(d.clone());
+    for f in ["watched/a", "watched/b", "exact", "exactX", "other"] {
+        std::fs::write(d.join(f), "x\n").unwrap();
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let p = |f: &str| d.join(f).display().to_string();
+    let cgs = cg.0.display().to_string();
+    let mut w = Watch::start(&[
+        "--cgroup",
+        &cgs,
+        "--file",
+        &format!("{}/", p("watched")),
+        "--file",
+        &p("exact"),
+        "--connect",
+    ]);
+    // From outside the cgroup: not reported.
+    std::fs::read(d.join("watched/a")).unwrap();
+    let script = format!(
+        "cat {a} {x} {xx} {o} > /dev/null; echo y >> {b}; echo hi > /dev/tcp/127.0.0.1/{port}",
+        a = p("watched/a"),
+        x = p("exact"),
+        xx = p("exactX"),
+        o = p("other"),
+        b = p("watched/b"),
+    );
+    let st = cg.command("bash", &["-c", &script]).status().unwrap();
+    assert!(st.success());
+    let _ = l.accept().unwrap();
+    let evs = w.collect(4, Duration::from_secs(10), |v| {
+        v["event"] == "open" || v["event"] == "connect"
+    });
+    let (fin, rest) = w.finish();
+    let all: Vec<&Value> = evs.iter().chain(rest.iter()).collect();
+    let open = |path: &str| {
+        all.iter()
+            .find(|v| v["event"] == "open" && v["path"] == path)
+            .unwrap_or_else(|| panic!("no open of {path}: {all:?}"))
+    };
+    assert_eq!(open(&p("watched/a"))["access"], "read");
+    assert_eq!(open(&p("watched/a"))["binary"], "/usr/bin/cat");
+    assert_eq!(open(&p("exact"))["access"], "read");
+    assert_eq!(open(&p("watched/b"))["access"], "write");
+    let c = all
+        .iter()
+        .find(|v| v["event"] == "connect")
+        .expect("a connect event");
+    assert_eq!(c["remote"], "127.0.0.1");
+    assert_eq!(c["port"], port);
+    for v in &all {
+        if v["event"] == "open" {
+            let path = v["path"].as_str().unwrap();
+            assert!(
+                path != p("exactX") && path != p("other"),
+                "reported an unwatched path: {v}"
+            );
+            assert_ne!(
+                v["pid"],
+                std::process::id(),
+                "an open from outside the cgroup: {v}"
+            );
+        }
+    }
+    assert_eq!(fin["hooks"]["open"]["matched"], 3, "{fin}");
+    assert_eq!(fin["hooks"]["open"]["events"], 3, "{fin}");
+    assert_eq!(fin["hooks"]["connect"]["matched"], 1, "{fin}");
+}

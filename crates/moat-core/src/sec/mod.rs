@@ -110,6 +110,8 @@ pub struct Node {
     pub binary: String,
     pub parent: Xid,
     pub exited: bool,
+    /// cgroup v2 id (0: unknown).
+    pub cgroup: u64,
 }
 
 /// Exec id -> image, for ancestors: kept from /proc at start and from the
@@ -167,16 +169,18 @@ impl Lineage {
     }
     /// Ancestors from the parent up: to pid 1, an unknown image, or `max`.
     pub fn ancestors(&self, parent: Xid, max: usize) -> Vec<Ancestor> {
-        self.ancestors_with(parent, max, |_| None)
+        self.ancestors_with(parent, max, 0, |_| None)
     }
 
     /// [`Lineage::ancestors`], asking `other` (e.g. the kernel's process
     /// table) for images this lineage has not seen (their exec events were
-    /// filtered out in the kernel).
+    /// filtered out in the kernel), and stopping after the first ancestor
+    /// outside cgroup `within` (0: do not stop at cgroups).
     pub fn ancestors_with(
         &self,
         parent: Xid,
         max: usize,
+        within: u64,
         other: impl Fn(Xid) -> Option<Node>,
     ) -> Vec<Ancestor> {
         let mut out = Vec::new();
@@ -200,6 +204,9 @@ impl Lineage {
             });
             if n.pid <= 1 || n.parent == at {
                 break;
+            }
+            if within != 0 && n.cgroup != 0 && n.cgroup != within {
+                break; // the first one outside the event's cgroup
             }
             at = n.parent;
         }
@@ -234,6 +241,11 @@ pub struct Event {
     pub rule_index: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
+    /// open: the path (as given to the syscall) and the access mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<&'static str>,
     /// connect: the remote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
@@ -245,6 +257,16 @@ pub struct Event {
     /// setid: the first argument (the new id); ptrace: the target pid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arg: Option<u64>,
+}
+
+/// The access mode of open(2) flags: read, write or read_write.
+pub fn open_access(flags: u64) -> &'static str {
+    match flags & 3 {
+        0 if flags & 0o1000 != 0 => "read_write", // O_RDONLY | O_TRUNC truncates
+        0 => "read",
+        1 => "write",
+        _ => "read_write",
+    }
 }
 
 /// The event name of a kind.
@@ -286,6 +308,8 @@ impl Event {
             binary: cstr(&e.binary),
             comm: cstr(&e.comm),
             args: exec.then(|| split_args(&e.args[..n])),
+            path: (e.kind == abi::EV_OPEN && e.rule == 0).then(|| cstr(&e.args[..n])),
+            access: (e.kind == abi::EV_OPEN && e.rule == 0).then_some(open_access(e.arg0)),
             uid: e.uid,
             gid: e.gid,
             cgroup_id: e.cgroup,
@@ -340,6 +364,7 @@ mod tests {
                 binary: "/sbin/init".into(),
                 parent: Xid::default(),
                 exited: false,
+                cgroup: 0,
             },
         );
         l.insert(
@@ -349,6 +374,7 @@ mod tests {
                 binary: "/bin/sh".into(),
                 parent: init,
                 exited: false,
+                cgroup: 0,
             },
         );
         l.insert(
@@ -358,6 +384,7 @@ mod tests {
                 binary: "/bin/sleep".into(),
                 parent: sh,
                 exited: false,
+                cgroup: 0,
             },
         );
         let a = l.ancestors(sh, 10);
@@ -366,6 +393,32 @@ mod tests {
             ["/bin/sh", "/sbin/init"]
         );
         assert!(l.ancestors(Xid { pid: 9, ns: 9 }, 10).is_empty());
+        // A cgroup boundary: the first ancestor outside the event's cgroup
+        // (id 7) ends the chain.
+        let mut l2 = Lineage::new(10);
+        for (x, pid, bin, parent, cg) in [
+            (init, 1, "/sbin/init", Xid::default(), 1),
+            (Xid { pid: 40, ns: 40 }, 40, "/usr/sbin/svc", init, 1),
+            (sh, 50, "/bin/sh", Xid { pid: 40, ns: 40 }, 7),
+        ] {
+            l2.insert(
+                x,
+                Node {
+                    pid,
+                    binary: bin.into(),
+                    parent,
+                    exited: false,
+                    cgroup: cg,
+                },
+            );
+        }
+        let a = l2.ancestors_with(sh, 10, 7, |_| None);
+        assert_eq!(
+            a.iter().map(|x| x.pid).collect::<Vec<_>>(),
+            vec![50, 40],
+            "{a:?}"
+        );
+        assert_eq!(l2.ancestors_with(sh, 10, 0, |_| None).len(), 3);
         assert_eq!(l.ancestors(sleep, 1).len(), 1);
     }
 
@@ -384,6 +437,7 @@ mod tests {
                     binary: "b".into(),
                     parent: Xid::default(),
                     exited: false,
+                    cgroup: 0,
                 },
             );
             l.exited(x);

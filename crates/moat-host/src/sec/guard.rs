@@ -182,6 +182,31 @@ pub fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
+/// Loads tracepoint program `name` and attaches it to each of the
+/// syscalls/`points` (mounting tracefs first when needed).
+pub fn load_syscall_tp(
+    bpf: &mut Ebpf,
+    name: &str,
+    points: &[&str],
+    log: &LogOpts,
+) -> Result<Loaded> {
+    ensure_tracefs()?;
+    let loaded = loader::load_with(bpf, name, log, |p| {
+        let p: &mut TracePoint = p.try_into().map_err(|e| anyhow!("{name}: {e}"))?;
+        Ok(p.load())
+    })?;
+    let p: &mut TracePoint = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("no {name}"))?
+        .try_into()
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    for tp in points {
+        p.attach("syscalls", tp)
+            .map_err(|e| anyhow!("attaching {name} to syscalls/{tp}: {e}"))?;
+    }
+    Ok(loaded)
+}
+
 fn fan_mark(fd: RawFd, flags: u32, mask: u64, path: &str) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path)
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -469,23 +494,8 @@ impl Guard {
         if compiled.ptrace {
             tps.push((abi::PROG_PTRACE, vec!["sys_enter_ptrace"]));
         }
-        if !tps.is_empty() {
-            ensure_tracefs()?;
-        }
         for (name, points) in tps {
-            programs.push(loader::load_with(&mut bpf, name, log, |p| {
-                let p: &mut TracePoint = p.try_into().map_err(|e| anyhow!("{name}: {e}"))?;
-                Ok(p.load())
-            })?);
-            let p: &mut TracePoint = bpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("no {name}"))?
-                .try_into()
-                .map_err(|e| anyhow!("{name}: {e}"))?;
-            for tp in points {
-                p.attach("syscalls", tp)
-                    .map_err(|e| anyhow!("attaching {name} to syscalls/{tp}: {e}"))?;
-            }
+            programs.push(load_syscall_tp(&mut bpf, name, &points, log)?);
         }
         if compiled.connect {
             let root = fs::File::open(&cg_root)
@@ -573,15 +583,16 @@ impl Guard {
         t.get(&tgid, 0).ok()
     }
 
-    fn ancestors(&self, parent: Xid) -> Vec<moat_core::sec::Ancestor> {
+    fn ancestors(&self, parent: Xid, within: u64) -> Vec<moat_core::sec::Ancestor> {
         let empty = Lineage::new(1);
-        empty.ancestors_with(parent, 32, |x| {
+        empty.ancestors_with(parent, 32, within, |x| {
             let e = self.proc_entry(x.pid)?;
             (Xid::of(&e.xid) == x).then(|| Node {
                 pid: x.pid,
                 binary: cstr(&e.binary),
                 parent: Xid::of(&e.parent),
                 exited: false,
+                cgroup: e.cgroup,
             })
         })
     }
@@ -636,7 +647,7 @@ impl Guard {
                 };
                 let r = &self.policy.rules[ri];
                 let ge = GuardEvent {
-                    ancestors: self.ancestors(ev.parent_exec_id),
+                    ancestors: self.ancestors(ev.parent_exec_id, ev.cgroup_id),
                     rule: r.name.clone(),
                     rule_action: r.action,
                     action: Action::of_abi(raw.action).unwrap_or(Action::Log),
@@ -802,9 +813,9 @@ impl Guard {
                 }];
                 if !exec {
                     a.clear();
-                    a.extend(self.ancestors(Xid::of(&e.parent)));
+                    a.extend(self.ancestors(Xid::of(&e.parent), e.cgroup));
                 } else {
-                    a.extend(self.ancestors(Xid::of(&e.parent)));
+                    a.extend(self.ancestors(Xid::of(&e.parent), e.cgroup));
                 }
                 a
             })
@@ -884,6 +895,7 @@ fn seed(bpf: &mut Ebpf, c: &Compiled) -> Result<usize> {
             ppid: p.ppid,
             uid: p.uid,
             gid: p.gid,
+            cgroup: p.cgroup,
             bin: masks[i].bin,
             notbin: masks[i].notbin,
             anc,

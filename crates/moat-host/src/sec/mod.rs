@@ -35,6 +35,23 @@ pub struct WatchOpts {
     pub cgroup: Option<PathBuf>,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: Option<u32>,
+    /// Open events for these absolute paths (a trailing `/`: everything below).
+    pub files: Vec<String>,
+    /// Connect events (every connect(2) to an IPv4 or IPv6 address).
+    pub connect: bool,
+}
+
+/// The LPM key of a watched path: a prefix without its NUL, an exact path
+/// with it (so `/etc/shadow` does not cover `/etc/shadow-`).
+pub fn path_key(p: &str) -> abi::SecPathKey {
+    let mut k = abi::SecPathKey {
+        prefixlen: 0,
+        path: [0; abi::PATH_MAX],
+    };
+    fill(&mut k.path, p);
+    let n = p.len().min(abi::PATH_MAX - 1);
+    k.prefixlen = if p.ends_with('/') { n * 8 } else { (n + 1) * 8 } as u32;
+    k
 }
 
 /// One process as /proc shows it.
@@ -49,6 +66,8 @@ pub struct ProcInfo {
     pub uid: u32,
     pub gid: u32,
     pub args: Vec<String>,
+    /// cgroup v2 id (0: unknown).
+    pub cgroup: u64,
 }
 
 /// Every process /proc lists now (kernel threads included), with exec ids
@@ -60,6 +79,7 @@ pub fn proc_snapshot() -> Vec<ProcInfo> {
         return vec![];
     };
     let mut starts = std::collections::HashMap::new();
+    let cg_root = guard::cgroup2_root().ok();
     for e in rd.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
@@ -89,10 +109,15 @@ pub fn proc_snapshot() -> Vec<ProcInfo> {
         let args = fs::read(dir.join("cmdline"))
             .map(|b| moat_core::sec::split_args(&b))
             .unwrap_or_default();
-        raw.push((st, uid, gid, binary, args));
+        let cgroup = cg_root
+            .as_ref()
+            .and_then(|r| cgroup_id_of(r, pid))
+            .unwrap_or(0);
+        raw.push((st, uid, gid, binary, args, cgroup));
     }
     raw.into_iter()
-        .map(|(st, uid, gid, binary, args)| ProcInfo {
+        .map(|(st, uid, gid, binary, args, cgroup)| ProcInfo {
+            cgroup,
             pid: st.pid,
             ppid: st.ppid,
             xid: Xid::from_start_ticks(st.pid, st.start_ticks),
@@ -113,6 +138,15 @@ pub fn proc_snapshot() -> Vec<ProcInfo> {
         .collect()
 }
 
+/// The cgroup v2 id of `pid` (the inode of its cgroup directory).
+pub fn cgroup_id_of(cg_root: &Path, pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let rel = guard::cgroup_of(pid)?;
+    fs::metadata(cg_root.join(rel.trim_start_matches('/')))
+        .ok()
+        .map(|m| m.ino())
+}
+
 /// The lineage of what runs now.
 pub fn lineage_of(procs: &[ProcInfo]) -> Lineage {
     let mut l = Lineage::new(200_000);
@@ -124,6 +158,7 @@ pub fn lineage_of(procs: &[ProcInfo]) -> Lineage {
                 binary: p.binary.clone(),
                 parent: p.parent,
                 exited: false,
+                cgroup: p.cgroup,
             },
         );
     }
@@ -193,10 +228,36 @@ impl Watcher {
                 })?),
                 None => None,
             };
+        for f in &o.files {
+            if !f.starts_with('/') || f.len() >= abi::PATH_MAX || f.contains("/../") {
+                bail!(
+                    "--file {f}: give an absolute path (shorter than {} bytes; a trailing / for a prefix)",
+                    abi::PATH_MAX
+                );
+            }
+        }
+        if o.files.len() > abi::PATHS_MAX as usize {
+            bail!("--file: at most {} paths", abi::PATHS_MAX);
+        }
         let mut bpf = loader::open_with(moat_ebpf::SEC, log, |l| {
             l.map_max_entries(abi::MAP_EVENTS, ring);
         })?;
         let mut flags = 0;
+        if !o.files.is_empty() {
+            flags |= abi::CF_OPEN;
+            let mut m: aya::maps::LpmTrie<_, [u8; abi::PATH_MAX], u8> =
+                aya::maps::LpmTrie::try_from(
+                    bpf.map_mut(abi::MAP_PATHS)
+                        .ok_or_else(|| anyhow!("no {}", abi::MAP_PATHS))?,
+                )?;
+            for f in &o.files {
+                let k = path_key(f);
+                m.insert(&aya::maps::lpm_trie::Key::new(k.prefixlen, k.path), 1, 0)?;
+            }
+        }
+        if o.connect {
+            flags |= abi::CF_CONNECT;
+        }
         if o.exec {
             flags |= abi::CF_EXEC;
         }
@@ -246,6 +307,18 @@ impl Watcher {
         ] {
             programs.push(load_tp(&mut bpf, name, tp, &btf, log)?);
         }
+        let mut tps: Vec<(&str, &[&str])> = Vec::new();
+        if !o.files.is_empty() {
+            // tp_btf/sys_enter: the raw tracepoint, cheaper per call than
+            // the syscalls/sys_enter_open* events (no perf record).
+            programs.push(load_tp(&mut bpf, abi::PROG_OPEN, "sys_enter", &btf, log)?);
+        }
+        if o.connect {
+            tps.push((abi::PROG_CONNECT_TP, &["sys_enter_connect"]));
+        }
+        for (name, points) in tps {
+            programs.push(guard::load_syscall_tp(&mut bpf, name, points, log)?);
+        }
         // Then what already runs, without overwriting what the programs
         // wrote meanwhile (BPF_NOEXIST).
         let procs = proc_snapshot();
@@ -262,6 +335,7 @@ impl Watcher {
                     ppid: p.ppid,
                     uid: p.uid,
                     gid: p.gid,
+                    cgroup: p.cgroup,
                     ..Default::default()
                 };
                 fill(&mut e.comm, &p.comm);
@@ -334,6 +408,7 @@ impl Watcher {
             binary: moat_core::sec::cstr(&e.binary),
             parent: Xid::of(&e.parent),
             exited: false,
+            cgroup: e.cgroup,
         })
     }
 

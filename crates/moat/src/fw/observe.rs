@@ -472,10 +472,15 @@ pub fn families_metrics(paths: &Paths, lb_paths: &Paths) -> Result<String> {
     let fw = running(paths).ok().map(|_| counters(paths));
     let lb = (!moat_host::lb::status::links(lb_paths).is_empty())
         .then(|| moat_host::lb::status::status_at(lb_paths));
+    let guard = crate::guard::metrics_text();
     let mut text = String::new();
+    if let Some(g) = &guard {
+        text.push_str(g);
+    }
     match (fw, lb) {
         (Some(Err(e)), _) | (_, Some(Err(e))) => return Err(e),
-        (None, None) => bail!("neither the firewall nor the load balancer runs"),
+        (None, None) if guard.is_some() => {}
+        (None, None) => bail!("neither the firewall, the load balancer nor the guard runs"),
         (fw, lb) => {
             if let Some(Ok(cn)) = fw {
                 text.push_str(&metrics_text(&cn));
