@@ -188,6 +188,13 @@ struct {
 	__type(value, struct sec_path_key);
 } sec_pkey SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SEC_PORTS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sec_gports SEC(".maps");
+
 static __always_inline struct sec_stat *sec_stat(__u32 hook)
 {
 	return bpf_map_lookup_elem(&sec_stats, &hook);
@@ -397,6 +404,13 @@ static __always_inline __u32 sec_guard_op(__u32 op, __u32 kind, __u32 hook,
 					  const struct sec_net *net, __u32 family,
 					  const __u8 *addr, __u32 port, __u64 arg0, __u64 arg1)
 {
+	__u64 portm = 0;
+
+	if (op == SEC_OP_LISTEN || op == SEC_OP_LISTEN_TP) {
+		const __u64 *pm = bpf_map_lookup_elem(&sec_gports, &port);
+
+		portm = pm ? *pm : 0;
+	}
 	const struct sec_guard *g = sec_guard();
 	struct sec_stat *st = sec_stat(hook);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -410,6 +424,7 @@ static __always_inline __u32 sec_guard_op(__u32 op, __u32 kind, __u32 hook,
 	if (!g || !g->op[op])
 		return 0;
 	cand = g->op[op];
+	cand &= ~g->need_port | portm;
 	cand &= ~g->need_remote | (net ? net->remote : 0);
 	if (net)
 		cand &= ~net->remote_not;
@@ -836,6 +851,70 @@ int sec_ptrace(struct sys_enter_ctx *ctx)
 		return 0;
 	if (sec_guard_op(SEC_OP_PTRACE, SEC_EV_PTRACE, SEC_HOOK_PTRACE, 0, 0, 0, 0, req,
 			 ctx->args[1]) == SEC_ACT_KILL)
+		bpf_send_signal(SIGKILL);
+	return 0;
+}
+
+/* Guard: listen (binds of a local port): log and deny at cgroup/post_bind
+ * (the bind fails with EPERM, so nothing listens). */
+SEC("cgroup/post_bind4")
+int sec_bind4(struct bpf_sock *ctx)
+{
+	__u8 addr[16] = {};
+	__u32 ip = ctx->src_ip4;
+	__u32 port = ctx->src_port;
+
+	__builtin_memcpy(addr, &ip, 4);
+	if (sec_guard_op(SEC_OP_LISTEN, SEC_EV_LISTEN, SEC_HOOK_LISTEN, 0, AF_INET, addr, port,
+			 ctx->protocol, 0) == SEC_ACT_DENY)
+		return 0;
+	return 1;
+}
+
+SEC("cgroup/post_bind6")
+int sec_bind6(struct bpf_sock *ctx)
+{
+	__u32 ip[4];
+	__u32 port = ctx->src_port;
+
+	ip[0] = ctx->src_ip6[0];
+	ip[1] = ctx->src_ip6[1];
+	ip[2] = ctx->src_ip6[2];
+	ip[3] = ctx->src_ip6[3];
+	if (sec_guard_op(SEC_OP_LISTEN, SEC_EV_LISTEN, SEC_HOOK_LISTEN, 0, AF_INET6,
+			 (const __u8 *)ip, port, ctx->protocol, 0) == SEC_ACT_DENY)
+		return 0;
+	return 1;
+}
+
+/* Guard: listen, kill rules: at bind(2) of a matching port. */
+SEC("tracepoint/syscalls/sys_enter_bind")
+int sec_bind_tp(struct sys_enter_ctx *ctx)
+{
+	struct {
+		__u16 family;
+		__u16 port;
+		__u32 flow;
+		__u8 addr6[16];
+	} sa = {};
+	__u8 addr[16] = {};
+	__u32 family;
+
+	if (bpf_probe_read_user(&sa, sizeof(sa.family) + sizeof(sa.port) + sizeof(sa.flow),
+				(const void *)ctx->args[1]))
+		return 0;
+	family = sa.family;
+	if (family == AF_INET) {
+		__builtin_memcpy(addr, &sa.flow, 4);
+	} else if (family == AF_INET6) {
+		if (bpf_probe_read_user(&sa, sizeof(sa), (const void *)ctx->args[1]))
+			return 0;
+		__builtin_memcpy(addr, sa.addr6, 16);
+	} else {
+		return 0;
+	}
+	if (sec_guard_op(SEC_OP_LISTEN_TP, SEC_EV_LISTEN, SEC_HOOK_LISTEN, 0, family, addr,
+			 bpf_ntohs(sa.port), 0, 0) == SEC_ACT_KILL)
 		bpf_send_signal(SIGKILL);
 	return 0;
 }

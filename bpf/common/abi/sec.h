@@ -26,6 +26,9 @@
 #define SEC_PROG_CONNECT_TP "sec_connect_tp" /* tracepoint sys_enter_connect: kill */
 #define SEC_PROG_SETID "sec_setid"   /* tracepoint sys_enter_set*id, capset */
 #define SEC_PROG_PTRACE "sec_ptrace" /* tracepoint sys_enter_ptrace */
+#define SEC_PROG_BIND4 "sec_bind4"   /* cgroup/post_bind4: listen log, deny */
+#define SEC_PROG_BIND6 "sec_bind6"   /* cgroup/post_bind6: listen log, deny */
+#define SEC_PROG_BIND_TP "sec_bind_tp" /* tracepoint sys_enter_bind: listen kill */
 /* moat watch --file (open, openat, openat2, creat): */
 #define SEC_PROG_OPEN "sec_open"     /* tp_btf/sys_enter (open, openat, openat2, creat) */
 
@@ -60,6 +63,8 @@
  *   the path prefixes of moat watch --file (a prefix ending in '/' covers
  *   what is below it; an exact path is stored with its NUL). sec_pkey:
  *   PERCPU_ARRAY of 1 struct sec_path_key (the lookup key, too big for the stack).
+ * sec_gports: BPF_MAP_TYPE_HASH; key __u32 local port, value __u64: the
+ *   listen rules whose port: names it.
  * sec_gcounts: BPF_MAP_TYPE_ARRAY, SEC_RULES_MAX struct sec_rule_stat:
  *   per rule, exact even when events are lost (atomic adds; rules enforced
  *   in userspace are counted there, in the same slots).
@@ -76,6 +81,8 @@
 #define SEC_MAP_NET4    "sec_gnet4"
 #define SEC_MAP_NET6    "sec_gnet6"
 #define SEC_MAP_COUNTS  "sec_gcounts"
+#define SEC_MAP_PORTS   "sec_gports"
+#define SEC_PORTS_MAX   1024
 #define SEC_MAP_PATHS   "sec_paths"
 #define SEC_MAP_PKEY    "sec_pkey"
 #define SEC_PATHS_MAX   1024
@@ -98,7 +105,8 @@
 #define SEC_HOOK_SETID 4
 #define SEC_HOOK_PTRACE 5
 #define SEC_HOOK_OPEN 6
-#define SEC_HOOK_MAX  7
+#define SEC_HOOK_LISTEN 7
+#define SEC_HOOK_MAX  8
 
 /* Event types. */
 #define SEC_EV_EXEC 1
@@ -106,7 +114,8 @@
 #define SEC_EV_CONNECT 3
 #define SEC_EV_SETID 4
 #define SEC_EV_PTRACE 5
-#define SEC_EV_OPEN 6 /* userspace only (fanotify) */
+#define SEC_EV_OPEN 6 /* moat watch --file; guard open rules: userspace (fanotify) */
+#define SEC_EV_LISTEN 7
 
 /* Guard operations: struct sec_guard.op slots. */
 #define SEC_OP_EXEC 0
@@ -114,7 +123,9 @@
 #define SEC_OP_CONNECT_TP 2 /* the syscall tracepoint (kill) */
 #define SEC_OP_SETID 3
 #define SEC_OP_PTRACE 4
-#define SEC_OP_MAX 5
+#define SEC_OP_LISTEN 5    /* the cgroup post_bind hooks */
+#define SEC_OP_LISTEN_TP 6 /* sys_enter_bind (kill) */
+#define SEC_OP_MAX 7
 
 /* Actions (struct sec_event.action). */
 #define SEC_ACT_LOG 1
@@ -198,6 +209,7 @@ struct sec_guard {
 	__u64 need_cg;         /* rules with cgroup: */
 	__u64 need_memfd;      /* rules with memfd: true */
 	__u64 need_remote;     /* rules with remote: */
+	__u64 need_port;       /* rules with port: (listen) */
 	__u64 deny;            /* rules whose action is deny */
 	__u64 kill;            /* rules whose action is kill */
 	__u64 cg_id[SEC_RULES_MAX];    /* cgroup: the directory's cgroup id */
@@ -244,9 +256,9 @@ struct sec_event {
 	/* Guard events (rule != 0): */
 	__u32 rule;      /* rule index + 1; 0: not a guard event */
 	__u32 action;    /* SEC_ACT_* taken */
-	__u32 family;    /* connect: AF_INET, AF_INET6 */
-	__u32 port;      /* connect: remote port (host order) */
-	__u8 addr[16];   /* connect: remote address (IPv4 in the first 4) */
+	__u32 family;    /* connect, listen: AF_INET, AF_INET6 */
+	__u32 port;      /* connect: remote port; listen: local port (host order) */
+	__u8 addr[16];   /* connect: remote, listen: local address (IPv4 in the first 4) */
 	__u64 arg0;      /* setid: syscall nr; ptrace: request; open: flags */
 	__u64 arg1;      /* setid: first argument; ptrace: target pid; open: syscall nr */
 };

@@ -197,6 +197,7 @@ pub const LAYOUTS: &[StructLayout] = &[
             need_cg,
             need_memfd,
             need_remote,
+            need_port,
             deny,
             kill,
             cg_id,
@@ -284,6 +285,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<sec::SecNet6Key, sec::SecNet>("sec", sec::MAP_NET6),
     map::<u32, sec::SecRuleStat>("sec", sec::MAP_COUNTS),
     map::<sec::SecPathKey, u8>("sec", sec::MAP_PATHS),
+    map::<u32, u64>("sec", sec::MAP_PORTS),
     map::<u32, sec::SecPathKey>("sec", sec::MAP_PKEY),
 ];
 
@@ -311,6 +313,9 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sec", sec::PROG_SETID),
     ("sec", sec::PROG_PTRACE),
     ("sec", sec::PROG_OPEN),
+    ("sec", sec::PROG_BIND4),
+    ("sec", sec::PROG_BIND6),
+    ("sec", sec::PROG_BIND_TP),
 ];
 
 #[cfg(feature = "aya")]
@@ -421,7 +426,7 @@ mod tests {
         assert_eq!(size_of::<sec::SecInode>(), 16);
         assert_eq!(size_of::<sec::SecNet4Key>(), 8);
         assert_eq!(size_of::<sec::SecNet6Key>(), 20);
-        assert_eq!(size_of::<sec::SecGuard>(), 8 * 12 + 8 * 64 + 4 * 64);
+        assert_eq!(size_of::<sec::SecGuard>(), 8 * 15 + 8 * 64 + 4 * 64);
         assert_eq!(size_of::<sec::SecStat>(), 32);
         assert_eq!(
             size_of::<sec::SecEvent>(),

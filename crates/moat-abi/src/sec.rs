@@ -9,6 +9,9 @@ pub const PROG_CONNECT_TP: &str = "sec_connect_tp";
 pub const PROG_SETID: &str = "sec_setid";
 pub const PROG_PTRACE: &str = "sec_ptrace";
 pub const PROG_OPEN: &str = "sec_open";
+pub const PROG_BIND4: &str = "sec_bind4";
+pub const PROG_BIND6: &str = "sec_bind6";
+pub const PROG_BIND_TP: &str = "sec_bind_tp";
 pub const MAP_PROCS: &str = "sec_procs";
 pub const MAP_EVENTS: &str = "sec_events";
 pub const MAP_STATS: &str = "sec_stats";
@@ -22,6 +25,8 @@ pub const MAP_NET4: &str = "sec_gnet4";
 pub const MAP_NET6: &str = "sec_gnet6";
 pub const MAP_COUNTS: &str = "sec_gcounts";
 pub const MAP_PATHS: &str = "sec_paths";
+pub const MAP_PORTS: &str = "sec_gports";
+pub const PORTS_MAX: u32 = 1024;
 pub const MAP_PKEY: &str = "sec_pkey";
 pub const PATHS_MAX: u32 = 1024;
 
@@ -44,9 +49,12 @@ pub const HOOK_CONNECT: u32 = 3;
 pub const HOOK_SETID: u32 = 4;
 pub const HOOK_PTRACE: u32 = 5;
 pub const HOOK_OPEN: u32 = 6;
-pub const HOOK_MAX: u32 = 7;
+pub const HOOK_LISTEN: u32 = 7;
+pub const HOOK_MAX: u32 = 8;
 /// Hook names in slot order.
-pub const HOOK_NAMES: [&str; 7] = ["exec", "exit", "fork", "connect", "setid", "ptrace", "open"];
+pub const HOOK_NAMES: [&str; 8] = [
+    "exec", "exit", "fork", "connect", "setid", "ptrace", "open", "listen",
+];
 
 pub const EV_EXEC: u32 = 1;
 pub const EV_EXIT: u32 = 2;
@@ -54,13 +62,16 @@ pub const EV_CONNECT: u32 = 3;
 pub const EV_SETID: u32 = 4;
 pub const EV_PTRACE: u32 = 5;
 pub const EV_OPEN: u32 = 6;
+pub const EV_LISTEN: u32 = 7;
 
 pub const OP_EXEC: usize = 0;
 pub const OP_CONNECT: usize = 1;
 pub const OP_CONNECT_TP: usize = 2;
 pub const OP_SETID: usize = 3;
 pub const OP_PTRACE: usize = 4;
-pub const OP_MAX: usize = 5;
+pub const OP_LISTEN: usize = 5;
+pub const OP_LISTEN_TP: usize = 6;
+pub const OP_MAX: usize = 7;
 
 pub const ACT_LOG: u32 = 1;
 pub const ACT_DENY: u32 = 2;
@@ -160,6 +171,7 @@ pub struct SecGuard {
     pub need_cg: u64,
     pub need_memfd: u64,
     pub need_remote: u64,
+    pub need_port: u64,
     pub deny: u64,
     pub kill: u64,
     pub cg_id: [u64; RULES_MAX],
@@ -175,6 +187,7 @@ impl Default for SecGuard {
             need_cg: 0,
             need_memfd: 0,
             need_remote: 0,
+            need_port: 0,
             deny: 0,
             kill: 0,
             cg_id: [0; RULES_MAX],

@@ -557,6 +557,7 @@ pub fn test(path: &Path, cmdline: &[String], json_out: bool, log: &LogOpts) -> R
                     e.event
                         .remote
                         .as_ref()
+                        .or(e.event.local.as_ref())
                         .map(|r| format!("{r} port {}", e.event.port.unwrap_or(0)))
                 })
                 .unwrap_or_else(|| e.event.binary.clone());

@@ -584,3 +584,67 @@ fn guard_events_appear_in_watch() {
     assert_eq!(g[0]["action"], "deny");
     assert_eq!(g[0]["path"], secret.display().to_string());
 }
+
+/// listen: a bind of a guarded port fails with EPERM (nothing listens) or
+/// the process is killed at bind(2); other ports and other cgroups bind.
+#[test]
+fn listens_are_denied_or_killed_at_bind() {
+    if !privileged("listens_are_denied_or_killed_at_bind") {
+        return;
+    }
+    let t = tag("gl");
+    let root = GuardRoot::new(&t);
+    let cg = Cgroup::new(&t);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (pd, pk, po) = (free(), free(), free());
+    let c = cg.0.display().to_string();
+    let policy = root.file(
+        "guard.yaml",
+        &format!(
+            "rules:
+  - name: no-listen
+    on: listen
+    match: {{ port: [{pd}], cgroup: {c} }}
+    action: deny
+  - name: kill-listen
+    on: listen
+    match: {{ port: [{pk}], cgroup: {c} }}
+    action: kill
+"
+        ),
+    );
+    root.ok(&["guard", "apply", "-f", &policy.display().to_string()]);
+    let listen = |port: u16| {
+        format!(
+            "IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => {port}, Listen => 1, ReuseAddr => 1) or die \"bind: $!\\n\"; print \"listening\\n\""
+        )
+    };
+    let perl = |port: u16| ["-MIO::Socket::INET".to_string(), "-e".into(), listen(port)];
+    let args = |port: u16| perl(port);
+    let a = args(pd);
+    let o = run(cg.command("perl", &[&a[0], &a[1], &a[2]]).output());
+    assert!(text(&o).contains("Operation not permitted"), "{}", text(&o));
+    assert!(!text(&o).contains("listening"));
+    let a = args(pk);
+    let o = run(cg.command("perl", &[&a[0], &a[1], &a[2]]).output());
+    assert_eq!(o.status.signal(), Some(9), "{}", text(&o));
+    let a = args(po);
+    let o = run(cg.command("perl", &[&a[0], &a[1], &a[2]]).output());
+    assert!(text(&o).contains("listening"), "other port: {}", text(&o));
+    // Outside the cgroup the guarded port binds.
+    let l = std::net::TcpListener::bind(("127.0.0.1", pd));
+    assert!(l.is_ok(), "{l:?}");
+    let e = wait_event(&root, "no-listen", |_| true);
+    assert_eq!(e["event"], "listen");
+    assert_eq!(e["port"], pd);
+    assert_eq!(e["local"], "127.0.0.1");
+    let st = status(&root);
+    assert_eq!(rule_count(&st, "no-listen", "matched"), 1);
+    assert_eq!(rule_count(&st, "kill-listen", "matched"), 1);
+}

@@ -143,6 +143,8 @@ pub struct Rule {
     pub cgroup: Option<PathBuf>,
     pub remote: Vec<Cidr>,
     pub remote_not: Vec<Cidr>,
+    /// listen: local ports (empty: any).
+    pub port: Vec<u16>,
     pub memfd: bool,
 }
 
@@ -170,6 +172,10 @@ pub enum Mechanism {
     SetidTracepoint,
     /// tracepoint syscalls/sys_enter_ptrace.
     PtraceTracepoint,
+    /// cgroup/post_bind4 and post_bind6 at the cgroup v2 root (at bind).
+    CgroupBind,
+    /// tracepoint syscalls/sys_enter_bind + bpf_send_signal.
+    BindTracepoint,
 }
 
 impl Mechanism {
@@ -184,6 +190,8 @@ impl Mechanism {
                 "tracepoints sys_enter_set*id, capset (+ bpf_send_signal)"
             }
             Mechanism::PtraceTracepoint => "tracepoint sys_enter_ptrace (+ bpf_send_signal)",
+            Mechanism::CgroupBind => "cgroup/post_bind4 + post_bind6 (at bind)",
+            Mechanism::BindTracepoint => "tracepoint sys_enter_bind + bpf_send_signal",
         }
     }
     /// Decided in userspace (a fanotify answer), not in the kernel.
@@ -216,7 +224,8 @@ pub fn mechanism(r: &Rule) -> Result<Mechanism, String> {
             "{} cannot be denied on this kernel: BPF LSM is refused at load and bpf_override_return is not allowed; use action: kill (SIGKILL at the syscall) or log",
             r.on.name()
         )),
-        (On::Listen, _) => Err("on: listen is not enforced by this version of moat (bind/listen hooks are not built yet)".into()),
+        (On::Listen, Action::Log | Action::Deny) => Ok(Mechanism::CgroupBind),
+        (On::Listen, Action::Kill) => Ok(Mechanism::BindTracepoint),
     }
 }
 
@@ -446,6 +455,7 @@ fn rule(w: &mut Walker, n: &Node) -> Option<Rule> {
         cgroup: None,
         remote: vec![],
         remote_not: vec![],
+        port: vec![],
         memfd: false,
     };
     if let Some(mn) = mat {
@@ -463,9 +473,10 @@ fn rule(w: &mut Walker, n: &Node) -> Option<Rule> {
                 ],
                 "path" | "access" => &[On::Open],
                 "remote" | "remote_not" => &[On::Connect],
+                "port" => &[On::Listen],
                 "memfd" => &[On::Exec],
                 _ => {
-                    w.err(pos(k.span()), format!("unknown key {key:?} in match (expected binary, not_binary, ancestor, cgroup, path, access, remote, remote_not, memfd)"));
+                    w.err(pos(k.span()), format!("unknown key {key:?} in match (expected binary, not_binary, ancestor, cgroup, path, access, remote, remote_not, port, memfd)"));
                     continue;
                 }
             };
@@ -535,6 +546,13 @@ fn rule(w: &mut Walker, n: &Node) -> Option<Rule> {
                         r.remote_not = v2;
                     }
                 }
+                "port" => {
+                    for n in w.list(v) {
+                        if let Some(p) = w.number(n, "a port", 1, 65535) {
+                            r.port.push(p as u16);
+                        }
+                    }
+                }
                 "memfd" => {
                     if let Some(s) = w.scalar(v, "true or false") {
                         match s {
@@ -578,6 +596,8 @@ pub struct Compiled {
     pub files: HashMap<abi::SecInode, abi::SecMasks>,
     pub net4: Vec<(abi::SecNet4Key, abi::SecNet)>,
     pub net6: Vec<(abi::SecNet6Key, abi::SecNet)>,
+    /// listen rules per local port.
+    pub ports: HashMap<u16, u64>,
     /// Per rule (policy order): its mechanism.
     pub mechanisms: Vec<Mechanism>,
     /// Paths named by rules that do not exist here (they match nothing).
@@ -588,6 +608,8 @@ pub struct Compiled {
     pub connect_tp: bool,
     pub setid: bool,
     pub ptrace: bool,
+    pub bind: bool,
+    pub bind_tp: bool,
     pub fanotify: bool,
 }
 
@@ -618,6 +640,8 @@ pub fn compile(
             Mechanism::ConnectTracepoint => Some(abi::OP_CONNECT_TP),
             Mechanism::SetidTracepoint => Some(abi::OP_SETID),
             Mechanism::PtraceTracepoint => Some(abi::OP_PTRACE),
+            Mechanism::CgroupBind => Some(abi::OP_LISTEN),
+            Mechanism::BindTracepoint => Some(abi::OP_LISTEN_TP),
             Mechanism::FanotifyExec | Mechanism::FanotifyOpen => None,
         };
         if let Some(op) = op {
@@ -629,7 +653,15 @@ pub fn compile(
             Mechanism::ConnectTracepoint => c.connect_tp = true,
             Mechanism::SetidTracepoint => c.setid = true,
             Mechanism::PtraceTracepoint => c.ptrace = true,
+            Mechanism::CgroupBind => c.bind = true,
+            Mechanism::BindTracepoint => c.bind_tp = true,
             Mechanism::FanotifyExec | Mechanism::FanotifyOpen => c.fanotify = true,
+        }
+        if !r.port.is_empty() {
+            c.guard.need_port |= bit;
+            for p in &r.port {
+                *c.ports.entry(*p).or_default() |= bit;
+            }
         }
         for (list, which) in [(&r.binary, 0), (&r.not_binary, 1), (&r.ancestor, 2)] {
             for pat in list {
@@ -679,6 +711,13 @@ pub fn compile(
             "{} files and directories named; at most {}",
             files.len(),
             abi::FILES_MAX
+        ));
+    }
+    if c.ports.len() > abi::PORTS_MAX as usize {
+        return Err(format!(
+            "{} ports named; at most {}",
+            c.ports.len(),
+            abi::PORTS_MAX
         ));
     }
     if nets.len() > abi::NETS_MAX as usize {
@@ -932,6 +971,14 @@ mod tests {
         let bad = "rules:\n  - name: x\n    on: exec\n    match: { binary: [bin/sh] }\n    action: deny\n";
         let e = parse(bad, Path::new("g.yaml")).unwrap_err();
         assert!(e.0[0].to_string().starts_with("g.yaml:4:"), "{e:?}");
+        let ok = "rules:\n  - name: l\n    on: listen\n    match: { port: [22, 8080] }\n    action: deny\n";
+        let p = parse(ok, Path::new("g.yaml")).unwrap();
+        let c = compile(&p, &Fake, false, None).unwrap();
+        assert_eq!(c.ports.get(&8080), Some(&1));
+        assert_eq!(c.guard.op[abi::OP_LISTEN], 1);
+        let bad =
+            "rules:\n  - name: l\n    on: listen\n    match: { port: [0] }\n    action: deny\n";
+        assert!(parse(bad, Path::new("g.yaml")).is_err());
         let bad = "rules:\n  - name: x\n    on: setuid\n    action: deny\n";
         let e = parse(bad, Path::new("g.yaml")).unwrap_err();
         assert!(e.0[0].to_string().contains("cannot be denied"), "{e:?}");

@@ -249,6 +249,9 @@ pub struct Event {
     /// connect: the remote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// listen: the local address bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     /// setid: the syscall; ptrace: the request.
@@ -269,6 +272,15 @@ pub fn open_access(flags: u64) -> &'static str {
     }
 }
 
+/// An event's address (connect: remote, listen: local).
+fn addr_of(e: &abi::SecEvent) -> String {
+    if e.family == 10 {
+        std::net::Ipv6Addr::from(e.addr).to_string()
+    } else {
+        std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()
+    }
+}
+
 /// The event name of a kind.
 pub fn kind_name(kind: u32) -> &'static str {
     match kind {
@@ -278,6 +290,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         abi::EV_SETID => "setid",
         abi::EV_PTRACE => "ptrace",
         abi::EV_OPEN => "open",
+        abi::EV_LISTEN => "listen",
         _ => "unknown",
     }
 }
@@ -322,14 +335,9 @@ impl Event {
                 abi::ACT_KILL => "kill",
                 _ => "log",
             }),
-            remote: (e.kind == abi::EV_CONNECT).then(|| {
-                if e.family == 10 {
-                    std::net::Ipv6Addr::from(e.addr).to_string()
-                } else {
-                    std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()
-                }
-            }),
-            port: (e.kind == abi::EV_CONNECT).then_some(e.port),
+            remote: (e.kind == abi::EV_CONNECT).then(|| addr_of(e)),
+            local: (e.kind == abi::EV_LISTEN).then(|| addr_of(e)),
+            port: matches!(e.kind, abi::EV_CONNECT | abi::EV_LISTEN).then_some(e.port),
             syscall: matches!(e.kind, abi::EV_SETID | abi::EV_PTRACE).then_some(e.arg0),
             arg: matches!(e.kind, abi::EV_SETID | abi::EV_PTRACE).then_some(e.arg1),
         }

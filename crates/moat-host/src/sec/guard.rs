@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, Program, TracePoint},
 };
 use moat_abi::sec as abi;
 use moat_core::sec::{
@@ -451,6 +451,13 @@ impl Guard {
             for (k, v) in &compiled.net4 {
                 n4.insert(&Key::new(k.prefixlen, k.addr), *v, 0)?;
             }
+            let mut pm: BpfHashMap<_, u32, u64> = BpfHashMap::try_from(
+                bpf.map_mut(abi::MAP_PORTS)
+                    .ok_or_else(|| anyhow!("no sec_gports"))?,
+            )?;
+            for (p, m) in &compiled.ports {
+                pm.insert(*p as u32, *m, 0)?;
+            }
             let mut n6: LpmTrie<_, [u8; 16], abi::SecNet> = LpmTrie::try_from(
                 bpf.map_mut(abi::MAP_NET6)
                     .ok_or_else(|| anyhow!("no sec_gnet6"))?,
@@ -494,27 +501,38 @@ impl Guard {
         if compiled.ptrace {
             tps.push((abi::PROG_PTRACE, vec!["sys_enter_ptrace"]));
         }
+        if compiled.bind_tp {
+            tps.push((abi::PROG_BIND_TP, vec!["sys_enter_bind"]));
+        }
         for (name, points) in tps {
             programs.push(load_syscall_tp(&mut bpf, name, &points, log)?);
         }
+        let mut cg_progs = Vec::new();
         if compiled.connect {
+            cg_progs.extend([abi::PROG_CONNECT4, abi::PROG_CONNECT6]);
+        }
+        if compiled.bind {
+            cg_progs.extend([abi::PROG_BIND4, abi::PROG_BIND6]);
+        }
+        if !cg_progs.is_empty() {
             let root = fs::File::open(&cg_root)
                 .with_context(|| format!("opening {}", cg_root.display()))?;
-            for name in [abi::PROG_CONNECT4, abi::PROG_CONNECT6] {
-                programs.push(loader::load_with(&mut bpf, name, log, |p| {
-                    let p: &mut CgroupSockAddr =
-                        p.try_into().map_err(|e| anyhow!("{name}: {e}"))?;
-                    Ok(p.load())
+            for name in cg_progs {
+                programs.push(loader::load_with(&mut bpf, name, log, |p| match p {
+                    Program::CgroupSockAddr(p) => Ok(p.load()),
+                    Program::CgroupSock(p) => Ok(p.load()),
+                    _ => Err(anyhow!("{name}: not a cgroup socket program")),
                 })?);
-                let p: &mut CgroupSockAddr = bpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("no {name}"))?
-                    .try_into()
-                    .map_err(|e| anyhow!("{name}: {e}"))?;
                 // A bpf_link on a cgroup runs beside others (links are always
                 // multi); link_create takes no attach flags.
-                p.attach(&root, CgroupAttachMode::Single)
-                    .map_err(|e| anyhow!("attaching {name} to {}: {e}", cg_root.display()))?;
+                let r = match bpf.program_mut(name).ok_or_else(|| anyhow!("no {name}"))? {
+                    Program::CgroupSockAddr(p) => {
+                        p.attach(&root, CgroupAttachMode::Single).map(|_| ())
+                    }
+                    Program::CgroupSock(p) => p.attach(&root, CgroupAttachMode::Single).map(|_| ()),
+                    _ => unreachable!("checked at load"),
+                };
+                r.map_err(|e| anyhow!("attaching {name} to {}: {e}", cg_root.display()))?;
             }
         }
         let fan = if compiled.fanotify {
