@@ -189,6 +189,13 @@ struct {
 } sec_pkey SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SEC_EXITED_MAX);
+	__type(key, struct sec_xid);
+	__type(value, struct sec_proc);
+} sec_exited SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SEC_PORTS_MAX);
 	__type(key, __u32);
@@ -236,7 +243,10 @@ static __always_inline void sec_submit(struct sec_event *ev)
 	__u64 avail = bpf_ringbuf_query(&sec_events, BPF_RB_AVAIL_DATA);
 	__u64 size = bpf_ringbuf_query(&sec_events, BPF_RB_RING_SIZE);
 
-	bpf_ringbuf_submit(ev, avail >= size / 16 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	/* A guard rule's event at once: its reader names the ancestors from
+	 * the process table, which a parent's exit would empty meanwhile. */
+	bpf_ringbuf_submit(ev, (ev->rule || avail >= size / 16) ? BPF_RB_FORCE_WAKEUP
+								 : BPF_RB_NO_WAKEUP);
 }
 
 /* Fills the fields every event has from the image `e` (NULL: unknown). */
@@ -533,6 +543,8 @@ int sec_exec(unsigned long long *ctx)
 	old = bpf_map_lookup_elem(&sec_procs, &tgid);
 	if (old) {
 		e->parent = old->xid; /* the image this exec replaces */
+		/* It ends here without an exit: keep it nameable as an ancestor. */
+		bpf_map_update_elem(&sec_exited, &old->xid, old, BPF_ANY);
 	} else {
 		sec_task_xid(p, &e->parent);
 		e->flags |= SEC_EF_NO_PARENT;
@@ -642,6 +654,8 @@ int sec_exit(unsigned long long *ctx)
 			sec_submit(ev);
 		}
 	}
+	if (e)
+		bpf_map_update_elem(&sec_exited, &e->xid, e, BPF_ANY);
 	bpf_map_delete_elem(&sec_procs, &tgid);
 	return 0;
 }

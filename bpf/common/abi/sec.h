@@ -63,6 +63,9 @@
  *   the path prefixes of moat watch --file (a prefix ending in '/' covers
  *   what is below it; an exact path is stored with its NUL). sec_pkey:
  *   PERCPU_ARRAY of 1 struct sec_path_key (the lookup key, too big for the stack).
+ * sec_exited: BPF_MAP_TYPE_LRU_HASH, SEC_EXITED_MAX; key struct sec_xid,
+ *   value struct sec_proc: images that ended (exit) or were replaced (exec),
+ *   kept so a reader can still name them as ancestors; the oldest go first.
  * sec_gports: BPF_MAP_TYPE_HASH; key __u32 local port, value __u64: the
  *   listen rules whose port: names it.
  * sec_gcounts: BPF_MAP_TYPE_ARRAY, SEC_RULES_MAX struct sec_rule_stat:
@@ -82,6 +85,8 @@
 #define SEC_MAP_NET6    "sec_gnet6"
 #define SEC_MAP_COUNTS  "sec_gcounts"
 #define SEC_MAP_PORTS   "sec_gports"
+#define SEC_MAP_EXITED  "sec_exited"
+#define SEC_EXITED_MAX  16384
 #define SEC_PORTS_MAX   1024
 #define SEC_MAP_PATHS   "sec_paths"
 #define SEC_MAP_PKEY    "sec_pkey"

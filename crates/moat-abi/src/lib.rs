@@ -286,6 +286,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, sec::SecRuleStat>("sec", sec::MAP_COUNTS),
     map::<sec::SecPathKey, u8>("sec", sec::MAP_PATHS),
     map::<u32, u64>("sec", sec::MAP_PORTS),
+    map::<sec::SecXid, sec::SecProc>("sec", sec::MAP_EXITED),
     map::<u32, sec::SecPathKey>("sec", sec::MAP_PKEY),
 ];
 

@@ -225,6 +225,8 @@ fn abi_header_defines_match_rust_constants() {
         ("SEC_PROG_BIND6", sec::PROG_BIND6.into()),
         ("SEC_PROG_BIND_TP", sec::PROG_BIND_TP.into()),
         ("SEC_MAP_PORTS", sec::MAP_PORTS.into()),
+        ("SEC_MAP_EXITED", sec::MAP_EXITED.into()),
+        ("SEC_EXITED_MAX", sec::EXITED_MAX.to_string()),
         ("SEC_PORTS_MAX", sec::PORTS_MAX.to_string()),
         ("SEC_HOOK_LISTEN", sec::HOOK_LISTEN.to_string()),
         ("SEC_EV_LISTEN", sec::EV_LISTEN.to_string()),

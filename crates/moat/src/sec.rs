@@ -234,6 +234,7 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
         let parts: Vec<String> = abi::HOOK_NAMES
             .iter()
             .zip(&st)
+            .filter(|(n, s)| s.seen > 0 || s.lost > 0 || got.contains_key(*n))
             .map(|(n, s)| {
                 format!(
                     "{n}: {} events, {} lost ({} seen)",

@@ -502,10 +502,14 @@ fn the_rule_pack_detects_what_it_names() {
     let root = GuardRoot::new(&t);
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard/falco-like.yaml");
     let tmpbin = format!("/tmp/moat-guard-pack-{t}");
+    let etcfile = format!("/etc/moat-pack-{t}");
+    let memfd = "my $n = \"x\"; my $fd = syscall(319, $n, 0); open(my $o, \">&=$fd\") or die; \
+                 open(my $i, \"<:raw\", \"/bin/true\") or die; my $d = do { local $/; <$i> }; \
+                 print $o $d; $o->flush; exec \"/proc/self/fd/$fd\"";
     let script = format!(
         "cat /etc/shadow > /dev/null; cp /bin/true {tmpbin}; {tmpbin}; rm -f {tmpbin}; \
          perl -e '$< = 0'; sleep 3 & perl -e 'syscall(101, 16, '$!', 0, 0)'; kill $! 2>/dev/null; \
-         dash -c 'exec perl -e \"print 1\"' > /dev/null; true"
+         echo x > {etcfile}; rm -f {etcfile}; perl -e '{memfd}'; true"
     );
     let (_, out, err) = root.moat(&[
         "guard",
@@ -519,6 +523,7 @@ fn the_rule_pack_detects_what_it_names() {
         &script,
     ]);
     let _ = std::fs::remove_file(&tmpbin);
+    let _ = std::fs::remove_file(&etcfile);
     let evs: Vec<Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -532,6 +537,18 @@ fn the_rule_pack_detects_what_it_names() {
     );
     assert!(has("unexpected-setuid"), "{out}{err}");
     assert!(has("ptrace-attach"), "{out}{err}");
+    assert!(
+        evs.iter()
+            .any(|e| e["rule"] == "write-below-etc" && e["path"] == etcfile.as_str()),
+        "{out}{err}"
+    );
+    assert!(
+        evs.iter().any(|e| e["rule"] == "fileless-exec"
+            && e["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "memfd_or_deleted"))),
+        "{out}{err}"
+    );
     // Nothing outside the throwaway cgroup: every event's pid was ours.
     assert!(evs.iter().all(|e| e["action"] == "log"), "{out}");
 }

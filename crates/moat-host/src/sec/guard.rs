@@ -27,7 +27,7 @@ use aya::{
 };
 use moat_abi::sec as abi;
 use moat_core::sec::{
-    Event, Lineage, Node, Xid, cstr,
+    Event, Lineage, Xid, cstr,
     guard::{self as g, Action, Compiled, GuardPolicy, Mechanism, Resolve},
 };
 
@@ -331,7 +331,21 @@ impl Fan {
 /// The open flags of the open(2)-family call thread `tid` is blocked in,
 /// as (read, write); both true when it cannot be told (io_uring, gone).
 fn open_access(tgid: u32, tid: u32) -> (bool, bool) {
-    let s = fs::read_to_string(format!("/proc/{tgid}/task/{tid}/syscall")).unwrap_or_default();
+    // The opener queues the event, then goes to sleep waiting for the
+    // answer: read early, /proc says "running"; look again until it sleeps.
+    let path = format!("/proc/{tgid}/task/{tid}/syscall");
+    let mut s = String::new();
+    for i in 0..200 {
+        s = fs::read_to_string(&path).unwrap_or_default();
+        if !s.starts_with("running") {
+            break;
+        }
+        if i < 20 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
     let f: Vec<u64> = s
         .split_whitespace()
         .map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).unwrap_or(0))
@@ -603,16 +617,7 @@ impl Guard {
 
     fn ancestors(&self, parent: Xid, within: u64) -> Vec<moat_core::sec::Ancestor> {
         let empty = Lineage::new(1);
-        empty.ancestors_with(parent, 32, within, |x| {
-            let e = self.proc_entry(x.pid)?;
-            (Xid::of(&e.xid) == x).then(|| Node {
-                pid: x.pid,
-                binary: cstr(&e.binary),
-                parent: Xid::of(&e.parent),
-                exited: false,
-                cgroup: e.cgroup,
-            })
-        })
+        empty.ancestors_with(parent, 32, within, |x| crate::sec::table_node(&self.bpf, x))
     }
 
     /// Serves until `stop`: answers fanotify, reads the ring buffer, calls

@@ -397,19 +397,9 @@ impl Watcher {
         sum_stats(&self.bpf)
     }
 
-    /// The image `xid` as the kernel's table holds it, if that pid still
-    /// runs that image.
+    /// The image `xid` as the kernel knows it (running, or recently ended).
     pub fn kernel_node(&self, xid: Xid) -> Option<Node> {
-        let m = self.bpf.map(abi::MAP_PROCS)?;
-        let t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(m).ok()?;
-        let e = t.get(&xid.pid, 0).ok()?;
-        (Xid::of(&e.xid) == xid).then(|| Node {
-            pid: xid.pid,
-            binary: moat_core::sec::cstr(&e.binary),
-            parent: Xid::of(&e.parent),
-            exited: false,
-            cgroup: e.cgroup,
-        })
+        table_node(&self.bpf, xid)
     }
 
     /// The kernel's process table now.
@@ -421,6 +411,28 @@ impl Watcher {
         let t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(m)?;
         Ok(t.iter().filter_map(Result::ok).collect())
     }
+}
+
+/// The image `xid` from the kernel's tables: sec_procs while that pid runs
+/// it, else sec_exited (images that ended or were replaced, newest kept).
+pub(crate) fn table_node(bpf: &Ebpf, xid: Xid) -> Option<Node> {
+    let node = |e: abi::SecProc, exited: bool| Node {
+        pid: xid.pid,
+        binary: moat_core::sec::cstr(&e.binary),
+        parent: Xid::of(&e.parent),
+        exited,
+        cgroup: e.cgroup,
+    };
+    let t: BpfHashMap<_, u32, abi::SecProc> =
+        BpfHashMap::try_from(bpf.map(abi::MAP_PROCS)?).ok()?;
+    if let Ok(e) = t.get(&xid.pid, 0)
+        && Xid::of(&e.xid) == xid
+    {
+        return Some(node(e, false));
+    }
+    let x: BpfHashMap<_, abi::SecXid, abi::SecProc> =
+        BpfHashMap::try_from(bpf.map(abi::MAP_EXITED)?).ok()?;
+    x.get(&xid.abi(), 0).ok().map(|e| node(e, true))
 }
 
 /// sec_stats per hook (`abi::HOOK_*`), summed over CPUs.
