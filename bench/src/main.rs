@@ -163,6 +163,10 @@ enum Cmd {
     },
 }
 
+/// Ring buffer sizes of the exec storms, and processes per storm.
+const SEC_RINGS: [u32; 4] = [8 << 10, 64 << 10, 1 << 20, 4 << 20];
+const SEC_STORM: usize = 10_000;
+
 #[derive(Args, Clone)]
 struct SecArgs {
     /// Interleaved rounds of the runtime security overhead loops.
@@ -338,7 +342,12 @@ fn main() -> Result<()> {
         Cmd::Sec { sec } => {
             let t0 = std::time::Instant::now();
             let r = moat_bench::sec::overhead(sec.sec_rounds, |s| eprintln!("{s}"))?;
-            let body = moat_bench::sec::markdown(&r, sec.sec_rounds);
+            let storms = moat_bench::sec::exec_rate(&SEC_RINGS, SEC_STORM, |s| eprintln!("{s}"))?;
+            let body = format!(
+                "{}\n{}",
+                moat_bench::sec::markdown(&r, sec.sec_rounds),
+                moat_bench::sec::exec_rate_markdown(&storms)
+            );
             let bars = report::bars_markdown(&moat_bench::sec::bars(&r));
             println!("{body}\n{bars}");
             if let Some(out) = &sec.sec_out {
@@ -378,6 +387,7 @@ fn main() -> Result<()> {
                 moat_bench::tcplife::run(life.conns, life.life_rounds, |s| eprintln!("{s}"))?;
             let lbr = run_lb(&lb)?;
             let secr = moat_bench::sec::overhead(sec.sec_rounds, |s| eprintln!("{s}"))?;
+            let storms = moat_bench::sec::exec_rate(&SEC_RINGS, SEC_STORM, |s| eprintln!("{s}"))?;
             let dir = out.parent().map(PathBuf::from).unwrap_or_default();
             let (cost_svg, live_svg) = ("benchmarks-prog-cost.svg", "benchmarks-live.svg");
             std::fs::write(dir.join(cost_svg), moat_bench::svg(&samples, &co.sizes))?;
@@ -399,6 +409,10 @@ fn main() -> Result<()> {
                 t0.elapsed(),
             );
             md.push_str(&moat_bench::sec::markdown(&secr, sec.sec_rounds));
+            md.push_str(&format!(
+                "\n{}",
+                moat_bench::sec::exec_rate_markdown(&storms)
+            ));
             std::fs::write(&out, md)?;
             println!("{}", report::bars_markdown(&bars));
             println!("wrote {}, {cost_svg} and {live_svg}", out.display());

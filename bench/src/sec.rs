@@ -477,3 +477,83 @@ pub fn bars(res: &[SecResult]) -> Vec<crate::report::Bar> {
         },
     ]
 }
+
+/// The exec storm per ring buffer size: processes started as fast as two
+/// threads can (fork+exec of a copy of /bin/true), every exec and exit
+/// watched; events read and lost.
+#[derive(Clone, Debug)]
+pub struct ExecRate {
+    pub ring: u32,
+    pub procs: u64,
+    pub per_sec: f64,
+    pub events: u64,
+    pub lost: u64,
+}
+
+pub fn exec_rate(rings: &[u32], procs: usize, mut say: impl FnMut(&str)) -> Result<Vec<ExecRate>> {
+    let bin = std::env::temp_dir().join(format!("moat-bench-true-{}", std::process::id()));
+    std::fs::copy("/bin/true", &bin)?;
+    let mut out = Vec::new();
+    let r = (|| -> Result<()> {
+        for &ring in rings {
+            let rd = Reader::start(WatchOpts {
+                exec: true,
+                exit: true,
+                binaries: vec![bin.clone()],
+                ring_bytes: Some(ring),
+                ..Default::default()
+            })?;
+            let t0 = Instant::now();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let b = bin.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..procs / 2 {
+                            let _ = Command::new(&b).status();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                let _ = t.join();
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_millis(300));
+            let (events, lost) = rd.finish();
+            let n = (procs / 2 * 2) as u64;
+            say(&format!(
+                "  exec storm, ring {ring} B: {n} processes in {secs:.2}s, {events} events, {lost} lost"
+            ));
+            out.push(ExecRate {
+                ring,
+                procs: n,
+                per_sec: n as f64 / secs,
+                events,
+                lost,
+            });
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&bin);
+    r.map(|_| out)
+}
+
+pub fn exec_rate_markdown(r: &[ExecRate]) -> String {
+    let mut s = String::from(
+        "### Exec storms per ring buffer size\n\nProcesses started as fast as two threads can \
+         (fork+exec of a copy of /bin/true, which only the watch's binary filter passes), each \
+         giving an exec and an exit event; `matched = events + lost` holds in every row.\n\n\
+         | ring buffer | processes | per second | events | lost |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for x in r {
+        s.push_str(&format!(
+            "| {} KiB | {} | {:.0} | {} | {} |\n",
+            x.ring / 1024,
+            x.procs,
+            x.per_sec,
+            x.events,
+            x.lost
+        ));
+    }
+    s
+}
