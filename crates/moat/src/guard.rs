@@ -175,10 +175,13 @@ pub fn run(path: &Path, ring_bytes: Option<u32>, log: &LogOpts) -> Result<()> {
     let dir = state_dir();
     sys::private_dir(&dir)?;
     let stop = sys::stop_flag()?;
+    // Opened before any mark exists (an open rule can never hold it up).
+    let mut elog = EventLog::open(&dir);
     let mut gd = Guard::start(
         policy,
         &GuardOpts {
             ring_bytes,
+            protected: vec![dir.clone()],
             ..Default::default()
         },
         log,
@@ -222,7 +225,6 @@ pub fn run(path: &Path, ring_bytes: Option<u32>, log: &LogOpts) -> Result<()> {
         st.rules.len(),
         st.programs.join(", ")
     );
-    let mut elog = EventLog::open(&dir);
     let pol = gd.policy.clone();
     let r = gd.serve(&stop, None, &mut |e| elog.write(&event_json(&pol, e)));
     // Leave the state to a successor that replaced us.
@@ -397,6 +399,12 @@ pub fn status(json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// The kernel's process table of the running enforcer (pinned), with its pid.
+pub fn kernel_procs() -> Option<(u32, Vec<moat_host::sec::ProcInfo>)> {
+    let st = read_state().filter(|s| is_runner(s.pid))?;
+    moat_host::sec::pinned_table(&pin_dir(st.pid).join("procs")).map(|v| (st.pid, v))
+}
+
 /// The guard's Prometheus metrics (None when no enforcer runs): per rule
 /// from the counts the enforcer pinned.
 pub fn metrics_text() -> Option<String> {
@@ -494,6 +502,7 @@ pub fn test(path: &Path, cmdline: &[String], json_out: bool, log: &LogOpts) -> R
                 log_only: true,
                 scope: Some(cg.clone()),
                 ring_bytes: None,
+                protected: vec![state_dir()],
             },
             log,
         )?;

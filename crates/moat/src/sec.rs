@@ -358,15 +358,23 @@ fn shell_words(a: &[String]) -> String {
 /// `moat ps [--tree] [--json]`.
 pub fn ps(tree: bool, json_out: bool) -> Result<()> {
     sys::require_privileges("moat ps")?;
-    let procs = proc_snapshot();
+    // The kernel's table while a guard keeps one (exact exec ids, and the
+    // images an exec without fork replaced); else /proc.
+    let (procs, source) = match crate::guard::kernel_procs() {
+        Some((gpid, v)) => (v, format!("kernel table (moat guard, pid {gpid})")),
+        None => (proc_snapshot(), "/proc".to_string()),
+    };
     let lineage = lineage_of(&procs);
+    if !json_out {
+        eprintln!("source: {source}");
+    }
     if json_out {
         let mut out = std::io::stdout().lock();
         for p in &procs {
             writeln!(
                 out,
                 "{}",
-                json!({"pid": p.pid, "ppid": p.ppid, "exec_id": p.xid, "parent_exec_id": p.parent,
+                json!({"source": source, "pid": p.pid, "ppid": p.ppid, "exec_id": p.xid, "parent_exec_id": p.parent,
                        "binary": p.binary, "comm": p.comm, "args": p.args, "uid": p.uid, "gid": p.gid,
                        "cwd": cwd_of(p.pid),
                        "ancestors": lineage.ancestors_with(p.parent, 32, p.cgroup, |_| None)})

@@ -665,3 +665,78 @@ fn listens_are_denied_or_killed_at_bind() {
     assert_eq!(rule_count(&st, "no-listen", "matched"), 1);
     assert_eq!(rule_count(&st, "kill-listen", "matched"), 1);
 }
+
+/// While a guard runs, `moat ps` prints the kernel's table: an exec without
+/// a fork (`sh -c 'exec sleep'`) shows the image it replaced as its parent,
+/// which /proc cannot tell.
+#[test]
+fn ps_prints_the_kernel_table_while_a_guard_runs() {
+    if !privileged("ps_prints_the_kernel_table_while_a_guard_runs") {
+        return;
+    }
+    let t = tag("gq");
+    let root = GuardRoot::new(&t);
+    let cg = Cgroup::new(&t);
+    let policy = root.file(
+        "guard.yaml",
+        &format!(
+            "rules:\n  - name: quiet\n    on: ptrace\n    match: {{ cgroup: {} }}\n    action: log\n",
+            cg.0.display()
+        ),
+    );
+    root.ok(&["guard", "apply", "-f", &policy.display().to_string()]);
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "exec sleep 5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id();
+    let find = |out: &str| -> Value {
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not in ps: {out}"))
+    };
+    let k = find(&root.ok(&["ps", "--json"]));
+    assert!(
+        k["source"].as_str().unwrap().starts_with("kernel table"),
+        "{k}"
+    );
+    assert!(k["binary"].as_str().unwrap().ends_with("/sleep"), "{k}");
+    assert_eq!(k["ppid"], std::process::id());
+    // The parent image is the sh this sleep replaced: same pid, other exec id.
+    let parent = k["parent_exec_id"].as_str().unwrap().to_string();
+    assert!(parent.starts_with(&format!("{pid}:")), "{k}");
+    assert_ne!(parent, k["exec_id"].as_str().unwrap(), "{k}");
+    root.ok(&["guard", "detach"]);
+    let p = find(&root.ok(&["ps", "--json"]));
+    assert_eq!(p["source"], "/proc");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An open rule over the enforcer's own state (or /proc, /sys) is refused:
+/// the enforcer would wait on its own permission events. Nothing starts.
+#[test]
+fn open_rules_over_the_enforcers_own_files_are_refused() {
+    if !privileged("open_rules_over_the_enforcers_own_files_are_refused") {
+        return;
+    }
+    let t = tag("gr");
+    let root = GuardRoot::new(&t);
+    let policy = root.file(
+        "guard.yaml",
+        "rules:\n  - name: all-of-run\n    on: open\n    match: { path: [\"/run/\"] }\n    action: log\n",
+    );
+    let (ok, out, err) = root.moat(&["guard", "apply", "-f", &policy.display().to_string()]);
+    assert!(!ok, "applied: {out}");
+    assert!(err.contains("keeps its state"), "{err}");
+    assert!(err.contains("guard.yaml:2:"), "{err}");
+    assert_eq!(status(&root)["running"], false);
+    let policy = root.file(
+        "proc.yaml",
+        "rules:\n  - name: p\n    on: open\n    match: { path: [/proc/self/status] }\n    action: log\n",
+    );
+    let (ok, _, err) = root.moat(&["guard", "check", "-f", &policy.display().to_string()]);
+    assert!(!ok && err.contains("would wait on itself"), "{err}");
+}

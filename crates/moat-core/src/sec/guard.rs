@@ -229,6 +229,16 @@ pub fn mechanism(r: &Rule) -> Result<Mechanism, String> {
     }
 }
 
+/// True if the open pattern `p` covers any of the directories `dirs`
+/// (given with a trailing `/`) or anything below them.
+pub fn covers_any(p: &PathPat, dirs: &[&str]) -> bool {
+    dirs.iter().any(|d| {
+        let inside = p.path.starts_with(d) || format!("{}/", p.path) == *d;
+        let above = p.prefix && d.starts_with(&p.path);
+        inside || above
+    })
+}
+
 /// Reads and checks a guard policy file.
 pub fn load(path: &Path) -> Result<GuardPolicy, ConfigErrors> {
     match crate::fw::policy::read_text(path, "guard policy", MAX_POLICY_BYTES) {
@@ -246,6 +256,20 @@ pub fn parse(text: &str, path: &Path) -> Result<GuardPolicy, ConfigErrors> {
         for r in &p.rules {
             if let Err(why) = mechanism(r) {
                 w.err(r.at, format!("rule {:?}: {why}", r.name));
+            }
+            if r.on == On::Open
+                && let Some(bad) = r
+                    .path
+                    .iter()
+                    .find(|pp| covers_any(pp, &["/proc/", "/sys/"]))
+            {
+                w.err(
+                    r.at,
+                    format!(
+                        "rule {:?}: open rules cannot cover {} (/proc and /sys): the enforcer reads them to decide and would wait on itself",
+                        r.name, bad.path
+                    ),
+                );
             }
         }
     }
@@ -988,6 +1012,13 @@ mod tests {
         let e = parse(bad, Path::new("g.yaml")).unwrap_err();
         assert!(e.0[0].to_string().contains("does not apply"), "{e:?}");
         assert!(parse("", Path::new("g.yaml")).is_err());
+        for p in ["\"/\"", "/proc/self/status", "\"/sys/\""] {
+            let bad = format!(
+                "rules:\n  - name: x\n    on: open\n    match: {{ path: [{p}] }}\n    action: log\n"
+            );
+            let e = parse(&bad, Path::new("g.yaml")).unwrap_err();
+            assert!(e.0[0].to_string().contains("would wait on itself"), "{e:?}");
+        }
         assert!(parse("rules: []\nextra: 1\n", Path::new("g.yaml")).is_err());
         let dup =
             "rules:\n  - {name: a, on: exec, action: log}\n  - {name: a, on: exec, action: log}\n";

@@ -121,6 +121,9 @@ pub struct GuardOpts {
     /// Restrict every rule to this cgroup v2 directory (moat guard test).
     pub scope: Option<PathBuf>,
     pub ring_bytes: Option<u32>,
+    /// Directories the enforcer itself writes (its state): open rules must
+    /// not cover them, or it would wait on its own permission events.
+    pub protected: Vec<PathBuf>,
 }
 
 /// One event of a rule.
@@ -406,6 +409,21 @@ impl Guard {
         let res = HostResolve {
             cg_root: cg_root.clone(),
         };
+        for d in &o.protected {
+            let dir = format!("{}/", d.display().to_string().trim_end_matches('/'));
+            for r in policy.rules.iter().filter(|r| r.on == g::On::Open) {
+                if let Some(p) = r.path.iter().find(|p| g::covers_any(p, &[dir.as_str()])) {
+                    bail!(
+                        "{}:{}:{}: rule {:?}: {} covers {dir}, where the enforcer keeps its state (it would wait on itself)",
+                        policy.source.display(),
+                        r.at.0,
+                        r.at.1,
+                        r.name,
+                        p.path
+                    );
+                }
+            }
+        }
         let compiled = g::compile(&policy, &res, o.log_only, o.scope.as_deref())
             .map_err(|e| anyhow!("{}: {e}", policy.source.display()))?;
         let cg_rel: Vec<Option<String>> = policy
@@ -571,7 +589,8 @@ impl Guard {
         })
     }
 
-    /// Pins the per-rule counts (for moat guard status) under `dir`.
+    /// Pins the per-rule counts (for moat guard status) and the process
+    /// table (for moat ps) under `dir`.
     pub fn pin_counts(&mut self, dir: &Path) -> Result<()> {
         sys::ensure_bpffs()?;
         sys::private_dir(dir)?;
@@ -580,6 +599,15 @@ impl Guard {
             .map_mut(abi::MAP_COUNTS)
             .ok_or_else(|| anyhow!("no {}", abi::MAP_COUNTS))?;
         let p = dir.join("counts");
+        let _ = fs::remove_file(&p);
+        m.pin(&p)
+            .with_context(|| format!("pinning {}", p.display()))?;
+        // The process table too: moat ps prints it while a guard runs.
+        let m = self
+            .bpf
+            .map_mut(abi::MAP_PROCS)
+            .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?;
+        let p = dir.join("procs");
         let _ = fs::remove_file(&p);
         m.pin(&p)
             .with_context(|| format!("pinning {}", p.display()))?;
@@ -759,7 +787,7 @@ impl Guard {
         let (which, bin, notbin, anc, read, write) = if exec {
             // The masks of the binary about to run; its ancestors are the
             // image running now and that one's.
-            let md = fs::File::from(efd.try_clone().expect("dup")).metadata();
+            let md = fs::metadata(format!("/proc/self/fd/{}", efd.as_raw_fd()));
             let chain = md
                 .as_ref()
                 .map(|md| inode_chain(Path::new(&path), md))

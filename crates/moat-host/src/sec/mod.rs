@@ -147,6 +147,34 @@ pub fn cgroup_id_of(cg_root: &Path, pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// The kernel's process table pinned at `pin` (a guard's), as ProcInfo
+/// (arguments from /proc, which the table does not keep).
+pub fn pinned_table(pin: &Path) -> Option<Vec<ProcInfo>> {
+    let m = aya::maps::MapData::from_pin(pin).ok()?;
+    let t: BpfHashMap<_, u32, abi::SecProc> =
+        BpfHashMap::try_from(aya::maps::Map::HashMap(m)).ok()?;
+    let mut out = Vec::new();
+    for (pid, e) in t.iter().filter_map(Result::ok) {
+        let args = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| moat_core::sec::split_args(&b))
+            .unwrap_or_default();
+        out.push(ProcInfo {
+            pid,
+            ppid: e.ppid,
+            xid: Xid::of(&e.xid),
+            parent: Xid::of(&e.parent),
+            comm: moat_core::sec::cstr(&e.comm),
+            binary: moat_core::sec::cstr(&e.binary),
+            uid: e.uid,
+            gid: e.gid,
+            args,
+            cgroup: e.cgroup,
+        });
+    }
+    out.sort_by_key(|p| p.pid);
+    Some(out)
+}
+
 /// The lineage of what runs now.
 pub fn lineage_of(procs: &[ProcInfo]) -> Lineage {
     let mut l = Lineage::new(200_000);
