@@ -594,23 +594,14 @@ impl Guard {
     pub fn pin_counts(&mut self, dir: &Path) -> Result<()> {
         sys::ensure_bpffs()?;
         sys::private_dir(dir)?;
-        let m = self
-            .bpf
-            .map_mut(abi::MAP_COUNTS)
-            .ok_or_else(|| anyhow!("no {}", abi::MAP_COUNTS))?;
-        let p = dir.join("counts");
-        let _ = fs::remove_file(&p);
-        m.pin(&p)
-            .with_context(|| format!("pinning {}", p.display()))?;
         // The process table too: moat ps prints it while a guard runs.
-        let m = self
-            .bpf
-            .map_mut(abi::MAP_PROCS)
-            .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?;
-        let p = dir.join("procs");
-        let _ = fs::remove_file(&p);
-        m.pin(&p)
-            .with_context(|| format!("pinning {}", p.display()))?;
+        for (map, name) in [(abi::MAP_COUNTS, "counts"), (abi::MAP_PROCS, "procs")] {
+            let m = self.bpf.map_mut(map).ok_or_else(|| anyhow!("no {map}"))?;
+            let p = dir.join(name);
+            let _ = fs::remove_file(&p);
+            m.pin(&p)
+                .with_context(|| format!("pinning {}", p.display()))?;
+        }
         self.pin_dir = Some(dir.to_path_buf());
         Ok(())
     }
