@@ -727,27 +727,9 @@ fn save_file(file: &Mutex<DaemonFile>, log: &Logger) {
         Err(_) => return,
     };
     drop(f);
-    let tmp = p
-        .state_dir
-        .join(format!("state.json.{}.tmp", std::process::id()));
-    let r = (|| -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = fs::remove_file(&tmp);
-        let mut w = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        w.write_all(text.as_bytes())?;
-        fs::rename(&tmp, p.state_dir.join("state.json"))
-    })();
+    let r = sys::write_private_atomic(&p.state_dir.join("state.json"), text.as_bytes());
     if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
-        log.event(
-            "warn",
-            "state_file",
-            json!({"error": format!("{}: {e}", p.state_dir.display())}),
-        );
+        log.event("warn", "state_file", json!({"error": format!("{e:#}")}));
     }
 }
 
