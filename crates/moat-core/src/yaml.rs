@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use marked_yaml::Node;
+use marked_yaml::{LoaderOptions, Node};
 
 use crate::fw::policy::{
     MAX_ERRORS_KEPT, PolicyError as ConfigError,
-    parser::{node_pos, shorten},
+    parser::{load_error, node_pos, shorten},
 };
 
 pub struct Walker {
@@ -123,5 +123,30 @@ impl Walker {
                 vec![]
             }
         }
+    }
+
+    /// Parses `text` (duplicate keys are errors) and returns its root when
+    /// it is a mapping; otherwise records an error, saying `must_be` where
+    /// the document is not a mapping.
+    pub fn root(&mut self, text: &str, must_be: &str) -> Option<Node> {
+        let opts = LoaderOptions::default().error_on_duplicate_keys(true);
+        let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
+            Ok(n) => n,
+            Err(e) => {
+                let (at, msg) = load_error(&e);
+                let msg = if msg.starts_with("the policy must be a mapping") {
+                    must_be.to_string()
+                } else {
+                    msg
+                };
+                self.err(at, msg);
+                return None;
+            }
+        };
+        if root.as_mapping().is_none() {
+            self.err(node_pos(&root), must_be);
+            return None;
+        }
+        Some(root)
     }
 }

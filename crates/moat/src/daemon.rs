@@ -501,49 +501,37 @@ impl Daemon {
         }
         let paths = f.paths();
         let canon = fs::canonicalize(&path).unwrap_or(path.clone());
-        // Adopt: an enforcer runs these very bytes.
-        if start
-            && f == Family::Guard
-            && let Some(gs) = crate::guard::read_state()
-            && crate::guard::is_runner(gs.pid)
-            && gs.sha256 == sha
-            && gs.file == canon
-        {
+        // Adopt what already runs these very bytes: the guard's enforcer,
+        // or the generation the kernel runs.
+        let adopt = if !start {
+            None
+        } else if f == Family::Guard {
+            crate::guard::read_state()
+                .filter(|gs| {
+                    crate::guard::is_runner(gs.pid) && gs.sha256 == sha && gs.file == canon
+                })
+                .map(|gs| (None, json!({"enforcer_pid": gs.pid})))
+        } else {
+            source::in_force(&paths)
+                .filter(|src| src.sha256 == sha && src.file == canon)
+                .map(|src| {
+                    (
+                        Some(src.generation),
+                        json!({"generation": src.generation, "applied_by": src.by}),
+                    )
+                })
+        };
+        if let Some((generation, mut fields)) = adopt {
             st.status = "in force".into();
             st.sha256 = Some(sha);
-            st.generation = None;
+            st.generation = generation;
             st.error = None;
             st.retry_at = None;
             st.adopted = true;
             st.changed_unix = unix_now();
-            self.log.event(
-                "info",
-                "adopted",
-                json!({"family": f.name(), "file": path, "enforcer_pid": gs.pid}),
-            );
-            self.set_state(f, st);
-            return;
-        }
-        // Adopt: the kernel runs the generation these very bytes produced.
-        if start
-            && f != Family::Guard
-            && let Some(src) = source::in_force(&paths)
-            && src.sha256 == sha
-            && src.file == canon
-        {
-            st.status = "in force".into();
-            st.sha256 = Some(sha);
-            st.generation = Some(src.generation);
-            st.error = None;
-            st.retry_at = None;
-            st.adopted = true;
-            st.changed_unix = unix_now();
-            self.log.event(
-                "info",
-                "adopted",
-                json!({"family": f.name(), "file": path, "generation": src.generation,
-                       "applied_by": src.by}),
-            );
+            fields["family"] = json!(f.name());
+            fields["file"] = json!(path);
+            self.log.event("info", "adopted", fields);
             self.set_state(f, st);
             if f == Family::Lb {
                 self.health.configure(parse_lb(&bytes, &path).ok());
@@ -593,7 +581,7 @@ impl Daemon {
             )
             .map(|r| (r.generation, r.interfaces)),
             Family::Guard => crate::guard::start_enforcer(&path, None)
-                .map(|pid| (pid, vec![format!("enforcer pid {pid}")])),
+                .map(|(pid, _)| (pid, vec![format!("enforcer pid {pid}")])),
         };
         match applied {
             Ok((generation, ifaces)) => {

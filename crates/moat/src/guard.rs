@@ -256,8 +256,7 @@ fn stop_runner(pid: u32) {
 /// `moat guard apply -f FILE`: starts an enforcer for FILE, then stops the
 /// one it replaces (no gap: both enforce for a moment).
 pub fn apply(path: &Path, ring_bytes: Option<u32>) -> Result<()> {
-    let policy = load_policy(path)?;
-    let pid = start_enforcer(path, ring_bytes)?;
+    let (pid, policy) = start_enforcer(path, ring_bytes)?;
     println!(
         "guard: {} applied ({} rules), enforcer pid {pid}",
         path.display(),
@@ -278,8 +277,8 @@ pub fn apply(path: &Path, ring_bytes: Option<u32>) -> Result<()> {
 /// Starts an enforcer for FILE (checked first), waits until it enforces,
 /// then stops the one it replaces; returns its pid. On failure nothing
 /// changed: the old enforcer (if any) keeps running.
-pub fn start_enforcer(path: &Path, ring_bytes: Option<u32>) -> Result<u32> {
-    load_policy(path)?;
+pub fn start_enforcer(path: &Path, ring_bytes: Option<u32>) -> Result<(u32, GuardPolicy)> {
+    let policy = load_policy(path)?;
     sys::require_privileges("moat guard apply")?;
     let dir = state_dir();
     sys::private_dir(&dir)?;
@@ -334,7 +333,7 @@ pub fn start_enforcer(path: &Path, ring_bytes: Option<u32>) -> Result<u32> {
     // The runner lives on; it is not our child to wait for.
     let pid = child.id();
     std::mem::forget(child);
-    Ok(pid)
+    Ok((pid, policy))
 }
 
 fn counts_of(pid: u32, n: usize) -> Option<Vec<abi::SecRuleStat>> {

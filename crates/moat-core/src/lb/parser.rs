@@ -7,11 +7,11 @@ use std::{
     path::Path,
 };
 
-use marked_yaml::{LoaderOptions, Node};
+use marked_yaml::Node;
 
 use super::*;
 use crate::{
-    fw::policy::parser::{load_error, node_pos, pos},
+    fw::policy::parser::{node_pos, pos},
     yaml::Walker,
 };
 
@@ -49,27 +49,11 @@ impl Parser {
     }
 
     pub(super) fn config(&mut self, text: &str) -> Option<LbConfig> {
-        let opts = LoaderOptions::default().error_on_duplicate_keys(true);
-        let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
-            Ok(n) => n,
-            Err(e) => {
-                let (at, msg) = load_error(&e);
-                let msg = if msg.starts_with("the policy must be a mapping") {
-                    "the config must be a mapping (interfaces, maglev, conntrack, services)".into()
-                } else {
-                    msg
-                };
-                self.err(at, msg);
-                return None;
-            }
-        };
-        let Some(map) = root.as_mapping() else {
-            self.err(
-                node_pos(&root),
-                "the config must be a mapping (interfaces, maglev, conntrack, services)",
-            );
-            return None;
-        };
+        let root = self.root(
+            text,
+            "the config must be a mapping (interfaces, maglev, conntrack, services)",
+        )?;
+        let map = root.as_mapping()?;
         let Some((first, _)) = map.iter().next() else {
             self.err(
                 (1, 1),

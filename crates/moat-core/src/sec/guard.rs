@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use marked_yaml::{LoaderOptions, Node};
+use marked_yaml::Node;
 use moat_abi::sec as abi;
 use serde::Serialize;
 
@@ -27,7 +27,7 @@ use crate::{
         addr::Cidr,
         policy::{
             PolicyError as ConfigError, PolicyErrors as ConfigErrors,
-            parser::{load_error, node_pos, pos},
+            parser::{node_pos, pos},
         },
     },
     yaml::{At, Walker},
@@ -280,27 +280,8 @@ pub fn parse(text: &str, path: &Path) -> Result<GuardPolicy, ConfigErrors> {
 }
 
 fn policy(w: &mut Walker, text: &str) -> Option<GuardPolicy> {
-    let opts = LoaderOptions::default().error_on_duplicate_keys(true);
-    let root = match marked_yaml::parse_yaml_with_options(0, text, opts) {
-        Ok(n) => n,
-        Err(e) => {
-            let (at, msg) = load_error(&e);
-            let msg = if msg.starts_with("the policy must be a mapping") {
-                "the guard policy must be a mapping with `rules:`".into()
-            } else {
-                msg
-            };
-            w.err(at, msg);
-            return None;
-        }
-    };
-    let Some(map) = root.as_mapping() else {
-        w.err(
-            node_pos(&root),
-            "the guard policy must be a mapping with `rules:`",
-        );
-        return None;
-    };
+    let root = w.root(text, "the guard policy must be a mapping with `rules:`")?;
+    let map = root.as_mapping()?;
     let mut rules_node = None;
     for (k, v) in map.iter() {
         match k.as_str() {

@@ -33,7 +33,7 @@ use moat_core::sec::{
 
 use crate::{
     loader::{self, Loaded, LogOpts},
-    sec::{fill, load_tp, proc_snapshot},
+    sec::{attach_table, proc_snapshot, seed_table},
     sys,
 };
 
@@ -163,6 +163,8 @@ pub struct Guard {
     pub seeded: usize,
     pub pin_dir: Option<PathBuf>,
     user_counts: Vec<abi::SecRuleStat>,
+    /// fanotify's read buffer, kept between rounds.
+    fan_buf: Vec<u8>,
 }
 
 /// Mounts tracefs on /sys/kernel/tracing when its events are not there.
@@ -500,15 +502,8 @@ impl Guard {
         }
         let btf =
             Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-        let mut programs = Vec::new();
-        // The process table first (fork before the rest), then the rules.
-        for (name, tp) in [
-            (abi::PROG_FORK, "sched_process_fork"),
-            (abi::PROG_EXEC, "sched_process_exec"),
-            (abi::PROG_EXIT, "sched_process_exit"),
-        ] {
-            programs.push(load_tp(&mut bpf, name, tp, &btf, log)?);
-        }
+        // The process table first, then the rules.
+        let mut programs = attach_table(&mut bpf, &btf, log)?;
         let seeded = seed(&mut bpf, &compiled)?;
         let mut tps: Vec<(&str, Vec<&str>)> = Vec::new();
         if compiled.connect_tp {
@@ -586,6 +581,7 @@ impl Guard {
             seeded,
             pin_dir: None,
             user_counts: vec![abi::SecRuleStat::default(); n],
+            fan_buf: Vec::new(),
         })
     }
 
@@ -715,7 +711,19 @@ impl Guard {
         let Some(fd) = self.fan.as_ref().map(|f| f.fd.as_raw_fd()) else {
             return Ok(());
         };
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = std::mem::take(&mut self.fan_buf);
+        buf.resize(64 * 1024, 0);
+        let r = self.fanotify_read(fd, &mut buf, on_event);
+        self.fan_buf = buf;
+        r
+    }
+
+    fn fanotify_read(
+        &mut self,
+        fd: RawFd,
+        buf: &mut [u8],
+        on_event: &mut dyn FnMut(&GuardEvent),
+    ) -> Result<()> {
         loop {
             // SAFETY: reads into buf.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -897,11 +905,9 @@ fn unsafe_zeroed_event() -> abi::SecEvent {
 }
 
 /// Writes what /proc shows into the guard's process table, with the
-/// policy's masks (a process's ancestors are its parents' images).
+/// policy's masks of each binary.
 fn seed(bpf: &mut Ebpf, c: &Compiled) -> Result<usize> {
     let procs = proc_snapshot();
-    let by_pid: std::collections::HashMap<u32, usize> =
-        procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
     let masks: Vec<abi::SecMasks> = procs
         .iter()
         .map(|p| {
@@ -914,41 +920,5 @@ fn seed(bpf: &mut Ebpf, c: &Compiled) -> Result<usize> {
             }
         })
         .collect();
-    let mut t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(
-        bpf.map_mut(abi::MAP_PROCS)
-            .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?,
-    )?;
-    let mut n = 0;
-    for (i, p) in procs.iter().enumerate() {
-        // anc: the selfanc of every ancestor (bounded walk up the ppids).
-        let mut anc = 0;
-        let mut at = p.ppid;
-        for _ in 0..64 {
-            let Some(&j) = by_pid.get(&at) else { break };
-            anc |= masks[j].anc;
-            if at <= 1 {
-                break;
-            }
-            at = procs[j].ppid;
-        }
-        let mut e = abi::SecProc {
-            xid: p.xid.abi(),
-            parent: p.parent.abi(),
-            ppid: p.ppid,
-            uid: p.uid,
-            gid: p.gid,
-            cgroup: p.cgroup,
-            bin: masks[i].bin,
-            notbin: masks[i].notbin,
-            anc,
-            selfanc: masks[i].anc,
-            ..Default::default()
-        };
-        fill(&mut e.comm, &p.comm);
-        fill(&mut e.binary, &p.binary);
-        if t.insert(p.pid, e, 1 /* BPF_NOEXIST */).is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
+    seed_table(bpf, &procs, &masks)
 }

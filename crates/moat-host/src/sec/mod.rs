@@ -326,15 +326,7 @@ impl Watcher {
         }
         let btf =
             Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-        // Fork first: from then on the table follows every new process.
-        let mut programs = Vec::new();
-        for (name, tp) in [
-            (abi::PROG_FORK, "sched_process_fork"),
-            (abi::PROG_EXEC, "sched_process_exec"),
-            (abi::PROG_EXIT, "sched_process_exit"),
-        ] {
-            programs.push(load_tp(&mut bpf, name, tp, &btf, log)?);
-        }
+        let mut programs = attach_table(&mut bpf, &btf, log)?;
         let mut tps: Vec<(&str, &[&str])> = Vec::new();
         if !o.files.is_empty() {
             // tp_btf/sys_enter: the raw tracepoint, cheaper per call than
@@ -347,32 +339,9 @@ impl Watcher {
         for (name, points) in tps {
             programs.push(guard::load_syscall_tp(&mut bpf, name, points, log)?);
         }
-        // Then what already runs, without overwriting what the programs
-        // wrote meanwhile (BPF_NOEXIST).
+        // Then what already runs.
         let procs = proc_snapshot();
-        let mut seeded = 0;
-        {
-            let mut t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(
-                bpf.map_mut(abi::MAP_PROCS)
-                    .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?,
-            )?;
-            for p in &procs {
-                let mut e = abi::SecProc {
-                    xid: p.xid.abi(),
-                    parent: p.parent.abi(),
-                    ppid: p.ppid,
-                    uid: p.uid,
-                    gid: p.gid,
-                    cgroup: p.cgroup,
-                    ..Default::default()
-                };
-                fill(&mut e.comm, &p.comm);
-                fill(&mut e.binary, &p.binary);
-                if t.insert(p.pid, e, 1 /* BPF_NOEXIST */).is_ok() {
-                    seeded += 1;
-                }
-            }
-        }
+        let seeded = seed_table(&mut bpf, &procs, &[])?;
         let ring = RingBuf::try_from(
             bpf.take_map(abi::MAP_EVENTS)
                 .ok_or_else(|| anyhow!("no {}", abi::MAP_EVENTS))?,
@@ -461,6 +430,71 @@ pub(crate) fn table_node(bpf: &Ebpf, xid: Xid) -> Option<Node> {
     let x: BpfHashMap<_, abi::SecXid, abi::SecProc> =
         BpfHashMap::try_from(bpf.map(abi::MAP_EXITED)?).ok()?;
     x.get(&xid.abi(), 0).ok().map(|e| node(e, true))
+}
+
+/// Loads and attaches the process table's programs, fork first: from then
+/// on the table follows every new process.
+pub(crate) fn attach_table(bpf: &mut Ebpf, btf: &Btf, log: &LogOpts) -> Result<Vec<Loaded>> {
+    [
+        (abi::PROG_FORK, "sched_process_fork"),
+        (abi::PROG_EXEC, "sched_process_exec"),
+        (abi::PROG_EXIT, "sched_process_exit"),
+    ]
+    .into_iter()
+    .map(|(name, tp)| load_tp(bpf, name, tp, btf, log))
+    .collect()
+}
+
+/// Writes `procs` (what /proc shows) into the kernel's table, never over an
+/// entry the programs wrote meanwhile (BPF_NOEXIST). `masks[i]` are the
+/// guard masks of `procs[i]`'s binary (empty: none); a process's ancestor
+/// mask is its ancestors' (a bounded walk up the ppids). Returns how many
+/// were written.
+pub(crate) fn seed_table(
+    bpf: &mut Ebpf,
+    procs: &[ProcInfo],
+    masks: &[abi::SecMasks],
+) -> Result<usize> {
+    let none = abi::SecMasks::default();
+    let mask = |i: usize| masks.get(i).unwrap_or(&none);
+    let by_pid: std::collections::HashMap<u32, usize> =
+        procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let mut t: BpfHashMap<_, u32, abi::SecProc> = BpfHashMap::try_from(
+        bpf.map_mut(abi::MAP_PROCS)
+            .ok_or_else(|| anyhow!("no {}", abi::MAP_PROCS))?,
+    )?;
+    let mut n = 0;
+    for (i, p) in procs.iter().enumerate() {
+        let mut anc = 0;
+        let mut at = p.ppid;
+        for _ in 0..64 {
+            let Some(&j) = by_pid.get(&at) else { break };
+            anc |= mask(j).anc;
+            if at <= 1 {
+                break;
+            }
+            at = procs[j].ppid;
+        }
+        let mut e = abi::SecProc {
+            xid: p.xid.abi(),
+            parent: p.parent.abi(),
+            ppid: p.ppid,
+            uid: p.uid,
+            gid: p.gid,
+            cgroup: p.cgroup,
+            bin: mask(i).bin,
+            notbin: mask(i).notbin,
+            anc,
+            selfanc: mask(i).anc,
+            ..Default::default()
+        };
+        fill(&mut e.comm, &p.comm);
+        fill(&mut e.binary, &p.binary);
+        if t.insert(p.pid, e, 1 /* BPF_NOEXIST */).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// sec_stats per hook (`abi::HOOK_*`), summed over CPUs.
