@@ -18,6 +18,7 @@
 
 #include "../common/abi.h"
 #include "../common/bucket.h"
+#include "../common/clock.h"
 #include "../common/parse.h"
 #include "../common/stats.h"
 
@@ -171,6 +172,14 @@ struct {
 } fw_flows SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_FLOW_SLOTS);
+	__uint(pinning, PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_flowtags SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 	__uint(pinning, PIN_BY_NAME);
@@ -227,17 +236,26 @@ static __always_inline int fw_stat(__u32 reason, __u64 len)
 	return fw_reason_verdict(reason);
 }
 
-/* FNV-1a over the key's 32-bit words: masked, the fw_ctseen slot and the
- * fw_flows slot of a connection. */
+/* The connection hash (masked: its fw_ctseen and fw_flows slots): the key's
+ * five 64-bit words multiplied by odd constants independently (the CPU runs
+ * the products side by side; FNV's chain of ten was ~3x slower), folded, and
+ * mixed once more. Mirrored by moat-host's ct_hash; changing it changes every
+ * slot, so it changes together with FW_CTSEEN_SLOTS (a resized filter is
+ * seeded afresh from conntrack by the apply). */
 static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
 {
-	const __u32 *w = (const __u32 *)k;
-	__u32 h = 0x811c9dc5;
+	const __u64 *w = (const __u64 *)k;
+	/* The fifth word from its fields (loads the width they were stored
+	 * with); on this little-endian machine, the word itself (pad is 0). */
+	__u64 w4 = (__u64)k->lport | (__u64)k->rport << 16 | (__u64)k->proto << 32 |
+		   (__u64)k->family << 40;
+	__u64 h = (w[0] * 0x9E3779B97F4A7C15ULL) ^ (w[1] * 0xC2B2AE3D27D4EB4FULL) ^
+		  (w[2] * 0x165667B19E3779F9ULL) ^ (w[3] * 0xD6E8FEB86659FD93ULL) ^
+		  (w4 * 0xFF51AFD7ED558CCDULL);
 
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*k) / 4); i++)
-		h = (h ^ w[i]) * 0x01000193;
-	return h ^ (h >> 16);
+	h ^= h >> 32;
+	h *= 0x9E3779B97F4A7C15ULL;
+	return (__u32)(h >> 32);
 }
 
 /* Row of fw_dense: 0 tcp, 1 udp, 2 icmp, 3 icmpv6, 4 any other. */
@@ -331,10 +349,10 @@ __noinline int fw_class_of(const struct fw_config *cfg, const struct fw_ct_key *
 
 /*
  * The compiled policy's verdict for a connection's first packet of protocol
- * proto from a remote of class *cls; dir_port = dir << 16 | the policy port
- * (network order). Returns FW_ACTION_* | the rule's FW_FLAG_* << 8 (five
- * arguments at most). Global, so the verifier checks it once however often
- * it is called.
+ * proto from a remote of class *cls outside the dense class (fw_verdict_of
+ * answers that one); dir_port = dir << 16 | the policy port (network order).
+ * Returns FW_ACTION_* | the rule's FW_FLAG_* << 8 (five arguments at most).
+ * Global, so the verifier checks it once however often it is called.
  */
 __noinline int fw_policy(const struct fw_config *cfg, const struct fw_class *cls, __u32 proto,
 			 __u32 dir_port, __u32 *rule)
@@ -347,18 +365,6 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_class *cls
 
 	if (!cfg || !cls || !rule)
 		return FW_ACTION_DENY;
-	if ((cfg->maps2 & FW_HAS2_DENSE) && cls->class_id == cfg->dense_class) {
-		/* Every verdict of this class in one array: one read. */
-		__u32 idx = FW_DENSE_IDX(dir & 1, fw_proto_idx(proto), bpf_ntohs(port_be));
-		__u64 *d = bpf_map_lookup_elem(&fw_dense, &idx);
-
-		if (d && ((*d >> 32) & 0xFF)) {
-			*rule = (__u32)*d;
-			return ((*d >> 32) & 0xFF) | ((*d >> 40) & 0xFF) << 8;
-		}
-		*rule = FW_RULE_DEFAULT;
-		return dir == FW_DIR_INGRESS ? cfg->default_ingress : cfg->default_egress;
-	}
 	/* Verdict: exact port, then every port, then port ranges (the three
 	 * hold disjoint port sets, so the first hit is the answer). */
 	v = NULL;
@@ -389,6 +395,29 @@ __noinline int fw_policy(const struct fw_config *cfg, const struct fw_class *cls
 	}
 	*rule = FW_RULE_DEFAULT;
 	return dir == FW_DIR_INGRESS ? cfg->default_ingress : cfg->default_egress;
+}
+
+/* The verdict (as fw_policy's) of a first packet: the dense class (the
+ * unlisted remotes, where floods come from) in one array read right here,
+ * every other class through fw_policy. */
+static __always_inline int fw_verdict_of(const struct fw_config *cfg, const struct fw_class *cls,
+					 __u32 proto, __u32 dir_port, __u32 *rule)
+{
+	__u32 dir = dir_port >> 16;
+
+	if ((cfg->maps2 & FW_HAS2_DENSE) && cls->class_id == cfg->dense_class) {
+		/* Every verdict of this class in one array: one read. */
+		__u32 idx = FW_DENSE_IDX(dir & 1, fw_proto_idx(proto), bpf_ntohs(dir_port & 0xFFFF));
+		__u64 *d = bpf_map_lookup_elem(&fw_dense, &idx);
+
+		if (d && ((*d >> 32) & 0xFF)) {
+			*rule = (__u32)*d;
+			return ((*d >> 32) & 0xFF) | ((*d >> 40) & 0xFF) << 8;
+		}
+		*rule = FW_RULE_DEFAULT;
+		return dir == FW_DIR_INGRESS ? cfg->default_ingress : cfg->default_egress;
+	}
+	return fw_policy(cfg, cls, proto, dir_port, rule);
 }
 
 static __always_inline int icmp_is_error(__u8 proto, __u8 type)
@@ -548,6 +577,7 @@ struct fw_pkt {
 	__be16 pport;      /* the policy port: tcp/udp destination, icmp type << 8 | code */
 	__u8 pad2[2];
 	__u32 ifindex;
+	__u64 now;         /* the coarse clock (read once per packet at most) */
 };
 
 /* The remote's class, looked up once per packet at most. */
@@ -578,10 +608,11 @@ static __always_inline void fw_ct_forget(int assured, const struct fw_ct_key *k,
 	}
 }
 
-/* Step 1: the network layer. Addresses into the fragment key; non-IP passes,
- * a stack too deep or a broken header drops. */
+/* Step 1: the network layer. Addresses, protocol and family into the
+ * connection key (zeroed, 8-byte aligned); non-IP passes, a stack too deep or
+ * a broken header drops. */
 static __always_inline __u32 fw_step_l3(struct fw_pkt *p, __u32 offs, __u32 meta,
-					struct fw_frag_key *fk)
+					struct fw_ct_key *k)
 {
 	__u16 eth_proto = meta & 0xFFFF;
 	__u32 off = offs & 0xFFFF;
@@ -595,23 +626,53 @@ static __always_inline __u32 fw_step_l3(struct fw_pkt *p, __u32 offs, __u32 meta
 	if (!(meta & META_L3_OK) || off > FW_MAX_OFF)
 		return FW_STAT_DROP_MALFORMED;
 	ip = p->data + off;
+	/* Word loads (packet reads need no alignment here; byte copies cost
+	 * four instructions a byte). The source is the remote on ingress. */
 	if (eth_proto == ETH_P_IP) {
+		__u32 s, d;
+
 		if ((void *)(ip + 20) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
 		p->family = 4;
-		__builtin_memcpy(fk->src, ip + 12, 4);
-		__builtin_memcpy(fk->dst, ip + 16, 4);
+		s = *(const __u32 *)(ip + 12);
+		d = *(const __u32 *)(ip + 16);
+		*(__u32 *)k->local = p->local_is_src ? s : d;
+		*(__u32 *)k->remote = p->local_is_src ? d : s;
 	} else {
+		__u64 s0, s1, d0, d1;
+
 		if ((void *)(ip + 40) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
 		p->family = 6;
-		__builtin_memcpy(fk->src, ip + 8, 16);
-		__builtin_memcpy(fk->dst, ip + 24, 16);
+		s0 = *(const __u64 *)(ip + 8);
+		s1 = *(const __u64 *)(ip + 16);
+		d0 = *(const __u64 *)(ip + 24);
+		d1 = *(const __u64 *)(ip + 32);
+		((__u64 *)k->local)[0] = p->local_is_src ? s0 : d0;
+		((__u64 *)k->local)[1] = p->local_is_src ? s1 : d1;
+		((__u64 *)k->remote)[0] = p->local_is_src ? d0 : s0;
+		((__u64 *)k->remote)[1] = p->local_is_src ? d1 : s1;
 	}
 	p->proto = (meta >> 16) & 0xFF;
-	fk->family = p->family;
-	fk->proto = p->proto;
+	k->proto = p->proto;
+	k->family = p->family;
 	return FW_NEXT;
+}
+
+/* The fragment key of a packet from its connection key (fragments only). */
+static __always_inline void fw_frag_key_of(struct fw_frag_key *fk, const struct fw_ct_key *k,
+					   int local_is_src, __u32 id)
+{
+	const __u64 *l = (const __u64 *)k->local, *r = (const __u64 *)k->remote;
+	__u64 *s = (__u64 *)fk->src, *d = (__u64 *)fk->dst;
+
+	s[0] = local_is_src ? l[0] : r[0];
+	s[1] = local_is_src ? l[1] : r[1];
+	d[0] = local_is_src ? r[0] : l[0];
+	d[1] = local_is_src ? r[1] : l[1];
+	fk->id = id;
+	fk->proto = k->proto;
+	fk->family = k->family;
 }
 
 /* Step 2: the transport header. Ports (or the echo id) into the connection
@@ -674,7 +735,7 @@ static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config 
 			ct = bpf_map_lookup_elem(&fw_ct, k);
 	}
 	if (ct) {
-		__u64 now = bpf_ktime_get_coarse_ns(), last = ct->last_seen_ns;
+		__u64 now = p->now, last = ct->last_seen_ns;
 		__u32 timeout = p->proto == IPPROTO_UDP ? cfg->timeout_udp : cfg->timeout_other;
 
 		if (p->proto == IPPROTO_TCP) {
@@ -781,7 +842,7 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, struct
 		reason = FW_STAT_PASS_ESTABLISHED;
 		rule = ct->rule;
 	} else {
-		action = fw_policy(cfg, fw_pkt_class(cfg, p, k), k->proto,
+		action = fw_verdict_of(cfg, fw_pkt_class(cfg, p, k), k->proto,
 				   (__u32)ct->dir0 << 16 | ct->port0, &rule);
 		if ((action & 0xFF) != FW_ACTION_ALLOW) {
 			fw_ct_forget(p->ct_assured, k, seen);
@@ -798,7 +859,7 @@ static __always_inline __u32 fw_step_tracked(const struct fw_config *cfg, struct
 	}
 	if (p->proto == IPPROTO_TCP)
 		ct->tcp_state = tcp_next;
-	ct->last_seen_ns = bpf_ktime_get_coarse_ns();
+	ct->last_seen_ns = p->now;
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
 	if (p->dir != ct->dir0)
@@ -818,7 +879,7 @@ static __always_inline __u32 fw_step_new(const struct fw_config *cfg, struct fw_
 					 const struct fw_ct_key *k, __u32 *seen, struct fw_out *o)
 {
 	__u32 rule = 0;
-	__u32 action = fw_policy(cfg, fw_pkt_class(cfg, p, k), k->proto,
+	__u32 action = fw_verdict_of(cfg, fw_pkt_class(cfg, p, k), k->proto,
 				 (__u32)p->dir << 16 | p->pport, &rule);
 	__u8 flags = action >> 8;
 
@@ -831,7 +892,7 @@ static __always_inline __u32 fw_step_new(const struct fw_config *cfg, struct fw_
 	}
 	if (!p->icmp_error && !(p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST))) {
 		struct fw_ct_val v = {};
-		v.first_seen_ns = bpf_ktime_get_coarse_ns();
+		v.first_seen_ns = p->now;
 		v.last_seen_ns = v.first_seen_ns;
 		v.packets = 1;
 		v.bytes = p->len;
@@ -863,7 +924,7 @@ static __always_inline __u32 fw_step_new(const struct fw_config *cfg, struct fw_
  */
 static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u32 offs,
 				      __u32 meta, __u32 frag_id, __u8 dir, __u32 ifindex,
-				      const struct fw_config *cfg, struct fw_ct_key *k,
+				      const struct fw_config *cfg, __u64 now, struct fw_ct_key *k,
 				      struct fw_out *o)
 {
 	struct fw_pkt p = {
@@ -873,24 +934,21 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		.dir = dir,
 		.local_is_src = dir == FW_DIR_EGRESS,
 		.ifindex = ifindex,
+		.now = now,
 	};
-	struct fw_frag_key fk = {};
+	struct fw_frag_key fk __attribute__((aligned(8))) = {};
 	struct fw_ct_val *ct;
 	__u32 reason, *seen;
 	__u8 tcp_next = FW_TCP_NONE;
 
-	reason = fw_step_l3(&p, offs, meta, &fk);
+	reason = fw_step_l3(&p, offs, meta, k);
 	if (reason != FW_NEXT)
 		return reason;
-	fk.id = frag_id;
-	if (meta & META_FRAG_LATER)
+	if (meta & META_FRAG_LATER) {
+		fw_frag_key_of(&fk, k, p.local_is_src, frag_id);
 		return bpf_map_lookup_elem(&fw_frag, &fk) ? FW_STAT_PASS_FRAGMENT
 							  : FW_STAT_DROP_FRAGMENT;
-
-	__builtin_memcpy(k->local, p.local_is_src ? fk.src : fk.dst, 16);
-	__builtin_memcpy(k->remote, p.local_is_src ? fk.dst : fk.src, 16);
-	k->proto = p.proto;
-	k->family = p.family;
+	}
 	reason = fw_step_l4(ctx, &p, offs, k);
 	if (reason != FW_NEXT)
 		return reason;
@@ -928,6 +986,8 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 		    : fw_step_new(cfg, &p, k, seen, o);
 	if (fw_reason_verdict(reason) == FW_PASS && (meta & META_FRAG_MORE)) {
 		__u32 one = 1;
+
+		fw_frag_key_of(&fk, k, p.local_is_src, frag_id);
 		bpf_map_update_elem(&fw_frag, &fk, &one, BPF_ANY);
 	}
 	return reason;
@@ -956,7 +1016,9 @@ static __always_inline int fw_key_eq(const struct fw_ct_key *a, const struct fw_
  * the connection hash, so this is one array slot whatever the flood. A flow
  * in its slot is updated; another flow takes the slot only if the flow
  * bucket allows (a new denied flow costs credit), and a flow it pushes out
- * is counted (FW_EV_FLOWS_REPLACED).
+ * is counted (FW_EV_FLOWS_REPLACED). The slot's tag (fw_flowtags) is read
+ * first: under a flood of new flows it differs, and the slot itself is only
+ * touched when the bucket lets the new flow in.
  */
 static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct fw_evstate *st,
 					   __u64 now, const struct fw_ct_key *k, __u32 hash,
@@ -964,8 +1026,22 @@ static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct f
 					   __u64 len)
 {
 	__u32 slot = hash & (FW_FLOW_SLOTS - 1);
-	struct fw_flow_slot *f = bpf_map_lookup_elem(&fw_flows, &slot);
+	__u32 *tag = bpf_map_lookup_elem(&fw_flowtags, &slot);
+	struct fw_flow_slot *f;
 
+	if (!tag)
+		return;
+	if (*tag != hash) {
+		if (!fw_take(&st->flow, now, cfg->flow_cost_ns, cfg->flow_cap_ns)) {
+			fw_evcount(FW_EV_FLOWS_SKIPPED);
+			return;
+		}
+		f = bpf_map_lookup_elem(&fw_flows, &slot);
+		if (!f)
+			return;
+		goto take;
+	}
+	f = bpf_map_lookup_elem(&fw_flows, &slot);
 	if (!f)
 		return;
 	if (f->val.first_seen_ns && fw_key_eq(&f->key, k)) {
@@ -980,8 +1056,10 @@ static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct f
 		fw_evcount(FW_EV_FLOWS_SKIPPED);
 		return;
 	}
+take:
 	if (f->val.first_seen_ns)
 		fw_evcount(FW_EV_FLOWS_REPLACED);
+	*tag = hash;
 	/* (two CPUs taking one slot at once may mix their records: a flow
 	 * record is a sample; the exact counts are fw_stats and fw_rule_stats) */
 	f->key = *k;
@@ -1006,7 +1084,7 @@ static __always_inline void fw_event(void *ctx, const struct fw_config *cfg,
 	struct fw_event *e;
 	__u32 cap;
 
-	fw_evcount(FW_EV_SEEN);
+	/* (FW_EV_SEEN is not counted: it is the sum of the four outcomes) */
 	if (cfg->ev_sample > 1 && (st->seq++ % cfg->ev_sample) != 0) {
 		fw_evcount(FW_EV_SAMPLED_OUT);
 		return;
@@ -1054,35 +1132,30 @@ static __always_inline int fw_decide(void *ctx, void *data, void *data_end, __u3
 	__u64 len = data_end - data;
 	__u32 zero = 0, reason;
 	struct fw_config *cfg = bpf_map_lookup_elem(&fw_config, &zero);
-	struct fw_ct_key k = {};
+	struct fw_evstate *st = bpf_map_lookup_elem(&fw_evstate, &zero);
+	struct fw_ct_key k __attribute__((aligned(8))) = {};
 	struct fw_out o = {};
+	__u64 now;
 	int verdict;
 
-	if (!cfg)
+	if (!cfg || !st)
 		return FW_PASS;
-	reason = fw_judge(ctx, data, data_end, offs, meta, frag_id, dir, ifindex, cfg, &k, &o);
+	/* One clock for the packet: conntrack, flows, buckets. */
+	now = moat_clock_now(&st->clock_jiffies, &st->clock_ns);
+	reason = fw_judge(ctx, data, data_end, offs, meta, frag_id, dir, ifindex, cfg, now, &k,
+			  &o);
 	if (o.has_rule)
 		moat_count_add(&fw_rule_stats, o.rule, len);
 	verdict = fw_stat(reason, len);
 	moat_count_add(&fw_ifstats, (ifindex & (FW_IF_SLOTS - 1)) << 2 | (__u32)dir << 1 | (verdict == FW_DROP),
 		 len);
 	if (verdict == FW_DROP && (o.keyed || cfg->log_drops || o.log)) {
-		/* One clock read and one state lookup for flows and events. */
-		__u64 now = bpf_ktime_get_coarse_ns();
-		struct fw_evstate *st = bpf_map_lookup_elem(&fw_evstate, &zero);
-
-		if (!st)
-			return verdict;
 		if (o.keyed)
 			fw_flow_denied(cfg, st, now, &k, o.hash, reason, o.rule, dir, ifindex, len);
 		if (cfg->log_drops || o.log)
 			fw_event(ctx, cfg, st, now, dir, ifindex, FW_EVENT_DROP, reason, o.rule, len);
 	} else if (o.log) {
-		struct fw_evstate *st = bpf_map_lookup_elem(&fw_evstate, &zero);
-
-		if (st)
-			fw_event(ctx, cfg, st, bpf_ktime_get_coarse_ns(), dir, ifindex,
-				 FW_EVENT_LOG, reason, o.rule, len);
+		fw_event(ctx, cfg, st, now, dir, ifindex, FW_EVENT_LOG, reason, o.rule, len);
 	}
 	return verdict;
 }

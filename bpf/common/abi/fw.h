@@ -152,7 +152,7 @@
  *   writer: moat lb apply / moat fw apply / detach; reader: fw_xdp (tail call)
  */
 #define FW_MAP_NEXT "fw_next"
-#define FW_CTSEEN_SLOTS 65536
+#define FW_CTSEEN_SLOTS 16384 /* 64 KiB: a flood's random probes stay in cache */
 
 /*
  * fw_flows: BPF_MAP_TYPE_ARRAY, FW_FLOW_SLOTS, pinned by name: denied flows
@@ -169,6 +169,15 @@
 #define FW_MAP_FLOWS "fw_flows"
 #define FW_FLOW_SLOTS 8192
 /*
+ * fw_flowtags: BPF_MAP_TYPE_ARRAY, FW_FLOW_SLOTS entries of __u32, pinned by
+ *   name with fw_flows: slot i holds fw_ct_hash of the flow last written to
+ *   fw_flows slot i. A hint read before the slot (32 KiB instead of the
+ *   slots' 800): a packet whose hash differs is certainly not the slot's flow,
+ *   so a flood of new flows touches only the tags. A tag that matches is
+ *   checked against the slot's key. writer/reader: fw programs
+ */
+#define FW_MAP_FLOWTAGS "fw_flowtags"
+/*
  * fw_events: BPF_MAP_TYPE_RINGBUF, pinned by name: struct fw_event records
  *   (drops, and verdicts of rules with log: true), sampled and rate limited
  *   in the kernel. writer: fw programs; reader: moat flows --follow, capture
@@ -176,7 +185,8 @@
 #define FW_MAP_EVENTS "fw_events"
 /*
  * fw_evstate: BPF_MAP_TYPE_PERCPU_ARRAY, 1 entry, struct fw_evstate: the
- *   per-CPU token buckets and sampling counter. writer/reader: fw programs
+ *   per-CPU token buckets, sampling counter and clock (the coarse clock read
+ *   once per tick: common/clock.h). writer/reader: fw programs
  */
 #define FW_MAP_EVSTATE "fw_evstate"
 /*
@@ -199,7 +209,8 @@
 #define FW_PIN_DIR "/sys/fs/bpf/moat/fw"
 
 /* Index into fw_evstats. */
-#define FW_EV_SEEN          0 /* packets that qualified for an event */
+#define FW_EV_SEEN          0 /* packets that qualified for an event: not counted by the
+                                * programs (a counter less per drop); readers sum the four below */
 #define FW_EV_EMITTED       1 /* written to the ring buffer */
 #define FW_EV_SAMPLED_OUT   2 /* skipped by 1-in-N sampling */
 #define FW_EV_RATE_LIMITED  3 /* skipped: event token bucket empty */
@@ -442,6 +453,8 @@ struct fw_evstate {
 	struct fw_bucket ev;
 	struct fw_bucket flow;
 	__u64 seq;         /* qualifying packets seen (for 1-in-N sampling) */
+	__u64 clock_jiffies; /* the per-CPU clock (common/clock.h): jiffies of */
+	__u64 clock_ns;      /* the last coarse clock read, and what it read */
 };
 
 /* One ring buffer record. */

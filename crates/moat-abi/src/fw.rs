@@ -29,6 +29,7 @@ pub const MAP_FRAG: &str = "fw_frag";
 pub const MAP_RULE_STATS: &str = "fw_rule_stats";
 pub const MAP_STATS: &str = "fw_stats";
 pub const MAP_FLOWS: &str = "fw_flows";
+pub const MAP_FLOWTAGS: &str = "fw_flowtags";
 pub const MAP_EVENTS: &str = "fw_events";
 pub const MAP_EVSTATE: &str = "fw_evstate";
 pub const MAP_EVSTATS: &str = "fw_evstats";
@@ -38,7 +39,7 @@ pub const MAP_CTSEEN: &str = "fw_ctseen";
 pub const MAP_GEN: &str = "fw_gen";
 /// The program a passed packet runs next (see bpf/common/abi/fw.h).
 pub const MAP_NEXT: &str = "fw_next";
-pub const CTSEEN_SLOTS: u32 = 65536;
+pub const CTSEEN_SLOTS: u32 = 16384;
 /// Slots of the direct-mapped `fw_flows` array.
 pub const FLOW_SLOTS: u32 = 8192;
 /// Interface slots of `fw_ifstats` (index: see [`ifstat_idx`]).
@@ -341,6 +342,8 @@ pub struct FwEvstate {
     pub ev: FwBucket,
     pub flow: FwBucket,
     pub seq: u64,
+    pub clock_jiffies: u64,
+    pub clock_ns: u64,
 }
 
 /// One ring buffer record.

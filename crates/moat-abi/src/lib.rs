@@ -126,7 +126,11 @@ pub const LAYOUTS: &[StructLayout] = &[
         ]
     ),
     layout!("fw_bucket", fw::FwBucket, [last_ns, credit_ns]),
-    layout!("fw_evstate", fw::FwEvstate, [ev, flow, seq]),
+    layout!(
+        "fw_evstate",
+        fw::FwEvstate,
+        [ev, flow, seq, clock_jiffies, clock_ns]
+    ),
     layout!(
         "fw_event",
         fw::FwEvent,
@@ -253,6 +257,7 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, count::CountValue>("fw", fw::MAP_RULE_STATS),
     map::<u32, count::CountValue>("fw", fw::MAP_STATS),
     map::<u32, fw::FwFlowSlot>("fw", fw::MAP_FLOWS),
+    map::<u32, u32>("fw", fw::MAP_FLOWTAGS),
     map::<(), ()>("fw", fw::MAP_EVENTS),
     map::<u32, fw::FwEvstate>("fw", fw::MAP_EVSTATE),
     map::<u32, u64>("fw", fw::MAP_EVSTATS),
@@ -389,7 +394,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(fw::FwConfig, tcp_timeouts), 64);
         assert_eq!(core::mem::offset_of!(fw::FwConfig, ev_cost_ns), 24);
         assert_eq!(size_of::<fw::FwFlowVal>(), 48);
-        assert_eq!(size_of::<fw::FwEvstate>(), 40);
+        assert_eq!(size_of::<fw::FwEvstate>(), 56);
         assert_eq!(size_of::<fw::FwEvent>(), 32 + fw::EVENT_CAP);
         assert_eq!(core::mem::offset_of!(fw::FwEvent, data), 32);
         assert_eq!(core::mem::offset_of!(fw::FwCtVal, ifindex), 44);

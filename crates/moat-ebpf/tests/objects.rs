@@ -134,6 +134,7 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_MAP_RULE_STATS", fw::MAP_RULE_STATS.into()),
         ("FW_MAP_STATS", fw::MAP_STATS.into()),
         ("FW_MAP_FLOWS", fw::MAP_FLOWS.into()),
+        ("FW_MAP_FLOWTAGS", fw::MAP_FLOWTAGS.into()),
         ("FW_MAP_EVENTS", fw::MAP_EVENTS.into()),
         ("FW_MAP_EVSTATE", fw::MAP_EVSTATE.into()),
         ("FW_MAP_EVSTATS", fw::MAP_EVSTATS.into()),

@@ -528,8 +528,50 @@ fn tracked_connections_survive_an_apply_over_conntrack_without_presence_filter()
     ) {
         return;
     }
-    let t = common::tag("seed");
-    let lab = lab("seed");
+    survive_a_filter_change("seed", |pin| std::fs::remove_file(pin).unwrap());
+}
+
+/// An older moat's presence filter of another size (65,536 slots, empty where
+/// this moat's hash puts the flow): the apply moves it aside and seeds a
+/// filter of this moat's size. Reused as it was, the program would find the
+/// flow's slot at 0 and drop its packets as new.
+#[test]
+fn tracked_connections_survive_an_apply_over_a_presence_filter_of_another_size() {
+    if !common::privileged(
+        "tracked_connections_survive_an_apply_over_a_presence_filter_of_another_size",
+    ) {
+        return;
+    }
+    survive_a_filter_change("sdsz", |pin| {
+        std::fs::remove_file(pin).unwrap();
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pin)
+            .args([
+                "type",
+                "array",
+                "key",
+                "4",
+                "value",
+                "4",
+                "entries",
+                "65536",
+                "name",
+                "fw_ctseen",
+            ])
+            .output()
+            .expect("running bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool map create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+fn survive_a_filter_change(name: &str, change: impl FnOnce(&std::path::Path)) {
+    let t = common::tag(name);
+    let lab = lab(name);
     let root = FwRoot::new(&t);
     let p = policy_file(&t, "default: { ingress: deny, egress: allow }\nrules: []\n");
     apply(&root, &lab, &p);
@@ -559,9 +601,15 @@ fn tracked_connections_survive_an_apply_over_conntrack_without_presence_filter()
     let pin = std::path::Path::new(&root.pin_root)
         .join("fw")
         .join(moat_abi::fw::MAP_CTSEEN);
-    std::fs::remove_file(&pin).unwrap();
+    change(&pin);
     apply(&root, &lab, &p);
     assert!(pin.exists(), "the new filter is pinned");
+    let info = aya::maps::MapData::from_pin(&pin).unwrap().info().unwrap();
+    assert_eq!(
+        info.max_entries(),
+        moat_abi::fw::CTSEEN_SLOTS,
+        "filter size"
+    );
     assert!(
         a_talks_first(),
         "after the apply, a's packet on the tracked flow still passes (filter seeded from conntrack)"

@@ -181,16 +181,17 @@ pub fn apply_at(
     let generation = last_generation(paths, &kernel, &file)
         .wrapping_add(1)
         .max(1);
-    // Conntrack kept from a firewall without the presence filter (an older
-    // moat): the new filter must learn its entries, before and after the
-    // swap (the old program may add entries in between).
-    let seed_filter =
-        paths.pins.join(abi::MAP_CT).exists() && !paths.pins.join(abi::MAP_CTSEEN).exists();
+    let had_ct = paths.pins.join(abi::MAP_CT).exists();
     // Encoded once: the maps get its entries, the state file its sizes.
     let encoded = moat_core::fw::encode::Encoded::of(&p, &c);
     // Pins of another shape (conntrack max changed, an older moat's layout)
     // move aside; the new instance pins fresh ones and gets their contents.
     let upgrade = super::pins::Upgrade::prepare(&paths.pins, super::pins::ct_max(&p))?;
+    // Conntrack kept from a firewall without this presence filter (an older
+    // moat had none, or one of another size, just moved aside): the new
+    // filter must learn its entries, before and after the swap (the old
+    // program may add entries in between).
+    let seed_filter = had_ct && !paths.pins.join(abi::MAP_CTSEEN).exists();
     let mut inst = FwInstance::load_encoded(
         &p,
         &encoded,

@@ -291,9 +291,11 @@ impl FwInstance {
     pub fn event_stats(&self) -> Result<Vec<u64>> {
         let a: aya::maps::PerCpuArray<_, u64> =
             aya::maps::PerCpuArray::try_from(self.map(abi::MAP_EVSTATS)?)?;
-        (0..abi::EV_MAX)
+        let mut ev = (0..abi::EV_MAX)
             .map(|i| Ok(a.get(&i, 0)?.iter().sum()))
-            .collect()
+            .collect::<Result<Vec<u64>>>()?;
+        fill_seen(&mut ev);
+        Ok(ev)
     }
 
     /// The conntrack keys, and the presence-filter counter of each key's slot.
@@ -427,8 +429,19 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map) -> Result<()> 
     Ok(())
 }
 
-/// `fw_ct_hash` of fw.bpf.c (FNV-1a over the key's native-endian 32-bit
-/// words): masked, the fw_ctseen slot and the fw_flows slot of a connection.
+/// The programs do not count `EV_SEEN` (one counter less per dropped
+/// packet): it is the sum of the four outcomes, filled in here.
+pub fn fill_seen(ev: &mut [u64]) {
+    if ev.len() > abi::EV_LOST as usize {
+        ev[abi::EV_SEEN as usize] = ev[abi::EV_EMITTED as usize]
+            + ev[abi::EV_SAMPLED_OUT as usize]
+            + ev[abi::EV_RATE_LIMITED as usize]
+            + ev[abi::EV_LOST as usize];
+    }
+}
+
+/// `fw_ct_hash` of fw.bpf.c (the key's five native-endian 64-bit words,
+/// multiplied, folded and mixed): masked, the fw_ctseen and fw_flows slots of a connection.
 pub fn ct_hash(k: &FwCtKey) -> u32 {
     // SAFETY: FwCtKey is #[repr(C)], 40 bytes of integers and byte arrays,
     // no padding; reading it as bytes is sound.
@@ -438,11 +451,21 @@ pub fn ct_hash(k: &FwCtKey) -> u32 {
             std::mem::size_of::<FwCtKey>(),
         )
     };
-    let mut h: u32 = 0x811c_9dc5;
-    for w in bytes.chunks_exact(4) {
-        h = (h ^ u32::from_ne_bytes([w[0], w[1], w[2], w[3]])).wrapping_mul(0x0100_0193);
-    }
-    h ^ (h >> 16)
+    const K: [u64; 5] = [
+        0x9E37_79B9_7F4A_7C15,
+        0xC2B2_AE3D_27D4_EB4F,
+        0x1656_67B1_9E37_79F9,
+        0xD6E8_FEB8_6659_FD93,
+        0xFF51_AFD7_ED55_8CCD,
+    ];
+    let mut h = bytes
+        .chunks_exact(8)
+        .zip(K)
+        .map(|(w, k)| u64::from_ne_bytes(w.try_into().expect("8 bytes")).wrapping_mul(k))
+        .fold(0, |a, b| a ^ b);
+    h ^= h >> 32;
+    h = h.wrapping_mul(K[0]);
+    (h >> 32) as u32
 }
 
 fn as_bytes(v: &[u64]) -> &[u8] {

@@ -536,6 +536,7 @@ pub fn counters_of(paths: &Paths, state: &State) -> Result<Counters> {
             *slot = v.iter().sum();
         }
     }
+    super::instance::fill_seen(&mut events);
     let mut maps = Vec::new();
     for t in CT_TABLES {
         let (ct, max) = open_hash::<FwCtVal>(&paths.pins.join(t))?;

@@ -109,6 +109,15 @@ fn wants(ct_max: u32) -> Vec<Want> {
             carry: Carry::PerCpuU64,
         },
         Want {
+            // Resized by a newer moat: a fresh filter, seeded from the
+            // conntrack tables by the apply (never a false "absent").
+            name: abi::MAP_CTSEEN,
+            kind: MapType::Array,
+            value_size: 4,
+            max_entries: abi::CTSEEN_SLOTS,
+            carry: Carry::Nothing,
+        },
+        Want {
             name: abi::MAP_FLOWS,
             kind: MapType::Array,
             value_size: std::mem::size_of::<abi::FwFlowSlot>() as u32,
