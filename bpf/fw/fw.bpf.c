@@ -115,10 +115,11 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FW_CTSEEN_SLOTS);
+	__uint(max_entries, FW_CTSEEN_SLOTS / FW_LINE_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE); /* moat changes one slot at a time */
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct fw_line);
 } fw_ctseen SEC(".maps");
 
 /* Not used here: userspace's record of the last generation (see abi.h). */
@@ -173,10 +174,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FW_FLOW_SLOTS);
+	__uint(max_entries, FW_FLOW_SLOTS / FW_LINE_SLOTS);
 	__uint(pinning, PIN_BY_NAME);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct fw_line);
 } fw_flowtags SEC(".maps");
 
 struct {
@@ -245,8 +246,10 @@ static __always_inline int fw_stat(__u32 reason, __u64 len)
 static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
 {
 	const __u64 *w = (const __u64 *)k;
-	/* The fifth word from its fields (loads the width they were stored
-	 * with); on this little-endian machine, the word itself (pad is 0). */
+	/* The fifth word from its fields, each loaded at the width it was
+	 * stored with (one 8-byte load over four narrower stores would wait
+	 * for them to retire); on this little-endian target it equals w[4]
+	 * (pad is 0), which the Rust mirror reads. */
 	__u64 w4 = (__u64)k->lport | (__u64)k->rport << 16 | (__u64)k->proto << 32 |
 		   (__u64)k->family << 40;
 	__u64 h = (w[0] * 0x9E3779B97F4A7C15ULL) ^ (w[1] * 0xC2B2AE3D27D4EB4FULL) ^
@@ -256,6 +259,15 @@ static __always_inline __u32 fw_ct_hash(const struct fw_ct_key *k)
 	h ^= h >> 32;
 	h *= 0x9E3779B97F4A7C15ULL;
 	return (__u32)(h >> 32);
+}
+
+/* Slot `slot` of a map of struct fw_line (fw_ctseen, fw_flowtags). */
+static __always_inline __u32 *fw_line_slot(void *map, __u32 slot)
+{
+	__u32 line = slot / FW_LINE_SLOTS;
+	struct fw_line *l = bpf_map_lookup_elem(map, &line);
+
+	return l ? &l->slot[slot & (FW_LINE_SLOTS - 1)] : NULL;
 }
 
 /* Row of fw_dense: 0 tcp, 1 udp, 2 icmp, 3 icmpv6, 4 any other. */
@@ -629,15 +641,19 @@ static __always_inline __u32 fw_step_l3(struct fw_pkt *p, __u32 offs, __u32 meta
 	/* Word loads (packet reads need no alignment here; byte copies cost
 	 * four instructions a byte). The source is the remote on ingress. */
 	if (eth_proto == ETH_P_IP) {
-		__u32 s, d;
+		__u64 s, d;
 
 		if ((void *)(ip + 20) > p->data_end)
 			return FW_STAT_DROP_MALFORMED;
 		p->family = 4;
 		s = *(const __u32 *)(ip + 12);
 		d = *(const __u32 *)(ip + 16);
-		*(__u32 *)k->local = p->local_is_src ? s : d;
-		*(__u32 *)k->remote = p->local_is_src ? d : s;
+		/* Whole words (the bytes after the address are zero on this
+		 * little-endian target): fw_ct_hash then reads each word from one
+		 * store (a word load over a narrower store stalls the CPU until
+		 * the store retires; perf showed it at the hash). */
+		*(__u64 *)k->local = p->local_is_src ? s : d;
+		*(__u64 *)k->remote = p->local_is_src ? d : s;
 	} else {
 		__u64 s0, s1, d0, d1;
 
@@ -722,8 +738,7 @@ static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config 
 							 const struct fw_ct_key *k,
 							 __u32 hash, __u32 **seen_out)
 {
-	__u32 seen_slot = hash & (FW_CTSEEN_SLOTS - 1);
-	__u32 *seen = bpf_map_lookup_elem(&fw_ctseen, &seen_slot);
+	__u32 *seen = fw_line_slot(&fw_ctseen, hash & (FW_CTSEEN_SLOTS - 1));
 	struct fw_ct_val *ct = NULL;
 
 	*seen_out = seen;
@@ -1026,25 +1041,13 @@ static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct f
 					   __u64 len)
 {
 	__u32 slot = hash & (FW_FLOW_SLOTS - 1);
-	__u32 *tag = bpf_map_lookup_elem(&fw_flowtags, &slot);
-	struct fw_flow_slot *f;
+	__u32 *tag = fw_line_slot(&fw_flowtags, slot);
+	/* (only an address: the slot's line is read below only if needed) */
+	struct fw_flow_slot *f = bpf_map_lookup_elem(&fw_flows, &slot);
 
-	if (!tag)
+	if (!tag || !f)
 		return;
-	if (*tag != hash) {
-		if (!fw_take(&st->flow, now, cfg->flow_cost_ns, cfg->flow_cap_ns)) {
-			fw_evcount(FW_EV_FLOWS_SKIPPED);
-			return;
-		}
-		f = bpf_map_lookup_elem(&fw_flows, &slot);
-		if (!f)
-			return;
-		goto take;
-	}
-	f = bpf_map_lookup_elem(&fw_flows, &slot);
-	if (!f)
-		return;
-	if (f->val.first_seen_ns && fw_key_eq(&f->key, k)) {
+	if (*tag == hash && f->val.first_seen_ns && fw_key_eq(&f->key, k)) {
 		f->val.last_seen_ns = now;
 		f->val.reason = reason;
 		f->val.rule = rule;
@@ -1056,7 +1059,6 @@ static __always_inline void fw_flow_denied(const struct fw_config *cfg, struct f
 		fw_evcount(FW_EV_FLOWS_SKIPPED);
 		return;
 	}
-take:
 	if (f->val.first_seen_ns)
 		fw_evcount(FW_EV_FLOWS_REPLACED);
 	*tag = hash;

@@ -126,12 +126,15 @@
 #define FW_MAP_STATS "fw_stats"
 
 /*
- * fw_ctseen: BPF_MAP_TYPE_ARRAY, FW_CTSEEN_SLOTS entries of __u32, pinned by
- *   name with fw_ct: a counting presence filter in front of conntrack. Slot
- *   fw_ct_hash(key) % FW_CTSEEN_SLOTS counts the fw_ct entries inserted with
+ * fw_ctseen: BPF_MAP_TYPE_ARRAY, FW_CTSEEN_SLOTS / 16 entries of struct
+ *   fw_line (16 __u32 slots: an array map rounds each value up to 8 bytes,
+ *   so one __u32 per entry would take twice the cache), pinned by name with
+ *   fw_ct: a counting presence filter in front of conntrack. Slot s (entry
+ *   s / 16, word s % 16), s = fw_ct_hash(key) % FW_CTSEEN_SLOTS, counts the fw_ct entries inserted with
  *   that hash (incremented before an insert, decremented after a delete that
  *   succeeded; LRU evictions leave it high). 0 means "certainly not tracked",
  *   so a flood of new flows skips the conntrack lookup; never a false "absent".
+ *   BPF_F_MMAPABLE: moat's own marks are atomic adds on single slots.
  *   writer/reader: fw programs (moat clears it with fw_ct)
  */
 #define FW_MAP_CTSEEN "fw_ctseen"
@@ -168,9 +171,15 @@
  */
 #define FW_MAP_FLOWS "fw_flows"
 #define FW_FLOW_SLOTS 8192
+/* Sixteen __u32 slots of fw_ctseen or fw_flowtags: one cache line. */
+#define FW_LINE_SLOTS 16
+struct fw_line {
+	__u32 slot[FW_LINE_SLOTS];
+};
 /*
- * fw_flowtags: BPF_MAP_TYPE_ARRAY, FW_FLOW_SLOTS entries of __u32, pinned by
- *   name with fw_flows: slot i holds fw_ct_hash of the flow last written to
+ * fw_flowtags: BPF_MAP_TYPE_ARRAY, FW_FLOW_SLOTS / 16 entries of struct
+ *   fw_line, pinned by name with fw_flows: slot i (entry i / 16, word i % 16)
+ *   holds fw_ct_hash of the flow last written to
  *   fw_flows slot i. A hint read before the slot (32 KiB instead of the
  *   slots' 800): a packet whose hash differs is certainly not the slot's flow,
  *   so a flood of new flows touches only the tags. A tag that matches is

@@ -40,6 +40,18 @@ pub const MAP_GEN: &str = "fw_gen";
 /// The program a passed packet runs next (see bpf/common/abi/fw.h).
 pub const MAP_NEXT: &str = "fw_next";
 pub const CTSEEN_SLOTS: u32 = 16384;
+/// u32 slots per entry of `fw_ctseen` and `fw_flowtags` (one cache line: an
+/// array map rounds each value up to 8 bytes, so one u32 per entry would
+/// take twice the cache).
+pub const LINE_SLOTS: u32 = 16;
+
+/// An entry of `fw_ctseen` or `fw_flowtags`: slot s lives in entry
+/// s / LINE_SLOTS, word s % LINE_SLOTS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwLine {
+    pub slot: [u32; LINE_SLOTS as usize],
+}
 /// Slots of the direct-mapped `fw_flows` array.
 pub const FLOW_SLOTS: u32 = 8192;
 /// Interface slots of `fw_ifstats` (index: see [`ifstat_idx`]).

@@ -110,6 +110,7 @@ pub const LAYOUTS: &[StructLayout] = &[
         ]
     ),
     layout!("fw_flow_slot", fw::FwFlowSlot, [key, val]),
+    layout!("fw_line", fw::FwLine, [slot]),
     layout!(
         "fw_flow_val",
         fw::FwFlowVal,
@@ -257,12 +258,12 @@ pub const MAPS: &[MapAbi] = &[
     map::<u32, count::CountValue>("fw", fw::MAP_RULE_STATS),
     map::<u32, count::CountValue>("fw", fw::MAP_STATS),
     map::<u32, fw::FwFlowSlot>("fw", fw::MAP_FLOWS),
-    map::<u32, u32>("fw", fw::MAP_FLOWTAGS),
+    map::<u32, fw::FwLine>("fw", fw::MAP_FLOWTAGS),
     map::<(), ()>("fw", fw::MAP_EVENTS),
     map::<u32, fw::FwEvstate>("fw", fw::MAP_EVSTATE),
     map::<u32, u64>("fw", fw::MAP_EVSTATS),
     map::<u32, count::CountValue>("fw", fw::MAP_IFSTATS),
-    map::<u32, u32>("fw", fw::MAP_CTSEEN),
+    map::<u32, fw::FwLine>("fw", fw::MAP_CTSEEN),
     map::<u32, u64>("fw", fw::MAP_GEN),
     map::<u32, u32>("fw", fw::MAP_NEXT),
     map::<lb::LbVipKey, lb::LbVip>("lb", lb::MAP_VIPS),
@@ -341,6 +342,7 @@ mod pod {
     unsafe impl aya::Pod for FwCtKey {}
     unsafe impl aya::Pod for FwCtVal {}
     unsafe impl aya::Pod for FwFlowSlot {}
+    unsafe impl aya::Pod for FwLine {}
     unsafe impl aya::Pod for FwFragKey {}
     unsafe impl aya::Pod for FwFlowVal {}
     unsafe impl aya::Pod for FwEvstate {}

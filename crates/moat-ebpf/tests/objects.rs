@@ -130,6 +130,7 @@ fn abi_header_defines_match_rust_constants() {
         ("FW_MAP_CT", fw::MAP_CT.into()),
         ("FW_MAP_CT_ASSURED", fw::MAP_CT_ASSURED.into()),
         ("FW_FLOW_SLOTS", fw::FLOW_SLOTS.to_string()),
+        ("FW_LINE_SLOTS", fw::LINE_SLOTS.to_string()),
         ("FW_MAP_FRAG", fw::MAP_FRAG.into()),
         ("FW_MAP_RULE_STATS", fw::MAP_RULE_STATS.into()),
         ("FW_MAP_STATS", fw::MAP_STATS.into()),

@@ -542,31 +542,34 @@ fn tracked_connections_survive_an_apply_over_a_presence_filter_of_another_size()
     ) {
         return;
     }
-    survive_a_filter_change("sdsz", |pin| {
-        std::fs::remove_file(pin).unwrap();
-        let out = std::process::Command::new("bpftool")
-            .args(["map", "create"])
-            .arg(pin)
-            .args([
-                "type",
-                "array",
-                "key",
-                "4",
-                "value",
-                "4",
-                "entries",
-                "65536",
-                "name",
-                "fw_ctseen",
-            ])
-            .output()
-            .expect("running bpftool");
-        assert!(
-            out.status.success(),
-            "bpftool map create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    // The previous moat's shapes: one u32 per entry, 65,536 then 16,384
+    // filter slots, 8,192 tags.
+    for (tag, slots) in [("sdsz", "65536"), ("sdln", "16384")] {
+        survive_a_filter_change(tag, |pin| {
+            old_shape(pin, slots);
+            old_shape(&pin.with_file_name(moat_abi::fw::MAP_FLOWTAGS), "8192");
+        });
+    }
+}
+
+/// Replaces the pinned array at `pin` with one of u32 values and `entries`
+/// entries, as an older moat pinned it.
+fn old_shape(pin: &std::path::Path, entries: &str) {
+    std::fs::remove_file(pin).unwrap();
+    let name = pin.file_name().unwrap().to_str().unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin)
+        .args([
+            "type", "array", "key", "4", "value", "4", "entries", entries, "name", name,
+        ])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn survive_a_filter_change(name: &str, change: impl FnOnce(&std::path::Path)) {
@@ -607,8 +610,17 @@ fn survive_a_filter_change(name: &str, change: impl FnOnce(&std::path::Path)) {
     let info = aya::maps::MapData::from_pin(&pin).unwrap().info().unwrap();
     assert_eq!(
         info.max_entries(),
-        moat_abi::fw::CTSEEN_SLOTS,
+        moat_abi::fw::CTSEEN_SLOTS / moat_abi::fw::LINE_SLOTS,
         "filter size"
+    );
+    let tags = aya::maps::MapData::from_pin(pin.with_file_name(moat_abi::fw::MAP_FLOWTAGS))
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(
+        (tags.value_size(), tags.max_entries()),
+        (64, moat_abi::fw::FLOW_SLOTS / moat_abi::fw::LINE_SLOTS),
+        "flow tags of the current shape"
     );
     assert!(
         a_talks_first(),

@@ -4,6 +4,7 @@
 //! packets through it with BPF_PROG_TEST_RUN.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -253,12 +254,11 @@ impl FwInstance {
         for t in CT_TABLES {
             clear_hash::<FwCtKey, FwCtVal>(self.map_mut(t)?)?;
         }
-        {
-            let mut seen: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_CTSEEN)?)?;
+        with_ctseen(self.map(abi::MAP_CTSEEN)?, |s| {
             for k in &keys {
-                seen.set(ct_hash(k) & (abi::CTSEEN_SLOTS - 1), 0, 0)?;
+                s[ctseen_idx(ct_hash(k))].store(0, Ordering::Relaxed);
             }
-        }
+        })?;
         zero_mmapable(
             self.map(abi::MAP_FLOWS)?,
             abi::FLOW_SLOTS as usize * std::mem::size_of::<abi::FwFlowSlot>(),
@@ -300,10 +300,10 @@ impl FwInstance {
 
     /// The conntrack keys, and the presence-filter counter of each key's slot.
     pub fn ct_keys_seen(&self) -> Result<Vec<(FwCtKey, u32)>> {
-        let seen: Array<_, u32> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
+        let seen: Array<_, abi::FwLine> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
         self.ct_keys()?
             .into_iter()
-            .map(|k| Ok((k, seen.get(&(ct_hash(&k) & (abi::CTSEEN_SLOTS - 1)), 0)?)))
+            .map(|k| Ok((k, ctseen_get(&seen, ct_hash(&k))?)))
             .collect()
     }
 
@@ -313,25 +313,27 @@ impl FwInstance {
     /// the running program's own +1/-1 can only leave a slot too high.
     pub fn seed_ctseen(&mut self) -> Result<usize> {
         let keys = self.ct_keys()?;
-        let mut seen: Array<_, u32> = Array::try_from(self.map_mut(abi::MAP_CTSEEN)?)?;
         let mut n = 0;
-        for k in &keys {
-            let slot = ct_hash(k) & (abi::CTSEEN_SLOTS - 1);
-            if seen.get(&slot, 0)? == 0 {
-                seen.set(slot, 1 << 30, 0)?;
-                n += 1;
+        with_ctseen(self.map(abi::MAP_CTSEEN)?, |s| {
+            for k in &keys {
+                let slot = &s[ctseen_idx(ct_hash(k))];
+                if slot.load(Ordering::Relaxed) == 0 {
+                    slot.fetch_add(1 << 30, Ordering::Relaxed);
+                    n += 1;
+                }
             }
-        }
+        })?;
         Ok(n)
     }
 
     /// Slots of the presence filter that are not zero.
     pub fn ctseen_nonzero(&self) -> Result<usize> {
-        let seen: Array<_, u32> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
-        Ok(seen
-            .iter()
-            .filter(|v| matches!(v, Ok(x) if *x != 0))
-            .count())
+        let seen: Array<_, abi::FwLine> = Array::try_from(self.map(abi::MAP_CTSEEN)?)?;
+        let mut n = 0;
+        for line in seen.iter() {
+            n += line?.slot.iter().filter(|x| **x != 0).count();
+        }
+        Ok(n)
     }
 
     /// Number of conntrack entries.
@@ -562,4 +564,29 @@ pub fn sum_percpu<T: std::borrow::Borrow<MapData>>(
 /// Number of possible CPUs (for per-CPU writes).
 pub fn cpus() -> Result<usize> {
     nr_cpus().map_err(|(_, e)| anyhow!("reading possible CPUs: {e}"))
+}
+
+fn ctseen_get<T: std::borrow::Borrow<aya::maps::MapData>>(
+    a: &Array<T, abi::FwLine>,
+    h: u32,
+) -> Result<u32> {
+    let s = h & (abi::CTSEEN_SLOTS - 1);
+    Ok(a.get(&(s / abi::LINE_SLOTS), 0)?.slot[(s % abi::LINE_SLOTS) as usize])
+}
+
+/// Runs `f` on the presence filter's slots as atomics (the map is
+/// BPF_F_MMAPABLE): a slot is changed alone, as the programs change theirs,
+/// so a write here never loses a count of theirs in a neighbouring slot of
+/// the same entry (a map update would rewrite all sixteen).
+fn with_ctseen(map: &aya::maps::Map, f: impl FnOnce(&[AtomicU32])) -> Result<()> {
+    let n = abi::CTSEEN_SLOTS as usize;
+    with_mmap(map, n * 4, |p| {
+        // SAFETY: p maps the n u32 slots (page aligned); the programs only
+        // change them with atomic operations too.
+        f(unsafe { std::slice::from_raw_parts(p.cast::<AtomicU32>(), n) })
+    })
+}
+
+fn ctseen_idx(h: u32) -> usize {
+    (h & (abi::CTSEEN_SLOTS - 1)) as usize
 }

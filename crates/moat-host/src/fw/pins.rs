@@ -113,8 +113,18 @@ fn wants(ct_max: u32) -> Vec<Want> {
             // conntrack tables by the apply (never a false "absent").
             name: abi::MAP_CTSEEN,
             kind: MapType::Array,
-            value_size: 4,
-            max_entries: abi::CTSEEN_SLOTS,
+            value_size: std::mem::size_of::<abi::FwLine>() as u32,
+            max_entries: abi::CTSEEN_SLOTS / abi::LINE_SLOTS,
+            carry: Carry::Nothing,
+        },
+        Want {
+            // Tags are hints checked against the slot's key: a fresh array
+            // only makes the recorded flows look like others (a flow that
+            // comes back takes its slot again when the flow bucket allows).
+            name: abi::MAP_FLOWTAGS,
+            kind: MapType::Array,
+            value_size: std::mem::size_of::<abi::FwLine>() as u32,
+            max_entries: abi::FLOW_SLOTS / abi::LINE_SLOTS,
             carry: Carry::Nothing,
         },
         Want {
