@@ -225,6 +225,11 @@ impl Reader {
     }
 }
 
+/// Where the openat benchmark's twenty watched directories live.
+fn watch_root() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("moat-bench-watch-{}", std::process::id()))
+}
+
 fn watch_opts(w: Work, every: bool) -> WatchOpts {
     let mut o = WatchOpts {
         ring_bytes: Some(1 << 24),
@@ -232,8 +237,10 @@ fn watch_opts(w: Work, every: bool) -> WatchOpts {
     };
     match (w, every) {
         (Work::Openat, false) => {
+            // Twenty directories the loop never opens in (they exist, so
+            // moat marks them with fanotify: see watch_dirs).
             o.files = (0..20)
-                .map(|i| format!("/nonexistent/moat-bench-{i}/"))
+                .map(|i| format!("{}/{i}/", watch_root().display()))
                 .collect();
         }
         (Work::Openat, true) => o.files = vec!["/".into()],
@@ -341,6 +348,16 @@ fn median(v: &mut [f64]) -> f64 {
 /// Every work under every setup, `rounds` interleaved rounds.
 pub fn overhead(rounds: usize, mut say: impl FnMut(&str)) -> Result<Vec<SecResult>> {
     let _ = std::fs::create_dir_all("/sys/fs/cgroup/unified/moat-bench-empty");
+    for i in 0..20 {
+        std::fs::create_dir_all(watch_root().join(i.to_string()))?;
+    }
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(watch_root());
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let port = udp.local_addr()?.port();
     let setups = [
@@ -414,7 +431,10 @@ pub fn markdown(res: &[SecResult], rounds: usize) -> String {
          auditd run on the other CPU), median of {rounds} interleaved rounds (min-max). \
          Overhead: the median over the rounds of the time against the same round's \
          \"nothing attached\". moat's rules are filters in the kernel \
-         (`moat watch --file` prefixes, `--cgroup`, `--binary`); \"every event\" means each \
+         (`moat watch --file` prefixes, `--cgroup`, `--binary`): the twenty non-matching \
+         `--file` prefixes are existing directories the loop never opens in, served by \
+         fanotify marks (an open elsewhere costs nothing); `--file /` (every open) is served \
+         by the tp_btf/sys_enter program; \"every event\" means each \
          operation is written to the ring buffer and read and serialized to JSON by a \
          reader thread, as `moat watch --json` does. auditd records the same syscalls \
          (`auditctl -a always,exit -S <syscall>`) to /var/log/audit.\n\n"

@@ -64,7 +64,7 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
     )?;
     let stop = sys::stop_flag()?;
     eprintln!(
-        "attached: {} (prog ids {}); {} processes from /proc; events: {}{}{}",
+        "attached: {} (prog ids {}); {} processes from /proc; events: {}{}{}{}",
         w.programs
             .iter()
             .map(|p| p.name.as_str())
@@ -101,6 +101,10 @@ pub fn watch(c: &WatchCmd, log: &LogOpts) -> Result<()> {
         c.cgroup
             .as_ref()
             .map(|p| format!("; cgroup {} and below", p.display()))
+            .unwrap_or_default(),
+        w.open_via
+            .as_ref()
+            .map(|v| format!("; opens through {v}"))
             .unwrap_or_default()
     );
     let t0 = Instant::now();

@@ -351,6 +351,84 @@ fn an_exec_storm_is_counted_exactly() {
     eprintln!("exec storm: {N} processes in {took:?}: {last}");
 }
 
+/// `--file` through fanotify marks sees the file opened, however it was
+/// named (a path relative to the working directory, a symlink); a path
+/// that does not exist yet falls back to the tracepoint, which sees it made.
+#[test]
+fn watched_files_are_seen_by_relative_paths_and_links_and_when_made_later() {
+    if !common::privileged("watched_files_are_seen_by_relative_paths_and_links_and_when_made_later")
+    {
+        return;
+    }
+    let tag = common::tag("sr");
+    let d = std::env::temp_dir().join(format!("moat-sec-{tag}"));
+    std::fs::create_dir_all(d.join("watched/sub")).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(d.clone());
+    std::fs::write(d.join("watched/sub/a"), "x\n").unwrap();
+    std::os::unix::fs::symlink(d.join("watched/sub/a"), d.join("link")).unwrap();
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut w = Watch::start(&["--file", &format!("{}/", p("watched"))]);
+    assert!(
+        w.stderr
+            .lock()
+            .unwrap()
+            .contains("opens through fanotify marks"),
+        "{}",
+        w.stderr.lock().unwrap()
+    );
+    let script = format!(
+        "cd {sub} && cat a > /dev/null && cat {link} > /dev/null",
+        sub = p("watched/sub"),
+        link = p("link"),
+    );
+    assert!(
+        Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let evs = w.collect(2, Duration::from_secs(10), |v| v["event"] == "open");
+    for v in &evs {
+        assert_eq!(v["path"], p("watched/sub/a"), "{v}");
+        assert_eq!(v["access"], "read", "{v}");
+        assert_eq!(v["binary"], "/usr/bin/cat", "{v}");
+    }
+    let (fin, rest) = w.finish();
+    assert!(rest.iter().all(|v| v["event"] != "open"), "{rest:?}");
+    assert_eq!(fin["hooks"]["open"]["matched"], 2, "{fin}");
+    assert_eq!(fin["hooks"]["open"]["events"], 2, "{fin}");
+
+    let later = p("later");
+    let mut w = Watch::start(&["--file", &later]);
+    assert!(
+        w.stderr
+            .lock()
+            .unwrap()
+            .contains("opens through tp_btf/sys_enter"),
+        "{}",
+        w.stderr.lock().unwrap()
+    );
+    assert!(
+        Command::new("bash")
+            .args(["-c", &format!("echo y > {later}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let evs = w.collect(1, Duration::from_secs(10), |v| v["event"] == "open");
+    assert_eq!(evs[0]["path"], later);
+    assert_eq!(evs[0]["access"], "write");
+    let (fin, _) = w.finish();
+    assert_eq!(fin["hooks"]["open"]["matched"], 1, "{fin}");
+}
+
 /// `--file` and `--connect`: opens under a watched prefix or of an exact
 /// path (with the access mode) and connects, from the test's cgroup only,
 /// filtered in the kernel: nothing else is reported or counted.

@@ -12,7 +12,7 @@ use std::{
     collections::HashSet,
     fs,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, OwnedFd, RawFd},
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
@@ -33,7 +33,11 @@ use moat_core::sec::{
 
 use crate::{
     loader::{self, Loaded, LogOpts},
-    sec::{attach_table, proc_snapshot, seed_table},
+    sec::{
+        attach_table,
+        fan::{answer_all, fan_mark, mark_dirs, perm_group},
+        proc_snapshot, seed_table,
+    },
     sys,
 };
 
@@ -212,44 +216,11 @@ pub fn load_syscall_tp(
     Ok(loaded)
 }
 
-fn fan_mark(fd: RawFd, flags: u32, mask: u64, path: &str) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path)
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: fd is a fanotify group, c a valid path.
-    let rc = unsafe {
-        libc::fanotify_mark(
-            fd,
-            libc::FAN_MARK_ADD | flags,
-            mask,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 const MAX_DIR_MARKS: usize = 20_000;
 
 impl Fan {
     fn new(p: &GuardPolicy, c: &Compiled) -> Result<Fan> {
-        // SAFETY: plain syscall.
-        let fd = unsafe {
-            libc::fanotify_init(
-                libc::FAN_CLASS_CONTENT
-                    | libc::FAN_CLOEXEC
-                    | libc::FAN_NONBLOCK
-                    | libc::FAN_REPORT_TID,
-                (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as u32,
-            )
-        };
-        if fd < 0 {
-            bail!("fanotify_init: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by fanotify_init and is ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = perm_group(0)?;
         let mut f = Fan {
             fd,
             exec_rules: vec![],
@@ -299,35 +270,17 @@ impl Fan {
     /// Marks every directory below the open prefixes (new ones appear
     /// between scans: the scan runs every second).
     fn rescan(&mut self) -> Result<()> {
-        let raw = self.fd.as_raw_fd();
-        let mut stack: Vec<PathBuf> = self.open_dirs.iter().map(PathBuf::from).collect();
-        while let Some(d) = stack.pop() {
-            let Ok(md) = fs::symlink_metadata(&d) else {
-                continue;
-            };
-            if !md.is_dir() {
-                continue;
-            }
-            if self.marked.insert((md.dev(), md.ino())) {
-                if self.marked.len() > MAX_DIR_MARKS {
-                    bail!("more than {MAX_DIR_MARKS} directories below the open prefixes");
-                }
-                fan_mark(
-                    raw,
-                    0,
-                    libc::FAN_OPEN_PERM | libc::FAN_EVENT_ON_CHILD,
-                    &d.to_string_lossy(),
-                )
-                .with_context(|| format!("fanotify mark (open) on {}", d.display()))?;
-                self.marks += 1;
-            }
-            if let Ok(rd) = fs::read_dir(&d) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        stack.push(e.path());
-                    }
-                }
-            }
+        let roots: Vec<PathBuf> = self.open_dirs.iter().map(PathBuf::from).collect();
+        let left = mark_dirs(
+            self.fd.as_raw_fd(),
+            &roots,
+            &mut self.marked,
+            libc::FAN_OPEN_PERM | libc::FAN_EVENT_ON_CHILD,
+            MAX_DIR_MARKS,
+        )?;
+        self.marks = self.marked.len();
+        if left > 0 {
+            bail!("more than {MAX_DIR_MARKS} directories below the open prefixes");
         }
         Ok(())
     }
@@ -335,7 +288,7 @@ impl Fan {
 
 /// The open flags of the open(2)-family call thread `tid` is blocked in,
 /// as (read, write); both true when it cannot be told (io_uring, gone).
-fn open_access(tgid: u32, tid: u32) -> (bool, bool) {
+pub(crate) fn open_access(tgid: u32, tid: u32) -> (bool, bool) {
     // The opener queues the event, then goes to sleep waiting for the
     // answer: read early, /proc says "running"; look again until it sleeps.
     let path = format!("/proc/{tgid}/task/{tid}/syscall");
@@ -393,7 +346,7 @@ fn open_access(tgid: u32, tid: u32) -> (bool, bool) {
     }
 }
 
-fn tgid_of(tid: u32) -> u32 {
+pub(crate) fn tgid_of(tid: u32) -> u32 {
     fs::read_to_string(format!("/proc/{tid}/status"))
         .ok()
         .and_then(|s| {
@@ -724,48 +677,8 @@ impl Guard {
         buf: &mut [u8],
         on_event: &mut dyn FnMut(&GuardEvent),
     ) -> Result<()> {
-        loop {
-            // SAFETY: reads into buf.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return Ok(()); // EAGAIN: nothing (more) pending
-            }
-            let n = n as usize;
-            let mut off = 0;
-            let ml = std::mem::size_of::<libc::fanotify_event_metadata>();
-            while off + ml <= n {
-                // SAFETY: a fanotify_event_metadata lies at off (length checked).
-                let m: libc::fanotify_event_metadata =
-                    unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-                if (m.event_len as usize) < ml {
-                    break;
-                }
-                off += m.event_len as usize;
-                if m.fd < 0 {
-                    continue;
-                }
-                // SAFETY: the event's fd is ours to close.
-                let efd = unsafe { OwnedFd::from_raw_fd(m.fd) };
-                let deny = self.decide(&m, &efd, on_event);
-                let resp = libc::fanotify_response {
-                    fd: m.fd,
-                    response: if deny {
-                        libc::FAN_DENY
-                    } else {
-                        libc::FAN_ALLOW
-                    },
-                };
-                // SAFETY: writes one response struct.
-                unsafe {
-                    libc::write(
-                        fd,
-                        (&resp as *const libc::fanotify_response).cast(),
-                        std::mem::size_of::<libc::fanotify_response>(),
-                    )
-                };
-                drop(efd);
-            }
-        }
+        answer_all(fd, buf, &mut |m, efd| self.decide(m, efd, on_event));
+        Ok(())
     }
 
     /// Whether to deny the operation fanotify holds (and what to report).
@@ -831,24 +744,14 @@ impl Guard {
         }
         self.flush_counts(&hit);
         let r = &self.policy.rules[best];
-        let mut raw: abi::SecEvent = unsafe_zeroed_event();
-        raw.kind = if exec { abi::EV_EXEC } else { abi::EV_OPEN };
-        raw.pid = tgid;
-        raw.tid = tid;
-        raw.ktime = crate::fw::observe::clock_ns(libc::CLOCK_BOOTTIME);
+        let mut raw = user_event(
+            if exec { abi::EV_EXEC } else { abi::EV_OPEN },
+            tgid,
+            tid,
+            entry.as_ref(),
+        );
         raw.rule = best as u32 + 1;
         raw.action = act.abi();
-        if let Some(e) = &entry {
-            raw.ppid = e.ppid;
-            raw.xid = e.xid;
-            raw.parent = e.parent;
-            raw.cgroup = e.cgroup;
-            raw.uid = e.uid;
-            raw.gid = e.gid;
-            raw.flags = e.flags;
-            raw.comm = e.comm;
-            raw.binary = e.binary;
-        }
         let mut ev = Event::decode(&raw);
         if exec {
             // The exec did not happen (deny) or is being checked: no args.
@@ -899,9 +802,32 @@ impl Guard {
     }
 }
 
-fn unsafe_zeroed_event() -> abi::SecEvent {
+/// An event made in moat (from fanotify) about process `tgid` (thread
+/// `tid`), named from its kernel table entry when it has one; now.
+pub(crate) fn user_event(
+    kind: u32,
+    tgid: u32,
+    tid: u32,
+    entry: Option<&abi::SecProc>,
+) -> abi::SecEvent {
     // SAFETY: SecEvent is plain old data; all zeroes is a valid value.
-    unsafe { std::mem::zeroed() }
+    let mut raw: abi::SecEvent = unsafe { std::mem::zeroed() };
+    raw.kind = kind;
+    raw.pid = tgid;
+    raw.tid = tid;
+    raw.ktime = crate::fw::observe::clock_ns(libc::CLOCK_BOOTTIME);
+    if let Some(e) = entry {
+        raw.ppid = e.ppid;
+        raw.xid = e.xid;
+        raw.parent = e.parent;
+        raw.cgroup = e.cgroup;
+        raw.uid = e.uid;
+        raw.gid = e.gid;
+        raw.flags = e.flags;
+        raw.comm = e.comm;
+        raw.binary = e.binary;
+    }
+    raw
 }
 
 /// Writes what /proc shows into the guard's process table, with the

@@ -14,7 +14,9 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod fan;
 pub mod guard;
+pub mod opens;
 use aya::{
     Btf, Ebpf,
     maps::{Array, CgroupArray, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
@@ -196,6 +198,11 @@ pub fn lineage_of(procs: &[ProcInfo]) -> Lineage {
 pub struct Watcher {
     bpf: Ebpf,
     ring: RingBuf<MapData>,
+    /// `--file` served by fanotify marks (None: by the tracepoint, or no
+    /// `--file`).
+    opens: Option<opens::OpenWatch>,
+    /// How `--file` opens are seen, for the "attached" line.
+    pub open_via: Option<String>,
     pub programs: Vec<Loaded>,
     /// Processes written into the kernel's table at start.
     pub seeded: usize,
@@ -271,7 +278,24 @@ impl Watcher {
             l.map_max_entries(abi::MAP_EVENTS, ring);
         })?;
         let mut flags = 0;
+        // Marks when they can serve every path (then an open elsewhere
+        // costs nothing); the tracepoint otherwise.
+        let (mut open_watch, mut open_via) = (None, None);
         if !o.files.is_empty() {
+            match opens::OpenWatch::new(&o.files, o.cgroup.as_deref())? {
+                Ok(w) => {
+                    open_via = Some(format!(
+                        "fanotify marks ({} files and directories)",
+                        w.marks() + o.files.iter().filter(|f| !f.ends_with('/')).count()
+                    ));
+                    open_watch = Some(w);
+                }
+                Err(why) => {
+                    open_via = Some(format!("tp_btf/sys_enter ({why})"));
+                }
+            }
+        }
+        if open_watch.is_none() && !o.files.is_empty() {
             flags |= abi::CF_OPEN;
             let mut m: aya::maps::LpmTrie<_, [u8; abi::PATH_MAX], u8> =
                 aya::maps::LpmTrie::try_from(
@@ -328,7 +352,7 @@ impl Watcher {
             Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
         let mut programs = attach_table(&mut bpf, &btf, log)?;
         let mut tps: Vec<(&str, &[&str])> = Vec::new();
-        if !o.files.is_empty() {
+        if open_watch.is_none() && !o.files.is_empty() {
             // tp_btf/sys_enter: the raw tracepoint, cheaper per call than
             // the syscalls/sys_enter_open* events (no perf record).
             programs.push(load_tp(&mut bpf, abi::PROG_OPEN, "sys_enter", &btf, log)?);
@@ -349,6 +373,8 @@ impl Watcher {
         Ok(Watcher {
             bpf,
             ring,
+            opens: open_watch,
+            open_via,
             programs,
             seeded,
             lineage: lineage_of(&procs),
@@ -358,18 +384,27 @@ impl Watcher {
     /// Waits up to `timeout` for events, then returns what is there.
     pub fn poll(&mut self, timeout: Duration) -> Vec<abi::SecEvent> {
         let mut out = Vec::new();
+        if let Some(w) = &mut self.opens
+            && let Err(e) = w.rescan_due()
+        {
+            eprintln!("moat: watching new directories: {e:#}");
+        }
         self.drain(&mut out);
         if out.is_empty() {
-            let mut pfd = libc::pollfd {
-                fd: self.ring.as_raw_fd(),
+            let mut pfd = [
+                self.ring.as_raw_fd(),
+                self.opens.as_ref().map_or(-1, |w| w.raw_fd()),
+            ]
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            };
-            // SAFETY: one valid pollfd.
+            });
+            // SAFETY: two valid pollfds (a negative fd is ignored).
             unsafe {
                 libc::poll(
-                    &mut pfd,
-                    1,
+                    pfd.as_mut_ptr(),
+                    2,
                     timeout.as_millis().min(i32::MAX as u128) as i32,
                 )
             };
@@ -379,6 +414,16 @@ impl Watcher {
     }
 
     fn drain(&mut self, out: &mut Vec<abi::SecEvent>) {
+        if let Some(w) = &mut self.opens {
+            let bpf = &self.bpf;
+            let table = bpf
+                .map(abi::MAP_PROCS)
+                .and_then(|m| BpfHashMap::<_, u32, abi::SecProc>::try_from(m).ok());
+            w.drain(
+                &|tgid| table.as_ref().and_then(|t| t.get(&tgid, 0).ok()),
+                out,
+            );
+        }
         while let Some(item) = self.ring.next() {
             if item.len() >= std::mem::size_of::<abi::SecEvent>() {
                 // SAFETY: the record is a struct sec_event written by the
@@ -391,7 +436,18 @@ impl Watcher {
 
     /// Per hook (`abi::HOOK_*`), summed over CPUs.
     pub fn stats(&self) -> Result<Vec<abi::SecStat>> {
-        sum_stats(&self.bpf)
+        let mut st = sum_stats(&self.bpf)?;
+        if let Some(w) = &self.opens {
+            // Marks: the kernel reports watched opens only ("seen"), all of
+            // them (an unlimited queue: none lost); "matched" passed --cgroup.
+            st[abi::HOOK_OPEN as usize] = abi::SecStat {
+                seen: w.seen,
+                matched: w.matched,
+                lost: 0,
+                pad: 0,
+            };
+        }
+        Ok(st)
     }
 
     /// The image `xid` as the kernel knows it (running, or recently ended).
