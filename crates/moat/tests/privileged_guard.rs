@@ -552,6 +552,101 @@ fn the_rule_pack_detects_what_it_names() {
     assert!(evs.iter().all(|e| e["action"] == "log"), "{out}");
 }
 
+/// The pack's two lineage and network detections: a shell whose ancestor is
+/// a network service (the pack's list, with this test's stand-in for nginx
+/// put first: a copy of bash at a path of its own), and curl connecting to
+/// an address outside the private ranges (203.0.113.7, on the loopback of a
+/// namespace this test makes, so nothing leaves the machine).
+#[test]
+fn the_rule_pack_sees_a_shell_under_a_network_service_and_an_unexpected_outbound_connect() {
+    if !privileged(
+        "the_rule_pack_sees_a_shell_under_a_network_service_and_an_unexpected_outbound_connect",
+    ) {
+        return;
+    }
+    let t = tag("go");
+    let root = GuardRoot::new(&t);
+    let pack = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard/falco-like.yaml"),
+    )
+    .unwrap();
+    let nginx = root.dir.join("nginx");
+    std::fs::copy("/usr/bin/bash", &nginx).unwrap();
+    let list = "ancestor: [/usr/sbin/nginx,";
+    assert!(pack.contains(list), "the pack's ancestor list moved");
+    let policy = root.file(
+        "pack.yaml",
+        &pack.replace(
+            list,
+            &format!("ancestor: [{},", nginx.display()).replacen(',', ", /usr/sbin/nginx,", 1),
+        ),
+    );
+    let ns = format!("moat-{t}");
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    assert!(
+        std::process::Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ns = Ns(ns.clone());
+    for a in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", "203.0.113.7/32", "dev", "lo"],
+    ] {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(&a)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip -n {ns} {a:?}");
+    }
+    let script = format!(
+        "{nginx} -c 'sh -c true'; ip netns exec {ns} curl -s -m 2 http://203.0.113.7:9/ ; \
+         curl -s -m 2 http://127.0.0.1:9/ ; true",
+        nginx = nginx.display()
+    );
+    let (_, out, err) = root.moat(&[
+        "guard",
+        "test",
+        "--json",
+        "-f",
+        &policy.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let evs: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let shell = evs
+        .iter()
+        .find(|e| e["rule"] == "shell-from-network-service")
+        .unwrap_or_else(|| panic!("no shell-from-network-service event:\n{out}{err}"));
+    assert_eq!(shell["binary"], "/usr/bin/sh", "{shell}");
+    let conns: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["rule"] == "unexpected-outbound")
+        .collect();
+    assert_eq!(
+        conns.len(),
+        1,
+        "one unexpected connect (not the one to 127.0.0.1):\n{out}{err}"
+    );
+    assert_eq!(conns[0]["remote"], "203.0.113.7", "{}", conns[0]);
+    assert_eq!(conns[0]["binary"], "/usr/bin/curl", "{}", conns[0]);
+}
+
 /// Guard events also appear in `moat watch --json`, naming the rule and
 /// the action (source "guard").
 #[test]
