@@ -32,7 +32,9 @@ struct mm_struct {
 	unsigned long arg_end;
 } __attribute__((preserve_access_index));
 typedef struct { int counter; } atomic_t;
+struct tty_struct;
 struct signal_struct {
+	struct tty_struct *tty;
 	atomic_t live;
 	int group_exit_code;
 	unsigned int flags;
@@ -333,17 +335,20 @@ static long sec_cg_step(__u64 i, void *ctx)
 }
 
 /* Of the rules `cand`, those whose process conditions hold for an image
- * with masks bin/notbin, ancestors anc, memfd-backed or not. */
+ * with masks bin/notbin, ancestors anc and SEC_EF_* flags (memfd-backed,
+ * with a terminal). */
 static __always_inline __u64 sec_match(const struct sec_guard *g, __u64 cand, __u64 bin,
-				       __u64 notbin, __u64 anc, int memfd)
+				       __u64 notbin, __u64 anc, __u32 flags)
 {
 	struct sec_cg c = { .g = g };
 
 	cand &= ~g->need_bin | bin;
 	cand &= ~notbin;
 	cand &= ~g->need_anc | anc;
-	if (!memfd)
+	if (!(flags & SEC_EF_MEMFD))
 		cand &= ~g->need_memfd;
+	if (!(flags & SEC_EF_TTY))
+		cand &= ~g->need_tty;
 	c.cand = cand;
 	c.cg = cand & g->need_cg;
 	if (c.cg)
@@ -442,8 +447,7 @@ static __always_inline __u32 sec_guard_op(__u32 op, __u32 kind, __u32 hook,
 		return 0;
 	img = bpf_map_lookup_elem(&sec_procs, &tgid);
 	if (img)
-		hit = sec_match(g, cand, img->bin, img->notbin, img->anc,
-				img->flags & SEC_EF_MEMFD);
+		hit = sec_match(g, cand, img->bin, img->notbin, img->anc, img->flags);
 	else
 		hit = sec_match(g, cand, 0, 0, 0, 0);
 	if (!hit)
@@ -560,6 +564,8 @@ int sec_exec(unsigned long long *ctx)
 	bpf_probe_read_kernel_str(e->binary, sizeof(e->binary), fname);
 	if (BPF_CORE_READ(bprm, file, f_path.dentry, d_inode, i_nlink) == 0)
 		e->flags |= SEC_EF_MEMFD;
+	if (BPF_CORE_READ(p, signal, tty))
+		e->flags |= SEC_EF_TTY;
 	if (flags & SEC_CF_GUARD) {
 		/* The image it replaced and that one's ancestors are this one's. */
 		if (old)
@@ -570,8 +576,7 @@ int sec_exec(unsigned long long *ctx)
 
 	g = sec_guard();
 	if ((flags & SEC_CF_GUARD) && g && g->op[SEC_OP_EXEC]) {
-		hit = sec_match(g, g->op[SEC_OP_EXEC], e->bin, e->notbin, e->anc,
-				e->flags & SEC_EF_MEMFD);
+		hit = sec_match(g, g->op[SEC_OP_EXEC], e->bin, e->notbin, e->anc, e->flags);
 		if (hit) {
 			act = sec_verdict(g, hit, &rule);
 			if (act == SEC_ACT_KILL)

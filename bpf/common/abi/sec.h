@@ -150,6 +150,7 @@
 #define SEC_EF_ARGS_TRUNC 1 /* the arguments were longer than SEC_ARGS_MAX */
 #define SEC_EF_NO_PARENT  2 /* the image's entry was not in sec_procs: parent from the task */
 #define SEC_EF_MEMFD      4 /* the binary is a memfd or deleted file (exec of no path on disk) */
+#define SEC_EF_TTY        8 /* the process had a controlling terminal at exec */
 
 struct sec_xid {
 	__u64 ns;
@@ -213,6 +214,7 @@ struct sec_guard {
 	__u64 need_anc;        /* rules with ancestor: */
 	__u64 need_cg;         /* rules with cgroup: */
 	__u64 need_memfd;      /* rules with memfd: true */
+	__u64 need_tty;        /* rules with tty: true */
 	__u64 need_remote;     /* rules with remote: */
 	__u64 need_port;       /* rules with port: (listen) */
 	__u64 deny;            /* rules whose action is deny */

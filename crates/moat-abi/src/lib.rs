@@ -201,6 +201,7 @@ pub const LAYOUTS: &[StructLayout] = &[
             need_anc,
             need_cg,
             need_memfd,
+            need_tty,
             need_remote,
             need_port,
             deny,
@@ -434,7 +435,7 @@ mod tests {
         assert_eq!(size_of::<sec::SecInode>(), 16);
         assert_eq!(size_of::<sec::SecNet4Key>(), 8);
         assert_eq!(size_of::<sec::SecNet6Key>(), 20);
-        assert_eq!(size_of::<sec::SecGuard>(), 8 * 15 + 8 * 64 + 4 * 64);
+        assert_eq!(size_of::<sec::SecGuard>(), 8 * 16 + 8 * 64 + 4 * 64);
         assert_eq!(size_of::<sec::SecStat>(), 32);
         assert_eq!(
             size_of::<sec::SecEvent>(),

@@ -90,6 +90,7 @@ pub const CF_CONNECT: u32 = 64;
 pub const EF_ARGS_TRUNC: u32 = 1;
 pub const EF_NO_PARENT: u32 = 2;
 pub const EF_MEMFD: u32 = 4;
+pub const EF_TTY: u32 = 8;
 
 /// An exec id: one process image.
 #[repr(C)]
@@ -172,6 +173,7 @@ pub struct SecGuard {
     pub need_anc: u64,
     pub need_cg: u64,
     pub need_memfd: u64,
+    pub need_tty: u64,
     pub need_remote: u64,
     pub need_port: u64,
     pub deny: u64,
@@ -188,6 +190,7 @@ impl Default for SecGuard {
             need_anc: 0,
             need_cg: 0,
             need_memfd: 0,
+            need_tty: 0,
             need_remote: 0,
             need_port: 0,
             deny: 0,

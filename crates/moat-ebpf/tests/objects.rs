@@ -290,6 +290,7 @@ fn abi_header_defines_match_rust_constants() {
         ("SEC_EF_ARGS_TRUNC", sec::EF_ARGS_TRUNC.to_string()),
         ("SEC_EF_NO_PARENT", sec::EF_NO_PARENT.to_string()),
         ("SEC_EF_MEMFD", sec::EF_MEMFD.to_string()),
+        ("SEC_EF_TTY", sec::EF_TTY.to_string()),
     ]);
     for (i, n) in lb::STAT_NAMES.iter().enumerate() {
         rust.push((

@@ -552,11 +552,13 @@ fn the_rule_pack_detects_what_it_names() {
     assert!(evs.iter().all(|e| e["action"] == "log"), "{out}");
 }
 
-/// The pack's two lineage and network detections: a shell whose ancestor is
+/// The pack's lineage, terminal and network detections: a shell whose ancestor is
 /// a network service (the pack's list, with this test's stand-in for nginx
 /// put first: a copy of bash at a path of its own), and curl connecting to
 /// an address outside the private ranges (203.0.113.7, on the loopback of a
-/// namespace this test makes, so nothing leaves the machine).
+/// namespace this test makes, so nothing leaves the machine), and a shell
+/// with a terminal (script(1) gives it one; the guard test's cgroup stands
+/// in for the service's) while the shells without one are not reported.
 #[test]
 fn the_rule_pack_sees_a_shell_under_a_network_service_and_an_unexpected_outbound_connect() {
     if !privileged(
@@ -611,7 +613,7 @@ fn the_rule_pack_sees_a_shell_under_a_network_service_and_an_unexpected_outbound
     }
     let script = format!(
         "{nginx} -c 'sh -c true'; ip netns exec {ns} curl -s -m 2 http://203.0.113.7:9/ ; \
-         curl -s -m 2 http://127.0.0.1:9/ ; true",
+         curl -s -m 2 http://127.0.0.1:9/ ; SHELL=/bin/sh script -qec 'sh -c true' /dev/null; true",
         nginx = nginx.display()
     );
     let (_, out, err) = root.moat(&[
@@ -645,6 +647,22 @@ fn the_rule_pack_sees_a_shell_under_a_network_service_and_an_unexpected_outbound
     );
     assert_eq!(conns[0]["remote"], "203.0.113.7", "{}", conns[0]);
     assert_eq!(conns[0]["binary"], "/usr/bin/curl", "{}", conns[0]);
+    let term: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["rule"] == "terminal-shell-in-service")
+        .collect();
+    assert!(
+        !term.is_empty(),
+        "no terminal-shell-in-service event:\n{out}{err}"
+    );
+    for e in &term {
+        assert!(
+            e["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "tty")),
+            "a shell without a terminal reported: {e}"
+        );
+    }
 }
 
 /// Guard events also appear in `moat watch --json`, naming the rule and

@@ -146,6 +146,8 @@ pub struct Rule {
     /// listen: local ports (empty: any).
     pub port: Vec<u16>,
     pub memfd: bool,
+    /// The process has a controlling terminal.
+    pub tty: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -462,13 +464,14 @@ fn rule(w: &mut Walker, n: &Node) -> Option<Rule> {
         remote_not: vec![],
         port: vec![],
         memfd: false,
+        tty: false,
     };
     if let Some(mn) = mat {
         let mm = w.mapping(mn, "match")?;
         for (k, v) in mm.iter() {
             let key = k.as_str();
             let allowed: &[On] = match key {
-                "binary" | "not_binary" | "ancestor" | "cgroup" => &[
+                "binary" | "not_binary" | "ancestor" | "cgroup" | "tty" => &[
                     On::Exec,
                     On::Open,
                     On::Connect,
@@ -481,7 +484,7 @@ fn rule(w: &mut Walker, n: &Node) -> Option<Rule> {
                 "port" => &[On::Listen],
                 "memfd" => &[On::Exec],
                 _ => {
-                    w.err(pos(k.span()), format!("unknown key {key:?} in match (expected binary, not_binary, ancestor, cgroup, path, access, remote, remote_not, port, memfd)"));
+                    w.err(pos(k.span()), format!("unknown key {key:?} in match (expected binary, not_binary, ancestor, cgroup, tty, path, access, remote, remote_not, port, memfd)"));
                     continue;
                 }
             };
@@ -558,15 +561,23 @@ fn rule(w: &mut Walker, n: &Node) -> Option<Rule> {
                         }
                     }
                 }
-                "memfd" => {
+                "memfd" | "tty" => {
                     if let Some(s) = w.scalar(v, "true or false") {
-                        match s {
-                            "true" => r.memfd = true,
-                            "false" => r.memfd = false,
-                            _ => w.err(
-                                node_pos(v),
-                                format!("memfd: {s:?} (expected true or false)"),
-                            ),
+                        let b = match s {
+                            "true" => true,
+                            "false" => false,
+                            _ => {
+                                w.err(
+                                    node_pos(v),
+                                    format!("{key}: {s:?} (expected true or false)"),
+                                );
+                                false
+                            }
+                        };
+                        if key == "tty" {
+                            r.tty = b;
+                        } else {
+                            r.memfd = b;
                         }
                     }
                 }
@@ -692,6 +703,9 @@ pub fn compile(
         if r.memfd {
             c.guard.need_memfd |= bit;
         }
+        if r.tty {
+            c.guard.need_tty |= bit;
+        }
         if !r.remote.is_empty() {
             c.guard.need_remote |= bit;
         }
@@ -796,6 +810,8 @@ pub struct Op<'a> {
     pub anc: u64,
     /// The process's cgroup v2 path below the root (`/web/x`).
     pub cgroup: &'a str,
+    /// The process has a controlling terminal.
+    pub tty: bool,
 }
 
 /// The rules (by index) among `which` that match `op`. `cg_rel` gives a
@@ -830,6 +846,9 @@ pub fn user_match(
             continue;
         }
         if !r.ancestor.is_empty() && op.anc & bit == 0 {
+            continue;
+        }
+        if r.tty && !op.tty {
             continue;
         }
         if let Some(rel) = cg_rel(i) {
@@ -1005,6 +1024,26 @@ mod tests {
             "rules:\n  - {name: a, on: exec, action: log}\n  - {name: a, on: exec, action: log}\n";
         let e = parse(dup, Path::new("g.yaml")).unwrap_err();
         assert!(e.0[0].to_string().contains("used twice"), "{e:?}");
+    }
+
+    #[test]
+    fn tty_is_a_process_condition() {
+        let y = "rules:\n  - name: t\n    on: exec\n    match: { tty: true }\n    action: log\n";
+        let p = parse(y, Path::new("g.yaml")).unwrap();
+        assert!(p.rules[0].tty);
+        let none = |_: usize| None;
+        let mut op = Op::default();
+        assert!(user_match(&p, &[0], &op, &none).is_empty());
+        op.tty = true;
+        assert_eq!(user_match(&p, &[0], &op, &none), vec![0]);
+        let bad = y.replace("tty: true", "tty: maybe");
+        let e = parse(&bad, Path::new("g.yaml")).unwrap_err();
+        assert!(
+            e.0[0]
+                .to_string()
+                .contains("tty: \"maybe\" (expected true or false)"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Stat {
     pub ppid: u32,
     /// Clock ticks after boot.
     pub start_ticks: u64,
+    /// It has a controlling terminal (tty_nr, field 7, not 0).
+    pub tty: bool,
 }
 
 /// Parses /proc/PID/stat (the comm is in parentheses and may hold spaces
@@ -95,11 +97,13 @@ pub fn parse_stat(s: &str) -> Option<Stat> {
     // rest[0] = state (field 3), rest[1] = ppid (4), ... starttime is field 22.
     let ppid = rest.get(1)?.parse().ok()?;
     let start_ticks = rest.get(19)?.parse().ok()?;
+    let tty = rest.get(4)?.parse::<i64>().ok()? != 0;
     Some(Stat {
         pid,
         comm,
         ppid,
         start_ticks,
+        tty,
     })
 }
 
@@ -304,6 +308,7 @@ impl Event {
             (abi::EF_ARGS_TRUNC, "args_truncated"),
             (abi::EF_NO_PARENT, "parent_from_task"),
             (abi::EF_MEMFD, "memfd_or_deleted"),
+            (abi::EF_TTY, "tty"),
         ] {
             if e.flags & bit != 0 {
                 flags.push(name);

@@ -724,6 +724,8 @@ impl Guard {
             notbin,
             anc,
             cgroup: &cgroup,
+            // (the exec'ing image's terminal: exec does not change it)
+            tty: entry.is_some_and(|e| e.flags & abi::EF_TTY != 0),
         };
         let cg_rel = &self.cg_rel;
         let hit = g::user_match(&self.policy, &which, &op, &|i| cg_rel[i].clone());

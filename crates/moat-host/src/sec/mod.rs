@@ -70,6 +70,8 @@ pub struct ProcInfo {
     pub args: Vec<String>,
     /// cgroup v2 id (0: unknown).
     pub cgroup: u64,
+    /// It has a controlling terminal.
+    pub tty: bool,
 }
 
 /// Every process /proc lists now (kernel threads included), with exec ids
@@ -120,6 +122,7 @@ pub fn proc_snapshot() -> Vec<ProcInfo> {
     raw.into_iter()
         .map(|(st, uid, gid, binary, args, cgroup)| ProcInfo {
             cgroup,
+            tty: st.tty,
             pid: st.pid,
             ppid: st.ppid,
             xid: Xid::from_start_ticks(st.pid, st.start_ticks),
@@ -171,6 +174,7 @@ pub fn pinned_table(pin: &Path) -> Option<Vec<ProcInfo>> {
             gid: e.gid,
             args,
             cgroup: e.cgroup,
+            tty: e.flags & abi::EF_TTY != 0,
         });
     }
     out.sort_by_key(|p| p.pid);
@@ -542,6 +546,7 @@ pub(crate) fn seed_table(
             notbin: mask(i).notbin,
             anc,
             selfanc: mask(i).anc,
+            flags: if p.tty { abi::EF_TTY } else { 0 },
             ..Default::default()
         };
         fill(&mut e.comm, &p.comm);
