@@ -362,11 +362,17 @@ fn shell_words(a: &[String]) -> String {
 /// `moat ps [--tree] [--json]`.
 pub fn ps(tree: bool, json_out: bool) -> Result<()> {
     sys::require_privileges("moat ps")?;
-    // The kernel's table while a guard keeps one (exact exec ids, and the
-    // images an exec without fork replaced); else /proc.
+    // The kernel's table while a guard or a watch keeps one (exact exec
+    // ids, and the images an exec without fork replaced); else /proc.
     let (procs, source) = match crate::guard::kernel_procs() {
         Some((gpid, v)) => (v, format!("kernel table (moat guard, pid {gpid})")),
-        None => (proc_snapshot(), "/proc".to_string()),
+        None => match moat_host::sec::live_table() {
+            Some((id, v)) => (
+                v,
+                format!("kernel table (a running moat watch, map id {id})"),
+            ),
+            None => (proc_snapshot(), "/proc".to_string()),
+        },
     };
     let lineage = lineage_of(&procs);
     if !json_out {

@@ -351,6 +351,49 @@ fn an_exec_storm_is_counted_exactly() {
     eprintln!("exec storm: {N} processes in {took:?}: {last}");
 }
 
+/// While a `moat watch` runs, `moat ps` prints the kernel's table (found by
+/// map id: a watch pins nothing): a process started after the watch is in
+/// it with the exec id the kernel gave it.
+#[test]
+fn ps_prints_the_kernel_table_while_a_watch_runs() {
+    if !common::privileged("ps_prints_the_kernel_table_while_a_watch_runs") {
+        return;
+    }
+    let mut w = Watch::start(&["--exec", "--binary", "/usr/bin/sleep"]);
+    let mut child = Command::new("/usr/bin/sleep").arg("5").spawn().unwrap();
+    let exec = w.collect(1, Duration::from_secs(10), |v| {
+        v["event"] == "exec" && v["pid"] == child.id()
+    });
+    let out = Command::new(common::moat_bin())
+        .args(["ps", "--json"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = w.finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter().all(|r| r["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("kernel table (a running moat watch"))),
+        "{rows:?}"
+    );
+    let me = rows
+        .iter()
+        .find(|r| r["pid"] == child.id())
+        .unwrap_or_else(|| panic!("no pid {} in {rows:?}", child.id()));
+    assert_eq!(me["binary"], "/usr/bin/sleep");
+    assert_eq!(me["exec_id"], exec[0]["exec_id"], "the kernel's exec id");
+}
+
 /// `--file` through fanotify marks sees the file opened, however it was
 /// named (a path relative to the working directory, a symlink); a path
 /// that does not exist yet falls back to the tracepoint, which sees it made.

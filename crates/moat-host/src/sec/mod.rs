@@ -155,7 +155,37 @@ pub fn cgroup_id_of(cg_root: &Path, pid: u32) -> Option<u64> {
 /// The kernel's process table pinned at `pin` (a guard's), as ProcInfo
 /// (arguments from /proc, which the table does not keep).
 pub fn pinned_table(pin: &Path) -> Option<Vec<ProcInfo>> {
-    let m = aya::maps::MapData::from_pin(pin).ok()?;
+    table_procs(aya::maps::MapData::from_pin(pin).ok()?)
+}
+
+/// The process table of a running `moat watch` (or of any moat that keeps
+/// one, nothing pinned): the largest map named sec_procs of the table's
+/// shape, found by id; with that map id.
+pub fn live_table() -> Option<(u32, Vec<ProcInfo>)> {
+    let want = (4, std::mem::size_of::<abi::SecProc>() as u32);
+    let mut best: Option<(u32, u32)> = None; // (id, entries)
+    for info in aya::maps::loaded_maps().filter_map(Result::ok) {
+        if info.name_as_str() != Some(abi::MAP_PROCS)
+            || (info.key_size(), info.value_size()) != want
+        {
+            continue;
+        }
+        let Ok(m) = aya::maps::MapData::from_id(info.id()) else {
+            continue;
+        };
+        let Ok(t) = BpfHashMap::<_, u32, abi::SecProc>::try_from(aya::maps::Map::HashMap(m)) else {
+            continue;
+        };
+        let n = t.keys().count() as u32;
+        if best.is_none_or(|(_, b)| n > b) {
+            best = Some((info.id(), n));
+        }
+    }
+    let (id, _) = best?;
+    Some((id, table_procs(aya::maps::MapData::from_id(id).ok()?)?))
+}
+
+fn table_procs(m: aya::maps::MapData) -> Option<Vec<ProcInfo>> {
     let t: BpfHashMap<_, u32, abi::SecProc> =
         BpfHashMap::try_from(aya::maps::Map::HashMap(m)).ok()?;
     let mut out = Vec::new();
