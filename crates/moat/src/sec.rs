@@ -369,7 +369,7 @@ pub fn ps(tree: bool, json_out: bool) -> Result<()> {
         None => match moat_host::sec::live_table() {
             Some((id, v)) => (
                 v,
-                format!("kernel table (a running moat watch, map id {id})"),
+                format!("kernel table (map id {id}, of a running moat watch or guard test)"),
             ),
             None => (proc_snapshot(), "/proc".to_string()),
         },

@@ -383,7 +383,7 @@ fn ps_prints_the_kernel_table_while_a_watch_runs() {
     assert!(
         rows.iter().all(|r| r["source"]
             .as_str()
-            .is_some_and(|s| s.starts_with("kernel table (a running moat watch"))),
+            .is_some_and(|s| s.starts_with("kernel table (map id "))),
         "{rows:?}"
     );
     let me = rows
