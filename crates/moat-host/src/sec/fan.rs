@@ -9,7 +9,7 @@ use std::{
         fd::{FromRawFd, OwnedFd, RawFd},
         unix::fs::MetadataExt,
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Result, anyhow, bail};
@@ -54,6 +54,34 @@ pub(crate) fn fan_mark(fd: RawFd, flags: u32, mask: u64, path: &str) -> std::io:
     Ok(())
 }
 
+/// Visits every directory below `roots` once (by device and inode, so a
+/// bind mount of a directory inside itself ends the walk), without following
+/// symlinks; `visit` says whether to go below the directory.
+pub(crate) fn walk_dirs(
+    roots: &[PathBuf],
+    mut visit: impl FnMut(&Path, (u64, u64)) -> Result<bool>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    let mut stack = roots.to_vec();
+    while let Some(d) = stack.pop() {
+        let Ok(md) = fs::symlink_metadata(&d) else {
+            continue;
+        };
+        let id = (md.dev(), md.ino());
+        if !md.is_dir() || !seen.insert(id) || !visit(&d, id)? {
+            continue;
+        }
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Marks (`mask`, on each directory: FAN_EVENT_ON_CHILD covers its files)
 /// every directory below `roots` not in `marked` yet, at most `max` in all;
 /// returns how many were left unmarked for lack of room. The walk opens
@@ -68,31 +96,18 @@ pub(crate) fn mark_dirs(
 ) -> Result<usize> {
     debug_assert_eq!(mask & libc::FAN_ONDIR, 0);
     let mut left = 0;
-    let mut stack = roots.to_vec();
-    while let Some(d) = stack.pop() {
-        let Ok(md) = fs::symlink_metadata(&d) else {
-            continue;
-        };
-        if !md.is_dir() {
-            continue;
-        }
-        if !marked.contains(&(md.dev(), md.ino())) {
+    walk_dirs(roots, |d, id| {
+        if !marked.contains(&id) {
             if marked.len() >= max {
                 left += 1;
-                continue;
+                return Ok(false);
             }
             fan_mark(fd, 0, mask, &d.to_string_lossy())
                 .map_err(|e| anyhow!("fanotify mark on {}: {e}", d.display()))?;
-            marked.insert((md.dev(), md.ino()));
+            marked.insert(id);
         }
-        if let Ok(rd) = fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(e.path());
-                }
-            }
-        }
-    }
+        Ok(true)
+    })?;
     Ok(left)
 }
 

@@ -150,9 +150,8 @@ struct Fan {
     exec_rules: Vec<usize>,
     open_rules: Vec<usize>,
     open_dirs: Vec<String>,
-    marked: HashSet<(u64, u64)>,
     /// Directories marked for prefixes (recursively, rescanned).
-    pub marks: usize,
+    marked: HashSet<(u64, u64)>,
 }
 
 pub struct Guard {
@@ -227,7 +226,6 @@ impl Fan {
             open_rules: vec![],
             open_dirs: vec![],
             marked: HashSet::new(),
-            marks: 0,
         };
         for (i, m) in c.mechanisms.iter().enumerate() {
             match m {
@@ -278,7 +276,6 @@ impl Fan {
             libc::FAN_OPEN_PERM | libc::FAN_EVENT_ON_CHILD,
             MAX_DIR_MARKS,
         )?;
-        self.marks = self.marked.len();
         if left > 0 {
             bail!("more than {MAX_DIR_MARKS} directories below the open prefixes");
         }
@@ -557,7 +554,7 @@ impl Guard {
 
     /// Directories fanotify watches for prefixes.
     pub fn dir_marks(&self) -> usize {
-        self.fan.as_ref().map(|f| f.marks).unwrap_or(0)
+        self.fan.as_ref().map_or(0, |f| f.marked.len())
     }
 
     /// Per rule, from the kernel (userspace-decided rules included).

@@ -15,10 +15,7 @@
 use std::{
     collections::HashSet,
     fs,
-    os::{
-        fd::{AsRawFd, OwnedFd, RawFd},
-        unix::fs::MetadataExt,
-    },
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,7 +24,7 @@ use anyhow::Result;
 use moat_abi::sec as abi;
 
 use super::{
-    fan::{answer_all, fan_mark, mark_dirs, perm_group},
+    fan::{answer_all, fan_mark, mark_dirs, perm_group, walk_dirs},
     guard::{cgroup_of, cgroup2_root, open_access, tgid_of, user_event},
 };
 
@@ -70,7 +67,7 @@ pub struct OpenWatch {
     buf: Vec<u8>,
     last_scan: Instant,
     /// Directories beyond MAX_DIRS at the last scan (not watched).
-    pub unmarked: u64,
+    unmarked: usize,
     /// Watched opens the kernel reported / that passed the cgroup filter.
     pub seen: u64,
     pub matched: u64,
@@ -161,13 +158,20 @@ impl OpenWatch {
     }
 
     fn rescan(&mut self) -> Result<()> {
-        self.unmarked = mark_dirs(
+        let left = mark_dirs(
             self.fd.as_raw_fd(),
             &self.roots,
             &mut self.marked,
             libc::FAN_OPEN_PERM | libc::FAN_EVENT_ON_CHILD,
             MAX_DIRS,
-        )? as u64;
+        )?;
+        if left > self.unmarked {
+            // Never silent: these directories' opens are not seen.
+            eprintln!(
+                "moat: {left} new directories below the watched prefixes are not watched (more than {MAX_DIRS} in all)"
+            );
+        }
+        self.unmarked = left;
         Ok(())
     }
 
@@ -226,25 +230,11 @@ impl OpenWatch {
 
 /// Directories below `roots` (each counted once), None past `max`.
 fn count_dirs(roots: &[PathBuf], max: usize) -> Option<usize> {
-    let mut seen = HashSet::new();
-    let mut stack = roots.to_vec();
-    while let Some(d) = stack.pop() {
-        let Ok(md) = fs::symlink_metadata(&d) else {
-            continue;
-        };
-        if !md.is_dir() || !seen.insert((md.dev(), md.ino())) {
-            continue;
-        }
-        if seen.len() > max {
-            return None;
-        }
-        if let Ok(rd) = fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(e.path());
-                }
-            }
-        }
-    }
-    Some(seen.len())
+    let mut n = 0;
+    walk_dirs(roots, |_, _| {
+        n += 1;
+        Ok(n <= max)
+    })
+    .ok()?;
+    (n <= max).then_some(n)
 }
