@@ -324,12 +324,13 @@ static __always_inline int fw_host_maybe(const struct fw_config *cfg, const __u8
 /*
  * The remote address's class (*out; all zero: class 0, no rule selects it):
  * exact host entry first (always the longest match), then the prefix trie.
- * Maps the policy left empty are not probed. Inlined (it was a global
+ * Maps the policy left empty are not probed; host_maybe: fw_host_maybe of the
+ * remote (read early by fw_judge). Inlined (it was a global
  * function: its call and return cost a flooded packet ~3% of the drop path
  * here, where every return goes through the SRSO safe-return thunk).
  */
 static __always_inline int fw_class_of(const struct fw_config *cfg, const struct fw_ct_key *k,
-				       struct fw_class *out)
+				       int host_maybe, struct fw_class *out)
 {
 	struct fw_class *cls = NULL;
 
@@ -338,14 +339,14 @@ static __always_inline int fw_class_of(const struct fw_config *cfg, const struct
 	if (k->family == 4) {
 		struct fw_addr4_key a = { .prefixlen = 32 };
 		__builtin_memcpy(a.addr, k->remote, 4);
-		if ((cfg->maps & FW_HAS_HOST4) && fw_host_maybe(cfg, k->remote, 1))
+		if ((cfg->maps & FW_HAS_HOST4) && host_maybe)
 			cls = bpf_map_lookup_elem(&fw_host4, a.addr);
 		if (!cls && (cfg->maps & FW_HAS_ADDR4))
 			cls = bpf_map_lookup_elem(&fw_addr4, &a);
 	} else {
 		struct fw_addr6_key a = { .prefixlen = 128 };
 		__builtin_memcpy(a.addr, k->remote, 16);
-		if ((cfg->maps & FW_HAS_HOST6) && fw_host_maybe(cfg, k->remote, 4))
+		if ((cfg->maps & FW_HAS_HOST6) && host_maybe)
 			cls = bpf_map_lookup_elem(&fw_host6, a.addr);
 		if (!cls && (cfg->maps & FW_HAS_ADDR6))
 			cls = bpf_map_lookup_elem(&fw_addr6, &a);
@@ -596,6 +597,7 @@ struct fw_pkt {
 	__u8 tcp_flags;    /* TCP header byte 13 (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
 	__u8 ct_assured;   /* the tracked entry found lives in fw_ct_assured */
 	__u8 cls_known;    /* cls holds the remote's class */
+	__u8 host_maybe;   /* fw_hostbits: the remote may be in fw_host4/6 */
 	struct fw_class cls;
 	__be16 pport;      /* the policy port: tcp/udp destination, icmp type << 8 | code */
 	__u8 pad2[2];
@@ -609,7 +611,7 @@ static __always_inline const struct fw_class *fw_pkt_class(const struct fw_confi
 							  const struct fw_ct_key *k)
 {
 	if (!p->cls_known) {
-		fw_class_of(cfg, k, &p->cls);
+		fw_class_of(cfg, k, p->host_maybe, &p->cls);
 		p->cls_known = 1;
 	}
 	return &p->cls;
@@ -744,17 +746,16 @@ static __always_inline __u32 fw_step_l4(void *ctx, struct fw_pkt *p, __u32 offs,
 
 /* Step 3: the tracked connection, if any and not idle past its timeout (an
  * expired one is forgotten: this packet is then a first packet). The
- * presence filter answers "certainly not tracked" without the lookup. */
+ * presence filter answers "certainly not tracked" without the lookup
+ * (seen_count: its slot, read by fw_judge with the hash). */
 static __always_inline struct fw_ct_val *fw_step_ct_find(const struct fw_config *cfg,
 							 struct fw_pkt *p,
 							 const struct fw_ct_key *k,
-							 __u32 hash, __u32 **seen_out)
+							 __u32 *seen, __u32 seen_count)
 {
-	__u32 *seen = fw_line_slot(&fw_ctseen, hash & (FW_CTSEEN_SLOTS - 1));
 	struct fw_ct_val *ct = NULL;
 
-	*seen_out = seen;
-	if (!seen || *seen != 0) {
+	if (seen_count != 0) {
 		/* Assured connections first: they carry most packets. */
 		ct = bpf_map_lookup_elem(&fw_ct_assured, k);
 		p->ct_assured = ct != NULL;
@@ -965,7 +966,7 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 	};
 	struct fw_frag_key fk __attribute__((aligned(8))) = {};
 	struct fw_ct_val *ct;
-	__u32 reason, *seen;
+	__u32 reason, *seen, seen_count;
 	__u8 tcp_next = FW_TCP_NONE;
 
 	reason = fw_step_l3(&p, offs, meta, k);
@@ -982,12 +983,18 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 
 	o->hash = fw_ct_hash(k);
 	{
-		/* The flow tag is read now, beside the presence filter below: a
-		 * flooded packet's two random reads then overlap instead of
-		 * following each other hundreds of instructions apart. */
+		/* A flooded packet's three random reads (its flow tag, its
+		 * presence-filter slot, its remote's fw_hostbits word) are made
+		 * here, side by side, so the CPU waits for them at once instead of
+		 * one after another hundreds of instructions apart (perf: the
+		 * hostbits read alone was the hottest spot at N=10k). */
 		__u32 *tag = fw_line_slot(&fw_flowtags, o->hash & (FW_FLOW_SLOTS - 1));
 
+		seen = fw_line_slot(&fw_ctseen, o->hash & (FW_CTSEEN_SLOTS - 1));
+		p.host_maybe = k->family == 4 ? fw_host_maybe(cfg, k->remote, 1)
+					      : fw_host_maybe(cfg, k->remote, 4);
 		o->tag = tag ? *tag : 0;
+		seen_count = seen ? *seen : 1;
 	}
 	if (cfg->maps & FW_HAS_BLOCK) {
 		/* A blocklisted remote drops before any connection state. */
@@ -1008,7 +1015,7 @@ static __always_inline __u32 fw_judge(void *ctx, void *data, void *data_end, __u
 			return FW_STAT_DROP_RULE;
 		}
 	}
-	ct = fw_step_ct_find(cfg, &p, k, o->hash, &seen);
+	ct = fw_step_ct_find(cfg, &p, k, seen, seen_count);
 	if (ct && p.proto == IPPROTO_TCP) {
 		tcp_next = fw_tcp_next(ct->tcp_state, p.tcp_flags, p.dir == ct->dir0);
 		if (ct->tcp_state != FW_TCP_NONE && tcp_next == FW_TCP_NONE) {
