@@ -464,6 +464,7 @@ struct fw_evstate {
 	__u64 seq;         /* qualifying packets seen (for 1-in-N sampling) */
 	__u64 clock_jiffies; /* the per-CPU clock (common/clock.h): jiffies of */
 	__u64 clock_ns;      /* the last coarse clock read, and what it read */
+	__u32 handoff[4];    /* this packet's parse results (fw.bpf.c fw_handoff) */
 };
 
 /* One ring buffer record. */

@@ -356,6 +356,9 @@ pub struct FwEvstate {
     pub seq: u64,
     pub clock_jiffies: u64,
     pub clock_ns: u64,
+    /// The packet's parse results, handed from the entry to the core through
+    /// memory (kernel-only scratch).
+    pub handoff: [u32; 4],
 }
 
 /// One ring buffer record.

@@ -130,7 +130,7 @@ pub const LAYOUTS: &[StructLayout] = &[
     layout!(
         "fw_evstate",
         fw::FwEvstate,
-        [ev, flow, seq, clock_jiffies, clock_ns]
+        [ev, flow, seq, clock_jiffies, clock_ns, handoff]
     ),
     layout!(
         "fw_event",
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(fw::FwConfig, tcp_timeouts), 64);
         assert_eq!(core::mem::offset_of!(fw::FwConfig, ev_cost_ns), 24);
         assert_eq!(size_of::<fw::FwFlowVal>(), 48);
-        assert_eq!(size_of::<fw::FwEvstate>(), 56);
+        assert_eq!(size_of::<fw::FwEvstate>(), 72);
         assert_eq!(size_of::<fw::FwEvent>(), 32 + fw::EVENT_CAP);
         assert_eq!(core::mem::offset_of!(fw::FwEvent, data), 32);
         assert_eq!(core::mem::offset_of!(fw::FwCtVal, ifindex), 44);
