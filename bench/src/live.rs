@@ -355,6 +355,7 @@ impl Rig {
         );
         let elapsed = {
             let _g = NetnsGuard::enter(&self.lab.ns_a)?;
+            let _pin = PinCpu::last();
             let ifindex = moat_host::traffic::ifindex(&self.lab.if_a)?;
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
             let mut ctx = [0u8; 24];
@@ -418,6 +419,49 @@ impl Drop for Rig {
 /// With MOAT_BENCH_PROG_STATS=1 (and kernel.bpf_stats_enabled=1): run time
 /// and run count per XDP program name, to see each filter's own cost under
 /// the flood (a diagnostic: the stats themselves cost two clock reads a run).
+/// Pins the calling thread to one CPU (the last it may use) until dropped,
+/// then gives it back its mask. veth delivers a redirected frame on the
+/// sending CPU, so the generator and the receiver's filter then share that
+/// one CPU for the whole measurement instead of the thread migrating midway
+/// (which moved a ratio by several hundredths between runs).
+struct PinCpu(Option<libc::cpu_set_t>);
+
+impl PinCpu {
+    fn last() -> PinCpu {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: zeroed cpu_set_t values, passed with their size, for this thread.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, size, &mut old) != 0 {
+                return PinCpu(None);
+            }
+            let Some(cpu) = (0..libc::CPU_SETSIZE as usize)
+                .rev()
+                .find(|&c| libc::CPU_ISSET(c, &old))
+            else {
+                return PinCpu(None);
+            };
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size, &one) != 0 {
+                return PinCpu(None);
+            }
+            PinCpu(Some(old))
+        }
+    }
+}
+
+impl Drop for PinCpu {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: the mask read by sched_getaffinity, with its size.
+            unsafe {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old);
+            }
+        }
+    }
+}
+
 fn prog_stats() -> Option<std::collections::BTreeMap<String, (u64, u64)>> {
     std::env::var_os("MOAT_BENCH_PROG_STATS")?;
     let out = Command::new("bpftool")

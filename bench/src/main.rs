@@ -465,15 +465,16 @@ fn document(
         "## Live traffic\n\n\
          Two network namespaces joined by a veth pair. The generator (an XDP program run with \
          BPF_PROG_TEST_RUN in live-frames mode) sends {} UDP frames per measurement (for at most {} s: generator \
-         and receiver share the CPUs, so a slow filter slows the generator) out of a's end, each from a \
+         and receiver share one CPU, so a slow filter slows the generator) out of a's end, each from a \
          new source address (10.199.0.0/16) and port, to b's port 9; b runs one filter and we count what it \
          dropped while the generator ran. With N rules, N - 1 rules that do not match the traffic (other \
          source addresses) come before the one that does; moat gets the same N - 1 addresses in one deny \
          rule plus the matching rule, nftables-set and xdp-filter get them as set/map entries. All \
          configurations of one N are installed side by side and measured in {} interleaved rounds \
          (A B C … A B C …). Cells: median packets per second (min–max over the rounds) and, in bold, the \
-         median ratio to the XDP-drop ceiling measured in the same round. Generator and receiver share the \
-         machine's CPUs, so the ceiling is the generator's own limit.\n\n{}\n",
+         median ratio to the XDP-drop ceiling measured in the same round. The generator's thread is pinned \
+         to one CPU while it sends, and veth delivers a redirected frame on the sending CPU, so generator \
+         and receiver share that CPU: the ceiling is the generator's own limit.\n\n{}\n",
         lo.packets,
         lo.max_secs,
         lo.rounds,
