@@ -54,7 +54,7 @@ struct LiveArgs {
     #[arg(long, default_value = "1000000")]
     packets: u32,
     /// Interleaved rounds per N (median and spread reported).
-    #[arg(long, default_value = "5")]
+    #[arg(long, default_value = "7")]
     live_rounds: usize,
     /// A tool whose rules take longer than this to install is not tried at larger N.
     #[arg(long, default_value = "120")]
