@@ -500,9 +500,11 @@ fn attach(bpf: &mut aya::Ebpf, name: &str, lab: &Lab) -> Result<()> {
 pub struct LiveResult {
     pub filter: Filter,
     pub n: usize,
-    /// Packets per second dropped, one per round.
+    /// Packets per second dropped, one per measurement (the ceiling: one
+    /// before each filter and one after the last).
     pub pps: Vec<f64>,
-    /// Ratio to the ceiling measured in the same round, one per round.
+    /// Ratio to the mean of the two ceiling measurements around each one
+    /// (the ceiling's own: 1.0 each).
     pub ratio: Vec<f64>,
     pub install_secs: f64,
 }
@@ -523,7 +525,8 @@ pub struct LiveOpts {
 
 /// Runs every filter at every N: for each N, all configurations are
 /// installed side by side (one lab each) and measured in interleaved rounds
-/// (A B C … A B C …); the ceiling (XDP drop) is measured in every round.
+/// (A B C … A B C …); the ceiling (XDP drop) is measured before and after
+/// each of them.
 /// Below this drop rate a filter is not measured at larger N.
 pub const MIN_PPS: f64 = 2000.0;
 
@@ -581,22 +584,32 @@ pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResul
         }
         let mut pps = vec![Vec::new(); rigs.len()];
         let mut ratio = vec![Vec::new(); rigs.len()];
+        // Each filter's measurement is bracketed by two of the ceiling (C A C
+        // B C …): its ratio is to their mean, so a drift of the machine
+        // during the round (this VM's speed moves by 10-20% within seconds)
+        // cancels instead of landing on whichever filter ran last.
+        let mut measure = |rig: &mut Rig, r: usize| -> Result<f64> {
+            let v = rig
+                .measure(o.packets, Duration::from_secs_f64(o.max_secs), &o.stop)
+                .with_context(|| format!("measuring {} at N={n}", rig.filter.name()))?;
+            say(&format!(
+                "round {r} N={n} {}: {v:.0} pps",
+                rig.filter.name()
+            ));
+            Ok(v)
+        };
         for r in 0..o.rounds {
-            let mut row = Vec::new();
-            for (i, rig) in rigs.iter_mut().enumerate() {
-                let v = rig
-                    .measure(o.packets, Duration::from_secs_f64(o.max_secs), &o.stop)
-                    .with_context(|| format!("measuring {} at N={n}", rig.filter.name()))?;
-                say(&format!(
-                    "round {r} N={n} {}: {v:.0} pps",
-                    rig.filter.name()
-                ));
-                row.push(v);
+            let mut before = measure(&mut rigs[0], r)?;
+            pps[0].push(before);
+            ratio[0].push(1.0);
+            for i in 1..rigs.len() {
+                let v = measure(&mut rigs[i], r)?;
+                let after = measure(&mut rigs[0], r)?;
+                pps[0].push(after);
+                ratio[0].push(1.0);
                 pps[i].push(v);
-            }
-            let ceiling = row[0].max(1.0);
-            for (i, v) in row.iter().enumerate() {
-                ratio[i].push(v / ceiling);
+                ratio[i].push(v / ((before + after) / 2.0).max(1.0));
+                before = after;
             }
         }
         for (i, rig) in rigs.iter().enumerate() {

@@ -471,8 +471,9 @@ fn document(
          source addresses) come before the one that does; moat gets the same N - 1 addresses in one deny \
          rule plus the matching rule, nftables-set and xdp-filter get them as set/map entries. All \
          configurations of one N are installed side by side and measured in {} interleaved rounds \
-         (A B C … A B C …). Cells: median packets per second (min–max over the rounds) and, in bold, the \
-         median ratio to the XDP-drop ceiling measured in the same round. The generator's thread is pinned \
+         (A B C … A B C …), each measurement between two of the XDP-drop ceiling. Cells: median packets per \
+         second (min–max over the rounds) and, in bold, the median ratio to the mean of the two ceiling \
+         measurements around it. The generator's thread is pinned \
          to one CPU while it sends, and veth delivers a redirected frame on the sending CPU, so generator \
          and receiver share that CPU: the ceiling is the generator's own limit.\n\n{}\n",
         lo.packets,

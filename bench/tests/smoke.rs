@@ -59,8 +59,28 @@ fn live_smoke() {
     let (res, skipped) = run_all(&o, |_| {}).unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");
     assert_eq!(res.len(), Filter::ALL.len() * 2);
-    for r in &res {
-        assert_eq!(r.pps.len(), 2);
+    let k = Filter::ALL.len(); // rigs per N, the ceiling first
+    for (j, r) in res.iter().enumerate() {
+        // The ceiling is measured before each filter and after the last.
+        let want = if r.filter == Filter::XdpDrop {
+            2 * k
+        } else {
+            2
+        };
+        assert_eq!(r.pps.len(), want, "{}", r.filter.name());
+        if r.filter != Filter::XdpDrop {
+            // Its ratio is to the mean of the ceilings just before and after it.
+            let (ceil, i) = (&res[j - j % k].pps, j % k);
+            for round in 0..2 {
+                let c = (ceil[round * k + i - 1] + ceil[round * k + i]) / 2.0;
+                let got = r.ratio[round];
+                assert!(
+                    (got - r.pps[round] / c).abs() < 1e-9,
+                    "{} round {round}",
+                    r.filter.name()
+                );
+            }
+        }
         assert!(
             r.pps.iter().all(|&p| p > 0.0),
             "{} N={} dropped nothing",
