@@ -180,6 +180,95 @@ fn table() -> Vec<Row> {
             "pass_rule",
             Rule("web"),
         ),
+        // Frames beside the firewall's fast parse (plain IPv4 without
+        // options or fragment bits, plain IPv6 straight to the transport)
+        // take the generic parser: the same verdicts either way.
+        row(
+            "tcp with IP options",
+            Ingress,
+            e4(ipv4_with(
+                REMOTE4,
+                LOCAL4,
+                IPPROTO_TCP,
+                &V4Opts {
+                    options: vec![1, 1, 1, 0],
+                    ..V4Opts::default()
+                },
+                &tcp(ips4, 40102, 80, TCP_SYN, 1, 0, &[]),
+            )),
+            "pass_rule",
+            Rule("web"),
+        ),
+        row(
+            "tcp with IP options to a closed port",
+            Ingress,
+            e4(ipv4_with(
+                REMOTE4,
+                LOCAL4,
+                IPPROTO_TCP,
+                &V4Opts {
+                    options: vec![1, 1, 1, 0],
+                    ..V4Opts::default()
+                },
+                &tcp(ips4, 40103, 81, TCP_SYN, 1, 0, &[]),
+            )),
+            "drop_default",
+            Default,
+        ),
+        row(
+            "udp without DF (fast parse)",
+            Ingress,
+            e4(ipv4_with(
+                REMOTE4,
+                LOCAL4,
+                IPPROTO_UDP,
+                &V4Opts {
+                    dont_fragment: false,
+                    ..V4Opts::default()
+                },
+                &udp(ips4, 40104, 53, &[7; 16]),
+            )),
+            "pass_rule",
+            Rule("dns"),
+        ),
+        row(
+            "tcp over IPv6 after a hop-by-hop header",
+            Ingress,
+            e6(ipv6(
+                REMOTE6,
+                LOCAL6,
+                IPPROTO_HOPOPTS,
+                &ipv6_ext(IPPROTO_TCP, &[], &tcp(ips6, 40105, 80, TCP_SYN, 1, 0, &[])),
+            )),
+            "pass_rule",
+            Rule("web"),
+        ),
+        row(
+            "udp over IPv6 after destination options, closed port",
+            Ingress,
+            e6(ipv6(
+                REMOTE6,
+                LOCAL6,
+                IPPROTO_DSTOPTS,
+                &ipv6_ext(IPPROTO_UDP, &[], &udp(ips6, 40106, 54, &[7; 16])),
+            )),
+            "drop_default",
+            Default,
+        ),
+        row(
+            "IPv4 header and nothing after it",
+            Ingress,
+            in4(IPPROTO_TCP, &[]),
+            "drop_malformed",
+            Nothing,
+        ),
+        row(
+            "IPv6 header and nothing after it",
+            Ingress,
+            e6(ipv6(REMOTE6, LOCAL6, IPPROTO_UDP, &[])),
+            "drop_malformed",
+            Nothing,
+        ),
         row(
             "icmp echo request",
             Ingress,
