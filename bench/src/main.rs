@@ -454,7 +454,7 @@ fn document(
          those addresses to a port its rule does not allow, so every lookup runs and the default denies it; \
          `established`: to the allowed port (the first run opens the connection, the rest hit conntrack); \
          `new, allowed (single runs)`: {single} distinct packets to the allowed port, each opening a new \
-         connection (a conntrack insert), each run once, median per round (a single run includes the kernel \
+         connection (a conntrack insert), each run once, the sizes interleaved packet by packet, median per round (a single run includes the kernel \
          timer's own cost: compare with the floor measured the same way). \
          `blocklist`: a set of N addresses denied both ways whatever the port (moat drops them before any \
          conntrack work); the packet comes from a listed address. \
