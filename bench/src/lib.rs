@@ -375,8 +375,8 @@ pub fn prog_cost(o: &Opts, pins: &Path, mut say: impl FnMut(&str)) -> Result<Vec
                 if family == "rules" {
                     // Interleaved packet by packet (each size's i-th packet in
                     // turn), so what slows the VM for a while slows every size
-                    // alike: run size after size, one round's medians of one
-                    // size moved by up to 1.5x in a report (411-631 ns).
+                    // alike (run size after size, the medians of one report
+                    // moved between 411 and 631 ns across sizes).
                     let mut frames = Vec::new();
                     for (n, inst, _) in loaded.iter_mut() {
                         let port = 1000 + ((*n / 2) % 60000) as u16;

@@ -580,9 +580,9 @@ static __always_inline void fw_pack(const struct moat_l3 *r, __u32 *offs, __u32 
  * header is the transport (TCP, UDP, ICMPv6). Writes the packed results
  * (fw_pack's words) to h and returns 1; any other frame returns 0 and goes
  * through moat_parse, whose results for these frames are the same words
- * (the fast-path test in crates/moat-ebpf compares the two on every frame
- * shape the parser knows). perf: the generic parse and its packing were a
- * fifth of a flooded packet's instructions.
+ * (the fixture table in crates/moat/tests/privileged_fw_fixtures.rs has rows
+ * on both sides of this line). perf: the generic parse and its packing were
+ * a fifth of a flooded packet's instructions.
  */
 static __always_inline int fw_parse_fast(void *data, void *data_end, __u32 *h)
 {

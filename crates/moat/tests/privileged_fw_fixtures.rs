@@ -73,6 +73,15 @@ fn tcp_in4(dport: u16) -> Vec<u8> {
         &tcp(Ips::V4(REMOTE4, LOCAL4), 40000, dport, TCP_SYN, 1, 0, &[]),
     )
 }
+/// A SYN from REMOTE4 over an IPv4 header with 4 bytes of options (NOPs).
+fn syn_with_options4(sport: u16, dport: u16) -> Vec<u8> {
+    let o = V4Opts {
+        options: vec![1, 1, 1, 0],
+        ..V4Opts::default()
+    };
+    let syn = tcp(Ips::V4(REMOTE4, LOCAL4), sport, dport, TCP_SYN, 1, 0, &[]);
+    e4(ipv4_with(REMOTE4, LOCAL4, IPPROTO_TCP, &o, &syn))
+}
 fn tagged(tags: &[(u16, u16)], ethertype: u16, l3: &[u8]) -> Vec<u8> {
     ethernet(MAC_DST, MAC_SRC, tags, ethertype, l3)
 }
@@ -186,32 +195,14 @@ fn table() -> Vec<Row> {
         row(
             "tcp with IP options",
             Ingress,
-            e4(ipv4_with(
-                REMOTE4,
-                LOCAL4,
-                IPPROTO_TCP,
-                &V4Opts {
-                    options: vec![1, 1, 1, 0],
-                    ..V4Opts::default()
-                },
-                &tcp(ips4, 40102, 80, TCP_SYN, 1, 0, &[]),
-            )),
+            syn_with_options4(40102, 80),
             "pass_rule",
             Rule("web"),
         ),
         row(
             "tcp with IP options to a closed port",
             Ingress,
-            e4(ipv4_with(
-                REMOTE4,
-                LOCAL4,
-                IPPROTO_TCP,
-                &V4Opts {
-                    options: vec![1, 1, 1, 0],
-                    ..V4Opts::default()
-                },
-                &tcp(ips4, 40103, 81, TCP_SYN, 1, 0, &[]),
-            )),
+            syn_with_options4(40103, 81),
             "drop_default",
             Default,
         ),
