@@ -37,6 +37,9 @@ pub struct VerifierError {
     pub log: String,
     pub tail: usize,
     pub log_file: Option<PathBuf>,
+    /// How many times the load was tried (more than one after signals
+    /// interrupted the verifier).
+    pub attempts: u32,
 }
 
 impl VerifierError {
@@ -72,14 +75,25 @@ impl fmt::Display for VerifierError {
             self.program,
             sys::errno_words(self.errno)
         )?;
+        if self.errno == libc::EAGAIN {
+            // Not a verdict on the program: the verifier stopped because a
+            // signal was pending, every time it was asked.
+            writeln!(
+                f,
+                "  signals interrupted the verifier on each of {} attempts; the program was not judged",
+                self.attempts
+            )?;
+        }
         let lines: Vec<&str> = self.log.lines().filter(|l| !l.trim().is_empty()).collect();
         if lines.is_empty() {
             writeln!(f, "  (the verifier wrote no log)")?;
         } else {
-            if let Some(reason) = self.reason() {
+            // An interrupted log stops wherever the signal came: no reason.
+            let judged = self.errno != libc::EAGAIN;
+            if let Some(reason) = self.reason().filter(|_| judged) {
                 writeln!(f, "  reason: {reason}")?;
             }
-            if let Some(src) = self.source_lines().last() {
+            if let Some(src) = self.source_lines().last().filter(|_| judged) {
                 writeln!(f, "  at source line: {}", src.trim_start_matches("; "))?;
             }
             let n = lines.len().min(self.tail);
@@ -163,32 +177,45 @@ pub fn load_program(bpf: &mut Ebpf, name: &str, log: &LogOpts) -> Result<Loaded>
     })
 }
 
+/// How many times a load interrupted by a signal is tried again. The
+/// verifier gives up with EAGAIN when a signal is pending (it checks in its
+/// main loop), which says nothing about the program; libbpf retries the
+/// same way.
+pub const INTERRUPTED_RETRIES: u32 = 8;
+
 /// Loads program `name` with `load` (which picks the program type and its
 /// load arguments), turning a verifier refusal into a [`VerifierError`],
-/// and returns what the kernel did.
+/// and returns what the kernel did. A load interrupted by a signal (EAGAIN)
+/// is tried again, up to [`INTERRUPTED_RETRIES`] times.
 pub fn load_with(
     bpf: &mut Ebpf,
     name: &str,
     log: &LogOpts,
-    load: impl FnOnce(&mut Program) -> Result<Result<(), ProgramError>>,
+    mut load: impl FnMut(&mut Program) -> Result<Result<(), ProgramError>>,
 ) -> Result<Loaded> {
     let prog = bpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} is not in the object"))?;
-    match load(prog)? {
-        Ok(()) => {}
-        Err(ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        }) => {
-            return Err(verifier_error(
-                name,
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match load(prog)? {
+            Ok(()) => break,
+            Err(ProgramError::LoadError {
                 io_error,
-                &verifier_log.to_string(),
-                log,
-            )?);
+                verifier_log,
+            }) => {
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt <= INTERRUPTED_RETRIES {
+                    continue;
+                }
+                let mut e = verifier_error(name, io_error, &verifier_log.to_string(), log)?;
+                if let Some(v) = e.downcast_mut::<VerifierError>() {
+                    v.attempts = attempt;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(anyhow!("loading {name}: {e}")),
         }
-        Err(e) => return Err(anyhow!("loading {name}: {e}")),
     }
     let info = prog
         .info()
@@ -216,6 +243,7 @@ pub fn verifier_error(
         log: text.to_string(),
         tail: log.tail_lines(),
         log_file,
+        attempts: 1,
     }
     .into())
 }

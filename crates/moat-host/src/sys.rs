@@ -258,9 +258,10 @@ pub fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
     stop.load(Ordering::Relaxed)
 }
 
-/// Plain words for an errno.
-pub fn errno_words(errno: i32) -> &'static str {
-    match errno {
+/// Plain words for an errno; the number and the C library's text for one
+/// without words of its own.
+pub fn errno_words(errno: i32) -> std::borrow::Cow<'static, str> {
+    let words = match errno {
         libc::EPERM => "EPERM: operation not permitted (needs root: CAP_BPF, CAP_NET_ADMIN)",
         libc::EACCES => "EACCES: the verifier found the program unsafe",
         libc::EINVAL => "EINVAL: the kernel refused the program or an argument as invalid",
@@ -271,6 +272,16 @@ pub fn errno_words(errno: i32) -> &'static str {
         libc::EEXIST => "EEXIST: already exists",
         libc::EOPNOTSUPP => "EOPNOTSUPP: not supported by this driver or kernel",
         libc::ENODEV => "ENODEV: no such device",
-        _ => "error",
-    }
+        libc::EAGAIN => "EAGAIN: interrupted (a signal arrived while the kernel worked)",
+        libc::EINTR => "EINTR: interrupted by a signal",
+        libc::EFAULT => "EFAULT: the kernel could not read or write a buffer",
+        524 => "ENOTSUPP (524): the kernel cannot do this here (JIT or helper unavailable?)",
+        _ => {
+            return std::borrow::Cow::Owned(format!(
+                "errno {errno}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ));
+        }
+    };
+    std::borrow::Cow::Borrowed(words)
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use moat_host::loader::{self, LogOpts, VerifierError};
+use std::time::Duration;
 
 #[test]
 fn verifier_rejection_is_readable() {
@@ -84,5 +85,76 @@ fn counter_loads_and_reports_jit() {
     assert!(
         line.contains(if jit_on { "JIT on" } else { "JIT off" }),
         "{line}"
+    );
+}
+
+/// Loads the firewall's TC program while another thread signals the
+/// loading thread `n` times, `every` apart (SIGUSR1, whose handler does
+/// nothing).
+fn load_tc_under_signals(n: u32, every: Duration) -> anyhow::Result<loader::Loaded> {
+    extern "C" fn noop(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing, installed for SIGUSR1 only.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = noop as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    moat_host::sys::ensure_bpffs().unwrap();
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/moat-sigtest-{}-{n}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&pins).unwrap();
+    let log = LogOpts::default();
+    let mut bpf = loader::open_with(moat_ebpf::FW, &log, |l| {
+        l.default_map_pin_directory(&pins);
+    })
+    .unwrap();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let pid = std::process::id() as i32;
+    let kicker = std::thread::spawn(move || {
+        for _ in 0..n {
+            std::thread::sleep(every);
+            // SAFETY: signals this process's loading thread, which handles SIGUSR1.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
+        }
+    });
+    let r = loader::load_program(&mut bpf, moat_abi::fw::PROG_TC, &log);
+    kicker.join().unwrap();
+    drop(bpf);
+    let _ = std::fs::remove_dir_all(&pins);
+    r
+}
+
+/// A signal that arrives while the verifier runs makes BPF_PROG_LOAD fail
+/// with EAGAIN (the kernel checks signal_pending() in its main loop). The
+/// loader tries again instead of reporting a refusal: three signals, 40 ms
+/// apart, interrupt three verifications in a row (aya's own retries, which
+/// grow the log buffer, cover fewer), and the program still loads. A storm
+/// that outlasts every retry is reported as an interruption, not as a
+/// verdict on the program.
+#[test]
+fn load_survives_signals_during_verification() {
+    if !common::privileged("load_survives_signals_during_verification") {
+        return;
+    }
+    let loaded =
+        load_tc_under_signals(3, Duration::from_millis(40)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.id > 0);
+
+    let err = match load_tc_under_signals(2000, Duration::from_millis(2)) {
+        Ok(_) => panic!("a signal every 2 ms for 4 s let the verifier finish"),
+        Err(e) => e,
+    };
+    let v: &VerifierError = err.downcast_ref().expect("a VerifierError");
+    assert_eq!(v.errno, libc::EAGAIN, "{v}");
+    assert_eq!(v.attempts, loader::INTERRUPTED_RETRIES + 1, "{v}");
+    let text = v.to_string();
+    assert!(text.contains("EAGAIN: interrupted"), "{text}");
+    assert!(text.contains("the program was not judged"), "{text}");
+    assert!(
+        !text.contains("reason:") && !text.contains("at source line"),
+        "{text}"
     );
 }
