@@ -283,12 +283,14 @@ impl Rig {
                 }
                 let n = (packets - sent).min(chunk);
                 let c0 = Instant::now();
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&ctx),
-                    repeat: n,
-                    attrs: TestRunAttrs::new().xdp_live_frames(64),
-                    ..Default::default()
+                loader::test_run_retrying(|| {
+                    prog.test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        ctx_in: Some(&ctx),
+                        repeat: n,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    })
                 })
                 .context("live-frames BPF_PROG_TEST_RUN")?;
                 sent += n;
@@ -544,11 +546,14 @@ pub fn prog_cost(rounds: usize, mut say: impl FnMut(&str)) -> Result<Vec<CostLb>
             let run =
                 |inst: &mut LbInstance, f: &[u8], idx: u32, repeat: u32| -> Result<(f64, u32)> {
                     let c = ctx(idx, f.len());
-                    let r = inst.xdp()?.test_run(TestRunOptions {
-                        data_in: Some(f),
-                        ctx_in: Some(&c),
-                        repeat,
-                        ..Default::default()
+                    let prog = inst.xdp()?;
+                    let r = loader::test_run_retrying(|| {
+                        prog.test_run(TestRunOptions {
+                            data_in: Some(f),
+                            ctx_in: Some(&c),
+                            repeat,
+                            ..Default::default()
+                        })
                     })?;
                     Ok((r.duration.as_nanos() as f64, r.return_value))
                 };

@@ -146,13 +146,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Kernel-measured ns/packet of an XDP program on one frame.
 /// Kernel-measured ns/packet of one BPF_PROG_TEST_RUN call, and the verdict.
 fn run_once(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
-    let r = prog
-        .test_run(TestRunOptions {
+    let r = loader::test_run_retrying(|| {
+        prog.test_run(TestRunOptions {
             data_in: Some(frame),
             repeat,
             ..Default::default()
         })
-        .context("BPF_PROG_TEST_RUN")?;
+    })
+    .context("BPF_PROG_TEST_RUN")?;
     Ok((r.duration.as_nanos() as f64, r.return_value))
 }
 

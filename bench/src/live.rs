@@ -373,12 +373,14 @@ impl Rig {
                 }
                 let n = (packets - sent).min(chunk);
                 let c = Instant::now();
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&ctx),
-                    repeat: n,
-                    attrs: TestRunAttrs::new().xdp_live_frames(64),
-                    ..Default::default()
+                loader::test_run_retrying(|| {
+                    prog.test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        ctx_in: Some(&ctx),
+                        repeat: n,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    })
                 })
                 .context("live-frames BPF_PROG_TEST_RUN")?;
                 sent += n;

@@ -269,3 +269,27 @@ fn write_log(log: &LogOpts, text: &str) -> Result<Option<PathBuf>> {
         None => Ok(None),
     }
 }
+
+/// Runs `run` (a BPF_PROG_TEST_RUN) again when a signal interrupted it:
+/// with `repeat` > 1 the kernel stops between repetitions when a signal is
+/// pending and returns EINTR, having run an unknown number of them. For
+/// timed runs (where a repetition more changes nothing) and live-frame
+/// generators (whose receivers count what arrived), not for runs whose
+/// side effects must happen exactly once.
+pub fn test_run_retrying<T>(
+    mut run: impl FnMut() -> Result<T, ProgramError>,
+) -> Result<T, ProgramError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run() {
+            Err(ProgramError::SyscallError(e))
+                if matches!(e.io_error.raw_os_error(), Some(libc::EINTR | libc::EAGAIN))
+                    && attempt <= INTERRUPTED_RETRIES =>
+            {
+                continue;
+            }
+            r => return r,
+        }
+    }
+}

@@ -157,12 +157,14 @@ fn a_flood_of_new_flows_cannot_evict_assured_connections() {
                 if done.load(Ordering::Relaxed) {
                     break;
                 }
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&ctx),
-                    repeat: 50_000,
-                    attrs: TestRunAttrs::new().xdp_live_frames(64),
-                    ..Default::default()
+                loader::test_run_retrying(|| {
+                    prog.test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        ctx_in: Some(&ctx),
+                        repeat: 50_000,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    })
                 })
                 .expect("live-frames BPF_PROG_TEST_RUN");
                 sent += 50_000;

@@ -88,10 +88,9 @@ fn counter_loads_and_reports_jit() {
     );
 }
 
-/// Loads the firewall's TC program while another thread signals the
-/// loading thread `n` times, `every` apart (SIGUSR1, whose handler does
-/// nothing).
-fn load_tc_under_signals(n: u32, every: Duration) -> anyhow::Result<loader::Loaded> {
+/// A thread that signals the calling thread `n` times, `every` apart
+/// (SIGUSR1, whose handler does nothing).
+fn signal_thread(n: u32, every: Duration) -> std::thread::JoinHandle<()> {
     extern "C" fn noop(_: libc::c_int) {}
     // SAFETY: a handler that does nothing, installed for SIGUSR1 only.
     unsafe {
@@ -99,6 +98,21 @@ fn load_tc_under_signals(n: u32, every: Duration) -> anyhow::Result<loader::Load
         sa.sa_sigaction = noop as *const () as usize;
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
     }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let pid = std::process::id() as i32;
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            std::thread::sleep(every);
+            // SAFETY: signals a thread of this process, which handles SIGUSR1.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
+        }
+    })
+}
+
+/// Loads the firewall's TC program while the loading thread is signalled
+/// `n` times, `every` apart.
+fn load_tc_under_signals(n: u32, every: Duration) -> anyhow::Result<loader::Loaded> {
     moat_host::sys::ensure_bpffs().unwrap();
     let pins = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/moat-sigtest-{}-{n}",
@@ -110,16 +124,7 @@ fn load_tc_under_signals(n: u32, every: Duration) -> anyhow::Result<loader::Load
         l.default_map_pin_directory(&pins);
     })
     .unwrap();
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    let pid = std::process::id() as i32;
-    let kicker = std::thread::spawn(move || {
-        for _ in 0..n {
-            std::thread::sleep(every);
-            // SAFETY: signals this process's loading thread, which handles SIGUSR1.
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR1) };
-        }
-    });
+    let kicker = signal_thread(n, every);
     let r = loader::load_program(&mut bpf, moat_abi::fw::PROG_TC, &log);
     kicker.join().unwrap();
     drop(bpf);
@@ -157,4 +162,47 @@ fn load_survives_signals_during_verification() {
         !text.contains("reason:") && !text.contains("at source line"),
         "{text}"
     );
+}
+
+/// BPF_PROG_TEST_RUN with a repeat count stops with EINTR when a signal is
+/// pending between repetitions; the benchmarks' timed runs and generators
+/// go through `test_run_retrying`, which runs them again.
+#[test]
+fn timed_test_run_survives_signals() {
+    if !common::privileged("timed_test_run_survives_signals") {
+        return;
+    }
+    use aya::programs::{ProgramError, TestRun, TestRunOptions};
+    let log = LogOpts::default();
+    let mut bpf = loader::open(moat_ebpf::testdata::DROP, &log).unwrap();
+    let (prog, _) = loader::load_xdp(&mut bpf, "drop_xdp", &log).unwrap();
+    let frame = moat_core::packet::udp4_frame(
+        "10.0.0.1".parse().unwrap(),
+        "10.0.0.2".parse().unwrap(),
+        1,
+        2,
+        b"x",
+    );
+    let run = || {
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: 50_000_000,
+            ..Default::default()
+        })
+    };
+    let signals = || signal_thread(3, Duration::from_millis(40));
+    // Without the retry the first signal ends the run.
+    let k = signals();
+    let plain = run();
+    k.join().unwrap();
+    match plain {
+        Err(ProgramError::SyscallError(e)) => {
+            assert_eq!(e.io_error.raw_os_error(), Some(libc::EINTR), "{e}")
+        }
+        other => panic!("50M repetitions under signals: {other:?}"),
+    }
+    let k = signals();
+    let r = loader::test_run_retrying(run);
+    k.join().unwrap();
+    assert_eq!(r.expect("retried run").return_value, 1, "XDP_DROP");
 }
