@@ -16,12 +16,12 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-use aya::{Ebpf, TestRun, TestRunAttrs, TestRunOptions, maps::Array, programs::Xdp};
+use anyhow::{Result, anyhow, bail};
+use aya::{Ebpf, TestRun, TestRunOptions, maps::Array, programs::Xdp};
 use moat_core::{
     lb::{self as core, BackendId, State, encode},
     packet::{self as pkt, Ips},
@@ -271,33 +271,7 @@ impl Rig {
         let elapsed = {
             let _g = NetnsGuard::enter(&c)?;
             let idx = ifindex("eth0")?;
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&idx.to_ne_bytes());
-            let t = Instant::now();
-            let mut sent = 0u32;
-            let mut chunk = 65_536u32;
-            while sent < packets && t.elapsed() < max {
-                if stop.load(Ordering::Relaxed) {
-                    bail!("interrupted");
-                }
-                let n = (packets - sent).min(chunk);
-                let c0 = Instant::now();
-                loader::test_run_retrying(|| {
-                    prog.test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        ctx_in: Some(&ctx),
-                        repeat: n,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..Default::default()
-                    })
-                })
-                .context("live-frames BPF_PROG_TEST_RUN")?;
-                sent += n;
-                let rate = f64::from(n) / c0.elapsed().as_secs_f64().max(1e-6);
-                chunk = ((rate * 0.25) as u32).clamp(4096, 4_000_000);
-            }
-            t.elapsed()
+            crate::live::send_live(prog, &frame, idx, packets, max, stop)?
         };
         std::thread::sleep(Duration::from_millis(30));
         let got = self.arrived()?.saturating_sub(before);

@@ -357,37 +357,7 @@ impl Rig {
             let _g = NetnsGuard::enter(&self.lab.ns_a)?;
             let _pin = PinCpu::last();
             let ifindex = moat_host::traffic::ifindex(&self.lab.if_a)?;
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            let t = Instant::now();
-            // Chunks of about a quarter second each (every test run call sets
-            // up its frame pool, so chunks must not be small), sized from the
-            // rate the previous chunk achieved.
-            let mut sent = 0u32;
-            let mut chunk = 65_536u32;
-            while sent < packets && t.elapsed() < max {
-                if stop.load(Ordering::Relaxed) {
-                    bail!("interrupted");
-                }
-                let n = (packets - sent).min(chunk);
-                let c = Instant::now();
-                loader::test_run_retrying(|| {
-                    prog.test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        ctx_in: Some(&ctx),
-                        repeat: n,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..Default::default()
-                    })
-                })
-                .context("live-frames BPF_PROG_TEST_RUN")?;
-                sent += n;
-                let rate = f64::from(n) / c.elapsed().as_secs_f64().max(1e-6);
-                chunk = ((rate * 0.25) as u32).clamp(4096, 4_000_000);
-            }
-            t.elapsed()
+            send_live(prog, &frame, ifindex, packets, max, stop)?
         };
         // Frames still queued on b when the generator returns are few (one
         // ring) and are counted; the rate is over the generator's time.
@@ -631,4 +601,49 @@ pub fn run_all(o: &LiveOpts, mut say: impl FnMut(&str)) -> Result<(Vec<LiveResul
         }
     }
     Ok((out, skipped))
+}
+
+/// Sends `frame` out of interface `ifindex` with the XDP program `prog`
+/// (which returns XDP_TX) through live-frame BPF_PROG_TEST_RUN, `packets`
+/// times or until `max` has passed; returns the time it took. Call it in
+/// the interface's namespace.
+pub fn send_live(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    packets: u32,
+    max: Duration,
+    stop: &AtomicBool,
+) -> Result<Duration> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let t = Instant::now();
+    // Chunks of about a quarter second each (every test run call sets up
+    // its frame pool, so chunks must not be small), sized from the rate the
+    // previous chunk achieved.
+    let mut sent = 0u32;
+    let mut chunk = 65_536u32;
+    while sent < packets && t.elapsed() < max {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let n = (packets - sent).min(chunk);
+        let c = Instant::now();
+        loader::test_run_retrying(|| {
+            prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: n,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+        })
+        .context("live-frames BPF_PROG_TEST_RUN")?;
+        sent += n;
+        let rate = f64::from(n) / c.elapsed().as_secs_f64().max(1e-6);
+        chunk = ((rate * 0.25) as u32).clamp(4096, 4_000_000);
+    }
+    Ok(t.elapsed())
 }
